@@ -1,0 +1,1 @@
+"""Readers (datasets in) and writers (fine-tuning files out)."""
