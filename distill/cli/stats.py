@@ -1,0 +1,83 @@
+"""``distill stats``: what a cache holds, run by run."""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+from pathlib import Path
+
+import orjson
+
+from distill.cache import connect_readonly
+from distill.config import add_config_flag, option, resolve
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("stats", help="summarise a cache", description="Show what a cache holds.")
+    add_config_flag(p)
+    option(p, "--cache", type=Path, default=Path("distill-cache.sqlite"), help="the cache to read")
+    option(p, "--json", action="store_true", default=False, help="print JSON")
+    p.set_defaults(func=main)
+
+
+def cache_stats(conn: sqlite3.Connection) -> dict:
+    responses, ptok, ctok, length = conn.execute(
+        "SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
+        "coalesce(sum(finish_reason = 'length'), 0) FROM responses"
+    ).fetchone()
+    failures = [
+        {"key": k, "reason": r, "status": s}
+        for k, r, s in conn.execute("SELECT key, reason, status FROM failures ORDER BY updated")
+    ]
+    runs = []
+    for run_id, input_path, settings, created, updated in conn.execute(
+        "SELECT id, input, settings, created, updated FROM runs ORDER BY created"
+    ):
+        (n,) = conn.execute("SELECT count(*) FROM conversations WHERE run_id = ?", (run_id,)).fetchone()
+        s = orjson.loads(settings)
+        runs.append(
+            {
+                "id": run_id,
+                "input": input_path,
+                "model": s["model"],
+                "api": s["api"],
+                "history": s["history"],
+                "conversations": n,
+                "created": created,
+                "updated": updated,
+            }
+        )
+    return {
+        "responses": responses,
+        "prompt_tokens": ptok,
+        "completion_tokens": ctok,
+        "finished_length": length,
+        "failures": failures,
+        "runs": runs,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    resolve(args, "stats")
+    conn = connect_readonly(args.cache)
+    try:
+        stats = cache_stats(conn)
+    finally:
+        conn.close()
+    if args.json:
+        print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(
+        f"cache {args.cache}: {stats['responses']} answers, {stats['prompt_tokens']} prompt and "
+        f"{stats['completion_tokens']} completion tokens, {stats['finished_length']} cut off at max_tokens"
+    )
+    print(f"{len(stats['failures'])} requests failed for good" + (":" if stats["failures"] else ""))
+    for f in stats["failures"][:20]:
+        print(f"  {f['key'][:12]}  {f['reason']}")
+    print(f"{len(stats['runs'])} runs:")
+    for r in stats["runs"]:
+        print(
+            f"  {r['id']}  {r['model']} ({r['api']}, history {r['history']})  "
+            f"{r['conversations']} conversations  from {r['input']}"
+        )
+    return 0

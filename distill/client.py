@@ -1,0 +1,162 @@
+"""The teacher client: one aiohttp session speaking the OpenAI-compatible chat and completions APIs.
+
+``TeacherClient.send(request)`` makes exactly one HTTP call and either returns a
+:class:`~distill.requests.TeacherResponse` or raises a :class:`~distill.errors.TeacherError` subclass that says
+whether retrying can help. It never retries itself (the engine's retry policy does) and never puts the API key
+in an error message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from .errors import (
+    AuthenticationError,
+    ConnectionFailed,
+    MalformedResponse,
+    PermanentError,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+    TeacherError,
+)
+from .requests import TeacherRequest, TeacherResponse
+
+ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
+
+
+@dataclass(frozen=True, slots=True)
+class RateHeaders:
+    """What the server said about its budget (``x-ratelimit-*``); None where it said nothing."""
+
+    remaining: float | None = None
+    reset_seconds: float | None = None
+    tokens_remaining: float | None = None
+
+
+class TeacherClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 600.0,
+        max_connections: int = 64,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._max_connections = max_connections
+        self._session = session
+        self.last_rate_headers = RateHeaders()
+
+    async def __aenter__(self) -> TeacherClient:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, json_serialize=None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, request: TeacherRequest) -> tuple[TeacherResponse, RateHeaders]:
+        """One HTTP call for ``request``: the answer and the server's rate headers."""
+        assert self._session is not None, "use 'async with TeacherClient(...)'"
+        url = self.base_url + ENDPOINTS[request.api]
+        try:
+            async with self._session.post(
+                url, data=orjson.dumps(request.body()), headers=self._headers, timeout=self.timeout
+            ) as resp:
+                body = await resp.read()
+                rate = parse_rate_headers(resp.headers)
+                if resp.status != 200:
+                    raise error_for_status(resp.status, body, resp.headers)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no answer from {url} within {self.timeout.total:g} s (--request-timeout)"
+            ) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+            raise ConnectionFailed(f"connection to {url} failed: {type(e).__name__}") from None
+        return parse_answer(request.api, body), rate
+
+
+def parse_answer(api: str, body: bytes) -> TeacherResponse:
+    """The answer in a 200 body, or MalformedResponse when the body is not what the API promises."""
+    try:
+        data = orjson.loads(body)
+        choice = data["choices"][0]
+        text = choice["message"]["content"] if api == "chat" else choice["text"]
+        usage = data.get("usage") or {}
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        raise MalformedResponse(f"malformed response body ({len(body)} bytes): {body[:80]!r}") from None
+    if not isinstance(text, str):
+        raise MalformedResponse("response has no text in choices[0]")
+    return TeacherResponse(
+        text=text,
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+        completion_tokens=_int_or_none(usage.get("completion_tokens")),
+    )
+
+
+def error_for_status(status: int, body: bytes, headers) -> TeacherError:
+    reason = _error_message(body)
+    if status == 429:
+        return RateLimited(f"429 rate limited: {reason}", retry_after=_retry_after(headers))
+    if status in (401, 403):
+        return AuthenticationError(
+            f"{status} from the teacher: {reason}. Check the API key (TOGETHER_API_KEY, or the variable named by "
+            "--api-key-env) and that it may use this model",
+            status=status,
+        )
+    if status >= 500 or status == 408:
+        return ServerError(f"{status} from the teacher: {reason}", status=status)
+    return PermanentError(f"{status} from the teacher: {reason}", status=status)
+
+
+def parse_rate_headers(headers) -> RateHeaders:
+    return RateHeaders(
+        remaining=_float_or_none(headers.get("x-ratelimit-remaining")),
+        reset_seconds=_float_or_none(headers.get("x-ratelimit-reset")),
+        tokens_remaining=_float_or_none(headers.get("x-tokenlimit-remaining")),
+    )
+
+
+def _retry_after(headers) -> float | None:
+    ms = _float_or_none(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000.0
+    return _float_or_none(headers.get("retry-after"))
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+        message = data["error"]["message"] if isinstance(data.get("error"), dict) else data.get("error")
+        if message:
+            return str(message)[:300]
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+        pass
+    return body[:200].decode("utf-8", "replace") or "(empty body)"
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _int_or_none(value) -> int | None:
+    return value if isinstance(value, int) else None

@@ -1,0 +1,259 @@
+"""The engine: conversations in, teacher answers into the cache, paced, retried and never paid for twice.
+
+``Engine.run(records)`` pulls conversations from a reader's stream, stores each in the cache (so the output can be
+rendered from the cache alone), and answers them with ``concurrency`` workers. Every teacher call goes through
+:meth:`Engine.answer`, which is also the API for other callers (evaluation uses it):
+
+1. a request already answered (by any run) is a cache hit; one that failed for good before is skipped unless
+   ``retry_failed``;
+2. a request already in flight in this run is awaited, not sent again;
+3. otherwise it is sent under the concurrency cap and the rate limiter, retried by the retry policy, and its
+   answer queued for the next group commit.
+
+An authentication failure stops the whole run at once; any other request that fails for good fails only its
+conversation, which is recorded and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from . import plan
+from .cache import Cache, Failure
+from .client import TeacherClient
+from .conversation import Conversation, Reject
+from .errors import AuthenticationError, PermanentError, TeacherError, TransientError
+from .limiter import RateLimiter
+from .requests import TeacherRequest, TeacherResponse, canonical_json
+from .retry import RetryPolicy, Sleep
+from .settings import RunSettings
+from .stats import RunStats
+from .tokens import count, count_messages
+
+READ_AHEAD_PER_WORKER = 4
+YIELD_EVERY = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TurnFailed(Exception):
+    """A conversation's turn could not be answered; carries the reason for the report."""
+
+    reason: str
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: RunSettings,
+        cache: Cache,
+        client: TeacherClient,
+        *,
+        limiter: RateLimiter | None = None,
+        policy: RetryPolicy | None = None,
+        stats: RunStats | None = None,
+        sleep: Sleep = asyncio.sleep,
+        on_reject: Callable[[Reject], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.client = client
+        self.limiter = limiter or RateLimiter(settings.rpm, settings.tpm)
+        self.policy = policy or RetryPolicy(attempts=settings.attempts)
+        self.stats = stats or RunStats()
+        self.on_reject = on_reject
+        self._sleep = sleep
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._in_flight: dict[str, asyncio.Future[TeacherResponse | Failure]] = {}
+
+    # -- the run -------------------------------------------------------------------------------------------
+
+    async def run(self, records: Iterable[Conversation | Reject], run_id: str, input_path: str) -> RunStats:
+        """Answer every conversation of ``records``; returns the counters (failures listed in ``stats``)."""
+        await self.cache.record_run(run_id, input_path, self.settings.request_identity())
+        queue: asyncio.Queue[tuple[int, Conversation] | None] = asyncio.Queue(
+            self.settings.concurrency * READ_AHEAD_PER_WORKER
+        )
+        workers = self.settings.concurrency
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._produce(records, run_id, queue, workers))
+                for _ in range(workers):
+                    group.create_task(self._work(queue))
+        except BaseExceptionGroup as group_error:
+            raise first_error(group_error) from None
+        finally:
+            await self.cache.flush()
+        return self.stats
+
+    async def _produce(self, records, run_id: str, queue: asyncio.Queue, workers: int) -> None:
+        position = 0
+        batch: list[tuple[int, str, str, bytes]] = []
+        for n, record in enumerate(records, 1):
+            if isinstance(record, Reject):
+                self.stats.rejects += 1
+                if self.on_reject:
+                    self.on_reject(record)
+            else:
+                batch.append((position, record.id, record.source, encode_conversation(record)))
+                self.stats.conversations_read += 1
+                if queue.full():
+                    self.cache.add_conversations(run_id, batch)
+                    batch = []
+                await queue.put((position, record))
+                position += 1
+            if n % YIELD_EVERY == 0:
+                self.cache.add_conversations(run_id, batch)
+                batch = []
+                await asyncio.sleep(0)
+        self.cache.add_conversations(run_id, batch)
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def _work(self, queue: asyncio.Queue) -> None:
+        while (item := await queue.get()) is not None:
+            _, conversation = item
+            try:
+                await self.answer_conversation(conversation)
+            except TurnFailed as failed:
+                self.stats.conversations_failed += 1
+                self.stats.failures.append((conversation.id, conversation.source, failed.reason))
+            else:
+                self.stats.conversations_done += 1
+
+    # -- conversations and requests -------------------------------------------------------------------------
+
+    async def answer_conversation(self, conversation: Conversation) -> list[TeacherResponse]:
+        """The teacher's answers to every turn of ``conversation`` (raises TurnFailed)."""
+        turns = plan.turn_count(conversation, self.settings)
+        if self.settings.history == "original":
+            requests = [plan.request_for(conversation, self.settings, k) for k in range(turns)]
+            return list(await asyncio.gather(*(self._answer_turn(r) for r in requests)))
+        answers: list[TeacherResponse] = []
+        for k in range(turns):
+            request = plan.request_for(conversation, self.settings, k, [a.text for a in answers])
+            answers.append(await self._answer_turn(request))
+        return answers
+
+    async def _answer_turn(self, request: TeacherRequest) -> TeacherResponse:
+        result = await self.answer(request)
+        if isinstance(result, Failure):
+            raise TurnFailed(result.reason)
+        self.stats.turns_done += 1
+        return result
+
+    async def answer(self, request: TeacherRequest) -> TeacherResponse | Failure:
+        """The answer to ``request``: from the cache, from a copy already in flight, or from the teacher."""
+        key = request.key
+        shared = self._in_flight.get(key)
+        if shared is not None:
+            self.stats.shared_in_flight += 1
+            return await asyncio.shield(shared)
+        entry = await self.cache.get(key)
+        if isinstance(entry, TeacherResponse):
+            self.stats.cache_hits += 1
+            return entry
+        if isinstance(entry, Failure) and not self.settings.retry_failed:
+            return entry
+        shared = self._in_flight.get(key)  # another task may have started it while we looked
+        if shared is not None:
+            self.stats.shared_in_flight += 1
+            return await asyncio.shield(shared)
+        future = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            result = await self._fetch_and_store(request)
+            future.set_result(result)
+            return result
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # mark retrieved: sharers re-raise it themselves
+            raise
+        finally:
+            del self._in_flight[key]
+
+    async def _fetch_and_store(self, request: TeacherRequest) -> TeacherResponse | Failure:
+        try:
+            response = await self._fetch(request)
+        except AuthenticationError:
+            raise
+        except (PermanentError, TransientError) as e:
+            failure = Failure(str(e), e.status)
+            self.cache.put_failure(request.key, failure.reason, failure.status)
+            return failure
+        self.cache.put(request.key, canonical_json(request.identity()), response)
+        return response
+
+    async def _fetch(self, request: TeacherRequest) -> TeacherResponse:
+        estimate = self._estimate_tokens(request)
+        async for attempt in self.policy.retrying(self._sleep, self._count_retry):
+            with attempt:
+                async with self._slots:
+                    await self.limiter.acquire(estimate)
+                    response = await self._send_once(request, estimate)
+        return response
+
+    async def _send_once(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
+        self.stats.requests_sent += 1
+        try:
+            response, rate = await self.client.send(request)
+        except TeacherError as e:
+            if e.status == 429:
+                self.stats.rate_limited += 1
+                self.limiter.on_rate_limited(getattr(e, "retry_after", None))
+            raise
+        self.limiter.on_headers(rate.remaining, rate.reset_seconds)
+        if response.prompt_tokens is not None and response.completion_tokens is not None:
+            self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
+            self.stats.prompt_tokens += response.prompt_tokens
+            self.stats.completion_tokens += response.completion_tokens
+        self.limiter.on_success()
+        if response.finish_reason == "length":
+            self.stats.finished_length += 1
+        return response
+
+    def _estimate_tokens(self, request: TeacherRequest) -> int:
+        if self.settings.tpm is None:
+            return 0
+        output = self.settings.sampling.max_tokens or self.settings.estimated_output_tokens
+        if request.messages is not None:
+            return count_messages([{"content": c} for _, c in request.messages]) + output
+        return count(request.prompt or "") + output
+
+    def _count_retry(self, _state) -> None:
+        self.stats.retries += 1
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from a task group: a DistillError if any task raised one."""
+    from .errors import DistillError
+
+    leaves = list(_leaves(group))
+    return next((e for e in leaves if isinstance(e, DistillError)), leaves[0])
+
+
+def _leaves(error: BaseException):
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+def encode_conversation(conversation: Conversation) -> bytes:
+    """How a conversation is stored in the cache's ``conversations`` table."""
+    return orjson.dumps(
+        {"messages": [m.to_dict() for m in conversation.messages], "meta": conversation.meta},
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def decode_conversation(conv_id: str, source: str, data: bytes) -> Conversation:
+    from .conversation import Message
+
+    obj = orjson.loads(data)
+    messages = [Message(m["role"], m["content"], m.get("weight")) for m in obj["messages"]]
+    return Conversation(conv_id, messages, source, obj.get("meta") or {})

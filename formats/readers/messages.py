@@ -1,0 +1,102 @@
+"""OpenAI/Together conversational JSONL: ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line.
+
+``content`` is a string or a list of parts; text parts (``{"type": "text", "text": ...}``, or ``"value"`` as
+LLaMA-Factory writes it, or bare strings) are concatenated as chat templates do, and any other part (an image,
+audio) rejects the record. A message's ``weight`` (or LLaMA-Factory's ``loss_weight``) must be 0 or 1 and is
+kept. An assistant message that only carries ``tool_calls`` is a tool call, a ``tool``/``function`` message a
+tool result: both follow ``--reader-opt tools=drop|keep|reject``. Other keys are ignored. A JSON list or a single
+object with a ``messages`` key is read too. The id is the record's ``id`` (or ``conversation_id``...), else a hash
+of the cleaned messages. Clean-up follows :mod:`formats.readers.normalise`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from distill.conversation import Conversation, Record, Reject
+
+from .base import READERS, Reader
+from .jsonstream import ParseFailure, first_value, iter_values
+from .normalise import BadRecord, Turn, build_messages, parse_weight, record_id, tools_policy
+
+_MESSAGES_HEAD = re.compile(rb'"messages"\s*:\s*\[')
+_ROLE_KEY = re.compile(rb'"role"\s*:')
+
+
+@READERS.register("messages")
+class MessagesReader(Reader):
+    """Reads ``{"messages": [...]}`` records (OpenAI / Together fine-tuning format)."""
+
+    name = "messages"
+
+    @classmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        record = first_value(head)
+        if isinstance(record, dict):
+            messages = record.get("messages")
+            return isinstance(messages, list) and bool(messages) and isinstance(messages[0], dict)
+        return bool(_MESSAGES_HEAD.search(head)) and bool(_ROLE_KEY.search(head))
+
+    def read(self, path: Path) -> Iterator[Record]:
+        tools = tools_policy(self.options.extra)
+        for source, value in iter_values(Path(path)):
+            if isinstance(value, ParseFailure):
+                yield Reject(source, value.reason, value.text or None)
+                continue
+            try:
+                yield self._conversation(source, value, tools)
+            except BadRecord as e:
+                yield Reject(source, str(e), value)
+
+    def _conversation(self, source: str, record: Any, tools: str) -> Conversation:
+        if not isinstance(record, dict):
+            raise BadRecord(f"expected a JSON object with a 'messages' list, got {type(record).__name__}")
+        raw = record.get("messages")
+        if not isinstance(raw, list):
+            raise BadRecord("no 'messages' list in the record")
+        messages = build_messages(
+            [_turn(m) for m in raw], tools=tools, system_prompt=self.options.system_prompt
+        )
+        return Conversation(id=record_id(record, messages), messages=messages, source=source)
+
+
+def _turn(raw: Any) -> Turn:
+    if not isinstance(raw, dict):
+        raise BadRecord(f"a message must be a JSON object, got {type(raw).__name__}")
+    role = raw.get("role")
+    if role is None:
+        raise BadRecord("a message has no 'role'")
+    text = content_text(raw.get("content"))
+    weight = parse_weight(raw["weight"] if "weight" in raw else raw.get("loss_weight"))
+    if role == "assistant" and not text.strip() and raw.get("tool_calls"):
+        return Turn("tool_call", json.dumps(raw["tool_calls"], ensure_ascii=False), weight)
+    return Turn(role, text, weight)
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's ``content``: a string, None (no text) or a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise BadRecord(f"'content' must be a string or a list of parts, got {type(content).__name__}")
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise BadRecord(f"a content part must be an object or a string, got {type(part).__name__}")
+        kind = part.get("type", "text")
+        if kind != "text":
+            raise BadRecord(f"content part of type {kind!r} is not supported (text only)")
+        text = part.get("text", part.get("value"))
+        if not isinstance(text, str):
+            raise BadRecord("a text part has no string 'text'")
+        texts.append(text)
+    return "".join(texts)
