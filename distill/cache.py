@@ -171,7 +171,7 @@ class RunLock:
 class Cache:
     """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``."""
 
-    def __init__(self, path: Path | str, *, commit_interval: float = 0.02, max_batch: int = 2000) -> None:
+    def __init__(self, path: Path | str, *, commit_interval: float = 0.005, max_batch: int = 2000) -> None:
         self.path = Path(path)
         self.commit_interval = commit_interval
         self.max_batch = max_batch

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from distill.conversation import Conversation, Reject
 from distill.errors import InputError, UsageError
-from formats.readers import ReaderOptions, detect, open_reader
-from formats.readers import jsonstream
+from formats.readers import ReaderOptions, detect, jsonstream, open_reader
 from formats.readers.normalise import ROLE_ALIASES, BadRecord, Turn, build_messages, content_id
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
@@ -157,7 +156,10 @@ def test_leading_gpt_turns_are_dropped_and_repeated_roles_merged(tmp_path: Path)
     path.write_text(json.dumps(record) + "\n", encoding="utf-8")
     (conv,) = read_all(path, "sharegpt")
     assert conv.id == "7"
-    assert [(m.role, m.content) for m in conv.messages] == [("user", "one\n\ntwo"), ("assistant", "answer\n\nmore")]
+    assert [(m.role, m.content) for m in conv.messages] == [
+        ("user", "one\n\ntwo"),
+        ("assistant", "answer\n\nmore"),
+    ]
 
 
 def test_unknown_role_rejects_the_record_and_names_the_role(tmp_path: Path) -> None:
@@ -183,7 +185,9 @@ def test_unknown_role_rejects_the_record_and_names_the_role(tmp_path: Path) -> N
         ('{"conversations": [{"from": 1, "value": "x"}]}', "role must be a string"),
     ],
 )
-def test_every_broken_jsonl_record_is_a_reject_and_the_rest_is_read(tmp_path: Path, line: str, reason: str) -> None:
+def test_every_broken_jsonl_record_is_a_reject_and_the_rest_is_read(
+    tmp_path: Path, line: str, reason: str
+) -> None:
     path = tmp_path / "broken.jsonl"
     good = json.dumps({"conversations": [{"from": "human", "value": "hi"}]})
     path.write_text(f"{good}\n{line}\n{good}\n", encoding="utf-8")
@@ -196,7 +200,9 @@ def test_every_broken_jsonl_record_is_a_reject_and_the_rest_is_read(tmp_path: Pa
 def test_invalid_utf8_line_is_a_reject(tmp_path: Path) -> None:
     path = tmp_path / "bytes.jsonl"
     good = json.dumps({"conversations": [{"from": "human", "value": "hi"}]}).encode()
-    path.write_bytes(good + b"\n" + b'{"conversations": [{"from": "human", "value": "\xff"}]}\n' + good + b"\n")
+    path.write_bytes(
+        good + b"\n" + b'{"conversations": [{"from": "human", "value": "\xff"}]}\n' + good + b"\n"
+    )
     records = read_all(path, "sharegpt")
     assert [type(r) for r in records] == [Conversation, Reject, Conversation]
     assert "UTF-8" in records[1].reason
@@ -212,7 +218,7 @@ def test_lone_surrogate_escape_is_replaced_not_fatal(tmp_path: Path) -> None:
 def test_broken_json_list_yields_items_before_the_error_then_one_reject(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     item = json.dumps({"conversations": [{"from": "human", "value": "hi"}]})
-    path.write_text(f"[{item}, {item}, {{\"conversations\": [}}, {item}]", encoding="utf-8")
+    path.write_text(f'[{item}, {item}, {{"conversations": [}}, {item}]', encoding="utf-8")
     records = read_all(path, "sharegpt")
     assert [type(r) for r in records] == [Conversation, Conversation, Reject]
     assert records[2].source == "broken.json#2"
@@ -225,7 +231,9 @@ def test_unclosed_list_and_trailing_data(tmp_path: Path) -> None:
     unclosed.write_text(f"[{item}, {item}", encoding="utf-8")
     assert [type(r) for r in read_all(unclosed, "sharegpt")] == [Conversation, Conversation, Reject]
     trailing = tmp_path / "trailing.json"
-    trailing.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"}]}, indent=1) + "\n]x", "utf-8")
+    trailing.write_text(
+        json.dumps({"conversations": [{"from": "human", "value": "hi"}]}, indent=1) + "\n]x", "utf-8"
+    )
     assert [type(r) for r in read_all(trailing, "sharegpt")] == [Conversation, Reject]
 
 
@@ -248,7 +256,9 @@ def test_a_file_that_is_not_json_is_an_input_error(tmp_path: Path) -> None:
 def test_tool_turns_follow_the_tools_option() -> None:
     path = FIXTURES / "sharegpt_glaive_toolcall_slice.json"
     raw = json.loads(path.read_text(encoding="utf-8"))
-    with_tools = [i for i, r in enumerate(raw) if any(t["from"] == "function_call" for t in r["conversations"])]
+    with_tools = [
+        i for i, r in enumerate(raw) if any(t["from"] == "function_call" for t in r["conversations"])
+    ]
     assert with_tools
     dropped = read_all(path)
     kept = read_all(path, tools="keep")
@@ -341,7 +351,12 @@ def test_messages_reader_text_parts_weights_and_tool_calls(tmp_path: Path) -> No
 def test_detection_tells_the_formats_apart_and_reports_ambiguity(tmp_path: Path) -> None:
     both = tmp_path / "both.jsonl"
     both.write_text(
-        json.dumps({"messages": [{"role": "user", "content": "x"}], "conversations": [{"from": "human", "value": "x"}]})
+        json.dumps(
+            {
+                "messages": [{"role": "user", "content": "x"}],
+                "conversations": [{"from": "human", "value": "x"}],
+            }
+        )
         + "\n",
         encoding="utf-8",
     )
@@ -349,7 +364,9 @@ def test_detection_tells_the_formats_apart_and_reports_ambiguity(tmp_path: Path)
         detect(both)
     # a first record bigger than the sniffed head is still recognised by its keys
     big = tmp_path / "big.json"
-    big.write_text(json.dumps([{"conversations": [{"from": "human", "value": "x" * 200_000}]}]), encoding="utf-8")
+    big.write_text(
+        json.dumps([{"conversations": [{"from": "human", "value": "x" * 200_000}]}]), encoding="utf-8"
+    )
     assert detect(big) == "sharegpt"
     (conv,) = read_all(big)
     assert len(conv.messages[0].content) == 200_000
@@ -379,7 +396,9 @@ def test_json_list_is_streamed_not_loaded(tmp_path: Path, monkeypatch: pytest.Mo
     assert peak < size / 4
 
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30))
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30)
+)
 json_value = st.recursive(
     json_leaf,
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),

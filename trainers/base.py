@@ -12,7 +12,7 @@ from distill.registry import Registry
 TRAINERS: Registry[type[Trainer]] = Registry(
     "trainer back-end",
     "distill.trainers",
-    builtin_modules=(),
+    builtin_modules=("trainers.together",),
     flag="--backend",
 )
 

@@ -14,7 +14,7 @@ from importlib import import_module
 from distill import __version__
 from distill.errors import DistillError
 
-COMMANDS = ("run", "export", "stats", "teacher")
+COMMANDS = ("run", "export", "stats", "demo", "teacher")
 
 
 def build_parser() -> argparse.ArgumentParser:

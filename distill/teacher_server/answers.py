@@ -22,8 +22,28 @@ from distill.errors import DistillError
 
 CHAT_ROLES = frozenset(("system", "user", "assistant"))
 HEAD_CHARS = 60
-FILLER = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu")
-NUMBER_PARAMS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty")
+FILLER = (
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+)
+NUMBER_PARAMS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 class InvalidRequest(DistillError):
@@ -115,7 +135,9 @@ def parse_chat(body: Any, counter: str) -> TeacherRequest:
     pairs = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise InvalidRequest(f"messages[{i}] must be an object whose role is system, user or assistant", "messages")
+            raise InvalidRequest(
+                f"messages[{i}] must be an object whose role is system, user or assistant", "messages"
+            )
         pairs.append((message["role"], _content_text(message.get("content"), i)))
     last_user = next((text for role, text in reversed(pairs) if role == "user"), None)
     if last_user is None:
@@ -157,7 +179,9 @@ def _common(body: Any) -> tuple[str, int | None, tuple[str, ...]]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidRequest(f"'{name}' must be a number", name)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
         raise InvalidRequest("'max_tokens' must be a positive integer", "max_tokens")
     return model, max_tokens, _stop(body.get("stop"))
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from distill import tokens
 from distill.errors import UsageError
 
 from . import answers, faults
@@ -64,10 +65,14 @@ class TeacherState:
             parsed = _PARSERS[kind](body, knobs.token_counter)
         except orjson.JSONDecodeError:
             stats.bad_requests += 1
-            return faults.json_response(400, faults.error_body("the body is not valid JSON", "invalid_request_error"), {})
+            return faults.json_response(
+                400, faults.error_body("the body is not valid JSON", "invalid_request_error"), {}
+            )
         except answers.InvalidRequest as e:
             stats.bad_requests += 1
-            return faults.json_response(400, faults.error_body(str(e), "invalid_request_error", param=e.param), {})
+            return faults.json_response(
+                400, faults.error_body(str(e), "invalid_request_error", param=e.param), {}
+            )
         request_hash = answers.request_hash(body)
         completion = answers.complete(parsed, knobs.answer_words, knobs.token_counter)
         headers = {"x-teacher-request-hash": request_hash}
@@ -84,7 +89,9 @@ class TeacherState:
         if knobs.permanent_marker is not None and knobs.permanent_marker in parsed.last_user:
             stats.faults["permanent"] += 1
             message = f"the request contains the marker {knobs.permanent_marker!r} and is refused for good"
-            return faults.json_response(knobs.permanent_status, faults.error_body(message, "invalid_request_error"), headers)
+            return faults.json_response(
+                knobs.permanent_status, faults.error_body(message, "invalid_request_error"), headers
+            )
         delay = knobs.latency + (faults.jitter(knobs, request_hash, attempt) if knobs.latency_jitter else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -97,7 +104,9 @@ class TeacherState:
         return faults.json_response(200, orjson.dumps(answer), headers)
 
 
-def _answer_json(parsed: answers.TeacherRequest, completion: answers.Completion, request_hash: str) -> dict[str, Any]:
+def _answer_json(
+    parsed: answers.TeacherRequest, completion: answers.Completion, request_hash: str
+) -> dict[str, Any]:
     usage = {
         "prompt_tokens": parsed.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
@@ -120,7 +129,9 @@ def _answer_json(parsed: answers.TeacherRequest, completion: answers.Completion,
     }
 
 
-def _rate_limited(limited_by: str, reset_s: float, knobs: TeacherKnobs, headers: dict[str, str]) -> web.Response:
+def _rate_limited(
+    limited_by: str, reset_s: float, knobs: TeacherKnobs, headers: dict[str, str]
+) -> web.Response:
     headers["retry-after-ms"] = str(max(1, round(reset_s * 1000)))
     if knobs.retry_after:
         headers["Retry-After"] = str(max(1, int(reset_s + 0.999)))
@@ -217,6 +228,8 @@ class TeacherServer:
 
     async def start(self) -> TeacherServer:
         """Bind and start serving; ``port`` holds the port afterwards."""
+        if self.state.knobs.token_counter == "tiktoken":
+            tokens.encoding()  # load the BPE now, not during the first request
         runner = web.AppRunner(
             build_app(self.state), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )

@@ -60,10 +60,14 @@ async def plain_client_load(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill.teacher_server.loadgen", description=__doc__)
-    parser.add_argument("--base-url", help="load this server instead of starting one (e.g. http://127.0.0.1:8000/v1)")
+    parser.add_argument(
+        "--base-url", help="load this server instead of starting one (e.g. http://127.0.0.1:8000/v1)"
+    )
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the server's loop")
+    parser.add_argument(
+        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the server's loop"
+    )
     args = parser.parse_args(argv)
     if args.base_url:
         result = asyncio.run(plain_client_load(args.base_url, in_flight=args.in_flight, seconds=args.seconds))
@@ -71,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         from .process import start_teacher_process
 
         with start_teacher_process(loop=args.loop) as teacher:
-            result = asyncio.run(plain_client_load(teacher.base_url, in_flight=args.in_flight, seconds=args.seconds))
+            result = asyncio.run(
+                plain_client_load(teacher.base_url, in_flight=args.in_flight, seconds=args.seconds)
+            )
             received = teacher.stats(with_hashes=False)["requests"]
             print(f"server received {received} requests")
-    print(f"{result.requests} requests ({result.ok} answered 200) in {result.seconds:.2f} s: {result.rps:.0f} requests/s")
+    print(
+        f"{result.requests} requests ({result.ok} answered 200) in {result.seconds:.2f} s: {result.rps:.0f} requests/s"
+    )
     return 0
 
 

@@ -40,7 +40,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
     parser.add_argument("--port-file", type=Path, help="write the bound port to this file once serving")
     parser.add_argument(
-        "--loop", choices=LOOPS, default="auto", help="event loop: uvloop when installed (auto), or plain asyncio"
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop: uvloop when installed (auto), or plain asyncio",
     )
     add_knob_arguments(parser)
 
@@ -73,13 +76,22 @@ async def serve(knobs: TeacherKnobs, *, port: int = 0, port_file: Path | None = 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with TeacherServer(knobs, port=port) as server:
+    server = TeacherServer(knobs, port=port)
+    try:
+        await server.start()
+    except OSError as e:
+        raise UsageError(
+            f"cannot listen on {HOST}:{port}: {e.strerror}; pick another --port (0 picks a free one)"
+        ) from None
+    try:
         if port_file is not None:
             partial = port_file.with_name(port_file.name + ".partial")
             partial.write_text(f"{server.port}\n")
             partial.replace(port_file)
         print(f"distill teacher: serving {server.base_url}", flush=True)
         await stop.wait()
+    finally:
+        await server.stop()
 
 
 class TeacherProcess:
@@ -122,7 +134,9 @@ class TeacherProcess:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return orjson.loads(response.read())
         except OSError as e:
-            raise TeacherProcessError(f"the teacher process at {self.root_url} did not answer {path}: {e}") from None
+            raise TeacherProcessError(
+                f"the teacher process at {self.root_url} did not answer {path}: {e}"
+            ) from None
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM the server, SIGKILL it if it has not exited within ``timeout`` s; return its exit status."""
@@ -165,7 +179,11 @@ def start_teacher_process(
     command += ["--loop", loop, "--knobs-json", orjson.dumps(knobs.to_dict()).decode()]
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            preexec_fn=_die_with_parent,
         )
     deadline = time.monotonic() + timeout
     while not port_file.exists():

@@ -14,10 +14,14 @@ class TeacherStats:
 
     def __init__(self, track_hashes: bool = True) -> None:
         self.track_hashes = track_hashes
+        self.in_flight = 0
         self.reset()
 
     def reset(self) -> None:
-        """Zero every counter (``POST /stats/reset``)."""
+        """Zero every counter (``POST /stats/reset``); requests in flight stay counted as in flight.
+
+        The per-hash tables go too, so attempt numbers (and with them fault draws) start again from 0.
+        """
         self.started = time.monotonic()
         self.requests = 0
         self.answered = 0
@@ -27,8 +31,7 @@ class TeacherStats:
         self.faults: dict[str, int] = dict.fromkeys((*FAULT_KINDS, "permanent"), 0)
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.max_in_flight = self.in_flight
         self.received_by_hash: Counter[str] = Counter()
         self.answered_by_hash: Counter[str] = Counter()
 

@@ -18,6 +18,10 @@ READERS: Registry[type[Reader]] = Registry(
     builtin_modules=(
         "formats.readers.sharegpt",
         "formats.readers.messages",
+        "formats.readers.coqa",
+        "formats.readers.booksum",
+        "formats.readers.hints",
+        "formats.readers.hf",
     ),
     flag="--format",
 )
@@ -62,8 +66,11 @@ class Reader(ABC):
 def detect(path: Path) -> str:
     """Name the one reader whose format ``path`` is in, or raise a fix-it :class:`UsageError`."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
+        if Path(path).is_dir():
+            head = b""  # a dataset folder: only readers of directories (hf) claim it
+        else:
+            with open(path, "rb") as f:
+                head = f.read(SNIFF_BYTES)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     matches = [name for name in READERS.names() if READERS.get(name).sniff(path, head)]
@@ -78,7 +85,7 @@ def detect(path: Path) -> str:
 
 def open_reader(path: Path, fmt: str | None = None, options: ReaderOptions | None = None) -> Reader:
     """The reader for ``path``: ``fmt`` when given, else the detected one."""
-    if not Path(path).exists():
+    if not Path(path).exists() and fmt != "hf":  # hf also takes hub dataset names
         raise InputError(f"input file {path} does not exist")
     name = fmt or detect(path)
     return READERS.get(name)(options)

@@ -19,7 +19,7 @@ failure; inside a JSON list they are decoded as U+FFFD (the list has to be decod
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -85,8 +85,12 @@ def first_value(head: bytes) -> Any:
     return value
 
 
-def iter_values(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``(source, value_or_ParseFailure)`` for every record of ``path`` in file order."""
+def iter_values(path: Path, unwrap: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield ``(source, value_or_ParseFailure)`` for every record of ``path`` in file order.
+
+    With ``unwrap``, a file that is one object holding a list under that key (``{"version": ..., "data": [...]}``)
+    yields the items of that list (sources ``NAME#INDEX``), streamed like a JSON list.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -99,6 +103,10 @@ def iter_values(path: Path) -> Iterator[tuple[str, Any]]:
         raise InputError(
             f"{path} is not JSON or JSONL (it does not start with '[' or '{{'); check the file or --format"
         )
+    if unwrap and layout in ("jsonl", "object"):
+        found = yield from _iter_under_key(path, unwrap)
+        if found:
+            return
     if layout == "jsonl":
         yield from _iter_jsonl(path)
     elif layout == "list":
@@ -205,42 +213,73 @@ class _TextBuffer:
 
 
 def _iter_list(path: Path) -> Iterator[tuple[str, Any]]:
-    name = path.name
-    decoder = json.JSONDecoder()
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         buf = _TextBuffer(f)
         buf.skip_ws()
-        buf.pos += 1  # the '['
-        index = 0
-        while True:
-            ch = buf.skip_ws()
-            if ch == "]":
+        yield from _stream_list(buf, path.name)
+
+
+def _stream_list(buf: _TextBuffer, name: str) -> Iterator[tuple[str, Any]]:
+    """Yield the items of the list that starts at ``buf.pos`` (on its ``[``)."""
+    decoder = json.JSONDecoder()
+    buf.pos += 1
+    index = 0
+    while True:
+        ch = buf.skip_ws()
+        if ch == "]":
+            buf.pos += 1
+            return
+        if index > 0:
+            if ch != ",":
+                yield _rest_failed(
+                    name, index, f"expected ',' or ']' but found {ch!r}" if ch else "the list is not closed"
+                )
                 return
-            if index > 0:
-                if ch != ",":
-                    yield _rest_failed(
-                        name,
-                        index,
-                        f"expected ',' or ']' but found {ch!r}" if ch else "the list is not closed",
-                    )
-                    return
-                buf.pos += 1
-                if buf.skip_ws() == "":
-                    yield _rest_failed(name, index, "the list is not closed")
-                    return
-            elif ch == "":
+            buf.pos += 1
+            if buf.skip_ws() == "":
                 yield _rest_failed(name, index, "the list is not closed")
                 return
-            try:
-                value = buf.decode(decoder)
-            except json.JSONDecodeError as e:
-                yield _rest_failed(name, index, f"invalid JSON: {e.msg}")
-                return
-            except RecursionError:
-                yield _rest_failed(name, index, "invalid JSON: nested too deeply")
-                return
-            yield f"{name}#{index}", value
-            index += 1
+        elif ch == "":
+            yield _rest_failed(name, index, "the list is not closed")
+            return
+        try:
+            value = buf.decode(decoder)
+        except json.JSONDecodeError as e:
+            yield _rest_failed(name, index, f"invalid JSON: {e.msg}")
+            return
+        except RecursionError:
+            yield _rest_failed(name, index, "invalid JSON: nested too deeply")
+            return
+        yield f"{name}#{index}", value
+        index += 1
+
+
+def _iter_under_key(path: Path, key: str) -> Generator[tuple[str, Any], None, bool]:
+    """Stream the list under ``key`` of the file's top-level object; False (having yielded nothing) if there is none."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        buf = _TextBuffer(f)
+        if buf.skip_ws() != "{":
+            return False
+        buf.pos += 1
+        try:
+            while True:
+                ch = buf.skip_ws()
+                if ch == ",":
+                    buf.pos += 1
+                    ch = buf.skip_ws()
+                if ch != '"':
+                    return False
+                name = buf.decode(decoder)
+                if buf.skip_ws() != ":":
+                    return False
+                buf.pos += 1
+                if buf.skip_ws() == "[" and name == key:
+                    yield from _stream_list(buf, path.name)
+                    return True
+                buf.decode(decoder)  # another key's value: skipped
+        except (json.JSONDecodeError, RecursionError):
+            return False
 
 
 def _may_continue(text: str, end: int) -> bool:

@@ -13,53 +13,47 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from distill.conversation import Conversation, Record, Reject
+from distill.conversation import Conversation
 
-from .base import READERS, Reader
-from .jsonstream import ParseFailure, first_value, iter_values
+from .base import READERS
+from .jsonstream import first_value
 from .normalise import BadRecord, Turn, build_messages, parse_weight, record_id, tools_policy
+from .records import RecordReader
 
 _MESSAGES_HEAD = re.compile(rb'"messages"\s*:\s*\[')
 _ROLE_KEY = re.compile(rb'"role"\s*:')
 
 
 @READERS.register("messages")
-class MessagesReader(Reader):
+class MessagesReader(RecordReader):
     """Reads ``{"messages": [...]}`` records (OpenAI / Together fine-tuning format)."""
 
     name = "messages"
 
     @classmethod
+    def claims(cls, record: Mapping[str, Any]) -> bool:
+        messages = record.get("messages")
+        return isinstance(messages, list) and bool(messages) and isinstance(messages[0], dict)
+
+    @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
-        record = first_value(head)
-        if isinstance(record, dict):
-            messages = record.get("messages")
-            return isinstance(messages, list) and bool(messages) and isinstance(messages[0], dict)
+        if first_value(head) is not None:
+            return super().sniff(path, head)
         return bool(_MESSAGES_HEAD.search(head)) and bool(_ROLE_KEY.search(head))
 
-    def read(self, path: Path) -> Iterator[Record]:
-        tools = tools_policy(self.options.extra)
-        for source, value in iter_values(Path(path)):
-            if isinstance(value, ParseFailure):
-                yield Reject(source, value.reason, value.text or None)
-                continue
-            try:
-                yield self._conversation(source, value, tools)
-            except BadRecord as e:
-                yield Reject(source, str(e), value)
+    def check_options(self) -> None:
+        self.tools = tools_policy(self.options.extra)
 
-    def _conversation(self, source: str, record: Any, tools: str) -> Conversation:
-        if not isinstance(record, dict):
-            raise BadRecord(f"expected a JSON object with a 'messages' list, got {type(record).__name__}")
+    def convert(self, source: str, record: dict[str, Any]) -> Conversation:
         raw = record.get("messages")
         if not isinstance(raw, list):
             raise BadRecord("no 'messages' list in the record")
         messages = build_messages(
-            [_turn(m) for m in raw], tools=tools, system_prompt=self.options.system_prompt
+            [_turn(m) for m in raw], tools=self.tools, system_prompt=self.options.system_prompt
         )
         return Conversation(id=record_id(record, messages), messages=messages, source=source)
 

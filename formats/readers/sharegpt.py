@@ -15,15 +15,16 @@ becomes a :class:`~distill.conversation.Reject` with its reason; reading never s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from distill.conversation import Conversation, Record, Reject
+from distill.conversation import Conversation
 
-from .base import READERS, Reader
-from .jsonstream import ParseFailure, first_value, iter_values
+from .base import READERS
+from .jsonstream import first_value
 from .normalise import BadRecord, Turn, build_messages, record_id, tools_policy
+from .records import RecordReader
 
 TURNS_KEYS = ("conversations", "conversation", "items")
 _SHAREGPT_HEAD = re.compile(rb'"(?:conversations|conversation|items)"\s*:\s*\[')
@@ -31,35 +32,26 @@ _FROM_KEY = re.compile(rb'"from"\s*:')
 
 
 @READERS.register("sharegpt")
-class ShareGPTReader(Reader):
+class ShareGPTReader(RecordReader):
     """Reads ShareGPT conversations (JSON list, single object or JSONL)."""
 
     name = "sharegpt"
 
     @classmethod
+    def claims(cls, record: Mapping[str, Any]) -> bool:
+        turns = _turns_of(record)
+        return bool(turns) and isinstance(turns[0], dict) and "from" in turns[0]
+
+    @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
-        record = first_value(head)
-        if isinstance(record, dict):
-            turns = _turns_of(record)
-            return bool(turns) and isinstance(turns[0], dict) and "from" in turns[0]
+        if first_value(head) is not None:
+            return super().sniff(path, head)
         return bool(_SHAREGPT_HEAD.search(head)) and bool(_FROM_KEY.search(head))
 
-    def read(self, path: Path) -> Iterator[Record]:
-        tools = tools_policy(self.options.extra)
-        for source, value in iter_values(Path(path)):
-            if isinstance(value, ParseFailure):
-                yield Reject(source, value.reason, value.text or None)
-                continue
-            try:
-                yield self._conversation(source, value, tools)
-            except BadRecord as e:
-                yield Reject(source, str(e), value)
+    def check_options(self) -> None:
+        self.tools = tools_policy(self.options.extra)
 
-    def _conversation(self, source: str, record: Any, tools: str) -> Conversation:
-        if not isinstance(record, dict):
-            raise BadRecord(
-                f"expected a JSON object with a 'conversations' list, got {type(record).__name__}"
-            )
+    def convert(self, source: str, record: dict[str, Any]) -> Conversation:
         turns = _turns_of(record)
         if turns is None:
             raise BadRecord("no 'conversations' list in the record")
@@ -67,7 +59,7 @@ class ShareGPTReader(Reader):
         system = record.get("system")
         if isinstance(system, str) and system.strip():
             parsed.insert(0, Turn("system", system))
-        messages = build_messages(parsed, tools=tools, system_prompt=self.options.system_prompt)
+        messages = build_messages(parsed, tools=self.tools, system_prompt=self.options.system_prompt)
         return Conversation(id=record_id(record, messages), messages=messages, source=source)
 
 

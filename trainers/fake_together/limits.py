@@ -102,7 +102,9 @@ def check_job_body(body: dict[str, Any], limits: dict[str, Any], *, has_validati
         or not isinstance(learning_rate, int | float)
         or not limits["min_learning_rate"] < learning_rate <= limits["max_learning_rate"]
     ):
-        raise BadRequest(f"learning_rate must be in ({limits['min_learning_rate']}, 1] (got {learning_rate!r})")
+        raise BadRequest(
+            f"learning_rate must be in ({limits['min_learning_rate']}, 1] (got {learning_rate!r})"
+        )
     _number_in(body, "warmup_ratio", 0.0, 1.0, 0.0)
     _number_in(body, "max_grad_norm", 0.0, float("inf"), 1.0)
     _number_in(body, "weight_decay", 0.0, float("inf"), 0.0)

@@ -56,7 +56,9 @@ def check_messages(messages: Any, *, needs_assistant: bool = True) -> bool:
         if role == "system" and index != 0:
             raise RuleBroken(f"message {index}: a system message may only come first")
         if role != "system" and role == previous:
-            raise RuleBroken(f"message {index}: two {role} messages in a row; user and assistant must alternate")
+            raise RuleBroken(
+                f"message {index}: two {role} messages in a row; user and assistant must alternate"
+            )
         if role == "assistant" and previous in (None, "system"):
             raise RuleBroken(f"message {index}: the conversation must start with a user message")
         if "weight" in message:

@@ -97,7 +97,9 @@ def output_model_name(model: str, suffix: str | None) -> str:
     return f"{FAKE_USER}/{'-'.join(parts)}"
 
 
-def job_schedule(start: float, step: float, *, n_epochs: int, n_checkpoints: int, fails: bool, wandb: bool) -> list[Scheduled]:
+def job_schedule(
+    start: float, step: float, *, n_epochs: int, n_checkpoints: int, fails: bool, wandb: bool
+) -> list[Scheduled]:
     """The life of a job created at ``start``: one state per ``step`` seconds, running events spread out."""
     schedule = [
         Scheduled(start, "pending", "job_pending", "Fine-tune request created"),
@@ -111,13 +113,17 @@ def job_schedule(start: float, step: float, *, n_epochs: int, n_checkpoints: int
     schedule.append(Scheduled(start + 2 * step, None, "training_start", "Training started"))
     if fails:
         schedule.append(
-            Scheduled(start + 3 * step, "error", "job_error", "Training failed (simulated by the fake)", "error")
+            Scheduled(
+                start + 3 * step, "error", "job_error", "Training failed (simulated by the fake)", "error"
+            )
         )
         return schedule
     for epoch in range(1, n_epochs + 1):
         at = start + 2 * step + step * epoch / (n_epochs + 1)
         schedule.append(Scheduled(at, None, "epoch_complete", f"Epoch {epoch}/{n_epochs} completed"))
-    schedule.append(Scheduled(start + 3 * step, None, "checkpoint_save", f"Saved {n_checkpoints} checkpoint(s)"))
+    schedule.append(
+        Scheduled(start + 3 * step, None, "checkpoint_save", f"Saved {n_checkpoints} checkpoint(s)")
+    )
     schedule.append(Scheduled(start + 3 * step, None, "training_complete", "Training completed"))
     schedule.append(Scheduled(start + 3 * step, None, "model_upload_complete", "Model uploaded"))
     schedule.append(Scheduled(start + 3 * step, "completed", "job_complete", "Job finished"))

@@ -127,6 +127,6 @@ def _message(value: Any, where: str) -> Message:
         raise CheckError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
     if not isinstance(content, str):
         raise CheckError(f"{where}: 'content' must be a string")
-    if weight is not None and (weight not in (0, 1) or isinstance(weight, bool)):
+    if weight is not None and (type(weight) is not int or weight not in (0, 1)):
         raise CheckError(f"{where}: 'weight' must be 0 or 1, not {weight!r}")
     return Message(role=role, content=content, weight=weight)

@@ -1,0 +1,85 @@
+"""``distill eval``: score a model on CoQA (EM/F1) or BookSum (ROUGE), and compare it with its base model.
+
+    distill eval --task coqa --input coqa-dev.json --model M --base-url URL --report tuned.json --compare base.json
+
+Requests go through the engine with the same cache, rate limits and retries as ``distill run``, so an evaluation
+can be stopped, resumed and re-scored without paying again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from distill.cli.run import add_teacher_options, api_key, teacher_settings
+from distill.config import add_config_flag, option, resolve
+from distill.errors import UsageError
+from trainers import eval as evaluation
+
+# The teacher's model must not silently become the model under evaluation through the environment.
+TEACHER_ENVIRONMENT = ("DISTILL_MODEL",)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="score a model on CoQA or BookSum and compare it with its base model",
+        description="Ask the model every item of the task (through the cache), score the answers, print the "
+        "scores, optionally write a JSON report and compare it with a base model's report.",
+    )
+    add_config_flag(p)
+    option(p, "--task", choices=list(evaluation.TASKS), help="coqa (EM/F1) or booksum (ROUGE-1/2/L)")
+    option(p, "--input", type=Path, help="the task's data: CoQA JSON/JSONL, BookSum JSONL, or messages JSONL")
+    add_teacher_options(p)
+    option(
+        p,
+        "--history",
+        dest="eval_history",
+        choices=["gold", "model"],
+        default="gold",
+        help="CoQA history of each question: the gold answers (default, the CoQA protocol) or the model's own",
+    )
+    option(
+        p,
+        "--retry-failed",
+        action="store_true",
+        default=False,
+        help="send again the requests that failed for good on an earlier evaluation",
+    )
+    option(p, "--limit", type=int, help="evaluate only the first N stories or chapters")
+    option(p, "--report", type=Path, help="write the JSON report here")
+    option(p, "--compare", type=Path, metavar="BASE_REPORT", help="a base model's report to compare with")
+    option(p, "--quiet", "-q", action="store_true", default=False, help="print only the scores")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    environ = {k: v for k, v in os.environ.items() if k not in TEACHER_ENVIRONMENT}
+    resolve(args, "eval", environ)
+    if not args.task:
+        raise UsageError(f"no task: pass --task with one of {', '.join(evaluation.TASKS)}")
+    if args.input is None:
+        raise UsageError("no evaluation data: pass --input FILE")
+    base = evaluation.load_report(args.compare) if args.compare else None
+    settings = evaluation.eval_settings(args.task, teacher_settings(args))
+    dialogues = evaluation.load_dialogues(args.task, args.input, args.limit)
+    report, predictions = asyncio.run(
+        evaluation.evaluate(args.task, dialogues, settings, args.cache, api_key(args), args.eval_history)
+    )
+    if args.report:
+        evaluation.write_report(report, args.report)
+    print(evaluation.summary_line(report))
+    if base is not None:
+        print(evaluation.compare(base, report))
+    if predictions.failures:
+        for item_id, reason in sorted(predictions.failures.items())[:10]:
+            print(f"distill eval: {item_id}: no answer: {reason}", file=sys.stderr)
+        print(
+            f"distill eval: {len(predictions.failures)} items had no answer and were not scored; fix the cause "
+            "and run again with --retry-failed",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
