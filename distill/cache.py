@@ -69,6 +69,20 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, position)
     ) WITHOUT ROWID;
     """,
+    # 2: batches in flight at a provider's Batch API (distill.batch.ledger), so an interrupted run re-attaches
+    """
+    CREATE TABLE batches (
+        part TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        input_file_id TEXT,
+        batch_id TEXT,
+        status TEXT NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

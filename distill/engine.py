@@ -26,11 +26,13 @@ from . import plan
 from .cache import Cache, Failure
 from .client import TeacherClient
 from .conversation import Conversation, Reject
+from .cost import Budget, BudgetReached
 from .errors import AuthenticationError, PermanentError, TeacherError, TransientError
 from .limiter import RateLimiter
-from .requests import TeacherRequest, TeacherResponse, canonical_json
+from .requests import TeacherRequest, TeacherResponse
 from .retry import RetryPolicy, Sleep
 from .settings import RunSettings
+from .shard import Shard
 from .stats import RunStats
 from .tokens import count, count_messages
 
@@ -57,6 +59,8 @@ class Engine:
         stats: RunStats | None = None,
         sleep: Sleep = asyncio.sleep,
         on_reject: Callable[[Reject], None] | None = None,
+        budget: Budget | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.settings = settings
         self.cache = cache
@@ -65,6 +69,8 @@ class Engine:
         self.policy = policy or RetryPolicy(attempts=settings.attempts)
         self.stats = stats or RunStats()
         self.on_reject = on_reject
+        self.budget = budget
+        self.shard = shard
         self._sleep = sleep
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: dict[str, asyncio.Future[TeacherResponse | Failure]] = {}
@@ -94,9 +100,13 @@ class Engine:
         batch: list[tuple[int, str, str, bytes]] = []
         for n, record in enumerate(records, 1):
             if isinstance(record, Reject):
-                self.stats.rejects += 1
-                if self.on_reject:
-                    self.on_reject(record)
+                if self.shard is None or self.shard.owns_reject(record):
+                    self.stats.rejects += 1
+                    if self.on_reject:
+                        self.on_reject(record)
+            elif self.shard is not None and not self.shard.owns(record.id):
+                # another shard's: positions stay those of the whole input, so merged shards keep its order
+                position += 1
             else:
                 batch.append((position, record.id, record.source, encode_conversation(record)))
                 self.stats.conversations_read += 1
@@ -121,6 +131,8 @@ class Engine:
             except TurnFailed as failed:
                 self.stats.conversations_failed += 1
                 self.stats.failures.append((conversation.id, conversation.source, failed.reason))
+            except BudgetReached:
+                pass  # --budget is spent: the conversation stays unanswered for the next run
             else:
                 self.stats.conversations_done += 1
 
@@ -184,17 +196,32 @@ class Engine:
             failure = Failure(str(e), e.status)
             self.cache.put_failure(request.key, failure.reason, failure.status)
             return failure
-        self.cache.put(request.key, canonical_json(request.identity()), response)
+        self.cache.put(request.key, request.identity_json, response)
         return response
 
     async def _fetch(self, request: TeacherRequest) -> TeacherResponse:
         estimate = self._estimate_tokens(request)
+        # Most requests succeed at once: try once before building the retry machinery (a tenacity loop per
+        # request cost ~10% of the engine's CPU). A transient failure is replayed as the loop's first attempt,
+        # so the policy waits, counts and stops exactly as if it had made that attempt itself.
+        try:
+            return await self._attempt(request, estimate)
+        except TransientError as error:
+            first_failure: TransientError | None = error
         async for attempt in self.policy.retrying(self._sleep, self._count_retry):
             with attempt:
-                async with self._slots:
-                    await self.limiter.acquire(estimate)
-                    response = await self._send_once(request, estimate)
+                if first_failure is not None:
+                    failure, first_failure = first_failure, None
+                    raise failure
+                response = await self._attempt(request, estimate)
         return response
+
+    async def _attempt(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
+        async with self._slots:
+            await self.limiter.acquire(estimate)
+            if self.budget is not None:
+                self.budget.check()
+            return await self._send_once(request, estimate)
 
     async def _send_once(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
         self.stats.requests_sent += 1
@@ -211,6 +238,8 @@ class Engine:
             self.stats.prompt_tokens += response.prompt_tokens
             self.stats.completion_tokens += response.completion_tokens
         self.limiter.on_success()
+        if self.budget is not None:
+            self.budget.charge_answer(request, response)
         if response.finish_reason == "length":
             self.stats.finished_length += 1
         return response

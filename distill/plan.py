@@ -12,16 +12,20 @@ as a stop sequence, as the original recipe did.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .conversation import Conversation, Message
 from .requests import TeacherRequest
-from .settings import RunSettings
+from .settings import RunSettings, Sampling
 
 LLAMA2_STOP = ("[INST]",)
+_PARAMS_MEMO: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
 
 
 def system_of(conversation: Conversation, settings: RunSettings) -> str | None:
-    return settings.system_prompt if settings.system_prompt is not None else conversation.system
+    """The conversation's system prompt. ``--system-prompt`` was applied by the reader (a template such as
+    CoQA's ``{story}`` needs the record), so the conversation already carries the one to send."""
+    return conversation.system
 
 
 def history_for(
@@ -46,11 +50,24 @@ def request_for(
 ) -> TeacherRequest:
     messages = history_for(conversation, settings, turn, answers)
     if settings.api == "chat":
-        return TeacherRequest("chat", settings.model, settings.sampling.params(), messages=tuple(messages))
+        return TeacherRequest("chat", settings.model, sampling_params(settings.sampling), messages=tuple(messages))
     from formats.writers.llama2 import render_llama2
 
     prompt = render_llama2([Message(r, c) for r, c in messages])
-    return TeacherRequest("completions", settings.model, settings.sampling.params(LLAMA2_STOP), prompt=prompt)
+    params = sampling_params(settings.sampling, LLAMA2_STOP)
+    return TeacherRequest("completions", settings.model, params, prompt=prompt)
+
+
+def sampling_params(sampling: Sampling, extra_stop: tuple[str, ...] = ()) -> tuple[tuple[str, Any], ...]:
+    """``sampling.params(extra_stop)``, memoised on the field values (``Sampling.params`` deep-copies them all)."""
+    values = tuple(getattr(sampling, name) for name in Sampling.__slots__)
+    memo_key = (tuple(tuple(v) if isinstance(v, list) else v for v in values), extra_stop)
+    params = _PARAMS_MEMO.get(memo_key)
+    if params is None:
+        if len(_PARAMS_MEMO) > 256:
+            _PARAMS_MEMO.clear()
+        params = _PARAMS_MEMO[memo_key] = sampling.params(extra_stop)
+    return params
 
 
 def turn_count(conversation: Conversation, settings: RunSettings) -> int:

@@ -32,12 +32,15 @@ class TeacherRequest:
     messages: tuple[tuple[str, str], ...] | None = None
     prompt: str | None = None
     key: str = field(init=False, compare=False)
+    identity_json: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", hashlib.sha256(canonical_json(self.identity())).hexdigest())
+        identity = canonical_json(self.identity())
+        object.__setattr__(self, "identity_json", identity)
+        object.__setattr__(self, "key", hashlib.sha256(identity).hexdigest())
 
     def identity(self) -> dict[str, Any]:
-        """What determines the answer; hashed into ``key`` and stored in the cache."""
+        """What determines the answer; hashed into ``key`` and stored in the cache (as ``identity_json``)."""
         ident: dict[str, Any] = {"api": self.api, "model": self.model, "params": dict(self.params)}
         if self.messages is not None:
             ident["messages"] = [{"role": r, "content": c} for r, c in self.messages]

@@ -20,19 +20,24 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import orjson
 
 from .cache import Cache, check_file
 from .client import TeacherClient
 from .conversation import Conversation, Record, Reject
+from .cost import BudgetReached, Price, budget_for
 from .engine import Engine
 from .errors import DistillError, UsageError
 from .export import ExportResult, export
 from .progress import Progress, summary
 from .settings import RunSettings
+from .shard import Shard
 from .stats import RunStats
+
+if TYPE_CHECKING:
+    from .batch import BatchOptions
 
 
 class Interrupted(DistillError):
@@ -54,6 +59,10 @@ class RunJob:
     api_key: str | None = None
     quiet: bool = False
     check_output: bool = True
+    shard: Shard | None = None
+    budget: float | None = None
+    price: Price | None = None
+    batch: BatchOptions | None = None
 
 
 @dataclass(slots=True)
@@ -104,6 +113,9 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
 
     open_writer(job.output_format)  # an unknown format fails before anything is paid for
     check_writable(job.output, "output", "--output")
+    for beside, what in ((rejects_path(job.output), "rejects file"), (manifest_path(job.output), "manifest")):
+        check_writable(beside, what, "--output")  # written at the end: a directory there fails now, unpaid
+    check_writable(Path(f"{job.output}.tmp"), "temporary output", "--output")
     check_file(job.cache)
     reader = open_reader(
         job.input,
@@ -113,6 +125,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
     input_path = str(job.input.resolve())
     run_id = job.settings.run_id(input_path)
     stats = RunStats(total_expected=job.limit)
+    budget = budget_for(job.budget, job.settings.model, job.price, batch=job.batch is not None)
     rejects = RejectLog(rejects_path(job.output))
     progress = Progress(stats, stream, live=None if not job.quiet else False)
     try:
@@ -125,24 +138,81 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                 max_connections=job.settings.concurrency,
             ) as client,
         ):
-            engine = Engine(job.settings, cache, client, stats=stats, on_reject=rejects.write)
+            engine = Engine(
+                job.settings,
+                cache,
+                client,
+                stats=stats,
+                on_reject=rejects.write,
+                budget=budget,
+                shard=job.shard,
+            )
             await cache.clear_conversations(run_id)
             progress.start()
             try:
-                await engine.run(limited(reader.read(job.input), job.limit), run_id, input_path)
+                records = limited(reader.read(job.input), job.limit)
+                if job.batch is not None:
+                    await _run_batch(
+                        job, cache, records, run_id, input_path, stats, budget, rejects.write, stream
+                    )
+                else:
+                    await engine.run(records, run_id, input_path)
             finally:
                 progress.stop()
     finally:
         rejects.close()
     result = export(job.cache, job.output, job.output_format, run_id)
-    if job.check_output:
+    budget_stopped = budget is not None and budget.refused > 0
+    if job.check_output and result.written:  # an empty output (all rejected or failed) has nothing to check
         check_output(job.output)
     manifest = write_manifest(job, run_id, stats, result, getattr(reader, "stats", None))
     report = RunReport(run_id, stats, result, manifest, rejects.path if rejects.count else None)
     if not job.quiet:
         print(summary(stats), file=stream)
         print(f"wrote {result.written} conversations to {job.output} (manifest {manifest})", file=stream)
+    if budget_stopped:
+        stop = BudgetReached(
+            f"{budget.summary()}, so the run stopped sending; the {result.written} conversations answered so far "
+            f"are in {job.output}. Run the same command again (with a new --budget) to continue: nothing "
+            "answered is paid for twice"
+        )
+        stop.report = report  # type: ignore[attr-defined]
+        raise stop
     return report
+
+
+async def _run_batch(
+    job: RunJob,
+    cache: Cache,
+    records,
+    run_id: str,
+    input_path: str,
+    stats: RunStats,
+    budget,
+    on_reject,
+    stream,
+) -> None:
+    """Answer the run through a provider's Batch API (``--batch``) instead of live requests."""
+    from .batch import BatchRunner, open_provider
+
+    assert job.batch is not None
+    provider = open_provider(job.batch, job.settings, job.api_key)
+    log = None if job.quiet else (lambda line: print(line, file=stream, flush=True))
+    runner = BatchRunner(
+        job.settings,
+        cache,
+        provider,
+        job.batch,
+        stats=stats,
+        budget=budget,
+        shard=job.shard,
+        on_reject=on_reject,
+        log=log,
+    )
+    try:
+        await runner.run(records, run_id, input_path)
+    finally:
+        await provider.close()
 
 
 def limited(records: Iterator[Record], limit: int | None) -> Iterator[Record]:

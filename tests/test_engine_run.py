@@ -16,10 +16,6 @@ from formats.readers import open_reader
 from formats.writers.llama2 import render_llama2
 
 
-import importlib.util
-
-_HAS_CHECK = importlib.util.find_spec("formats.check") is not None
-
 
 def make_job(tmp_path: Path, base_url: str, input_path: Path, **kw) -> RunJob:
     settings_kw = {k: kw.pop(k) for k in list(kw) if k in RunSettings.__dataclass_fields__}
@@ -33,7 +29,6 @@ def make_job(tmp_path: Path, base_url: str, input_path: Path, **kw) -> RunJob:
         settings=settings,
         output_format=output_format,
         quiet=True,
-        check_output=kw.pop("check_output", _HAS_CHECK),  # TODO(lead): drop once formats.check lands
         **kw,
     )
 

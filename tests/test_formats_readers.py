@@ -245,7 +245,7 @@ def test_empty_file_and_empty_list_have_no_records(tmp_path: Path) -> None:
 
 
 def test_a_file_that_is_not_json_is_an_input_error(tmp_path: Path) -> None:
-    path = tmp_path / "data.csv"
+    path = tmp_path / "data.txt"
     path.write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(InputError, match="not JSON"):
         read_all(path, "sharegpt")

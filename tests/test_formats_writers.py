@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from distill.conversation import Conversation, Message
+from distill.errors import UsageError
 from formats import templates
 from formats.readers import open_reader
 from formats.writers import WRITERS, open_writer
 from formats.writers.base import RenderError, encode_line
 from formats.writers.llama2 import parse_llama2, render_llama2
+from formats.writers.llama3 import parse_llama3, render_llama3
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 
@@ -57,7 +59,7 @@ def conv(*pairs: tuple[str, str], weights: list[int | None] | None = None) -> Co
 
 
 def test_registered_writers() -> None:
-    assert {"messages", "llama2"} <= set(WRITERS.names())
+    assert set(WRITERS.names()) >= {"messages", "llama2", "llama3", "prompt-completion", "template"}
 
 
 def test_packaged_llama2_template_is_metas_string() -> None:
@@ -195,3 +197,137 @@ def test_messages_line_round_trips_through_the_messages_reader(
     path.write_bytes(encode_line(open_writer("messages").render(Conversation(id="c", messages=messages))))
     (back,) = open_reader(path).read(path)
     assert back.messages == messages
+
+
+# --- llama3, template:FILE, prompt-completion -----------------------------------------------------------------
+
+# meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json, "chat_template", as the JSON source text.
+LLAMA3_CONFIG_VALUE = (
+    "\"{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\\\n\\\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'<|start_header_id|>assistant<|end_header_id|>\\\\n\\\\n' }}{% endif %}\""
+)
+
+
+def jinja_llama3(messages: list[dict]) -> str:
+    template = published_template("llama3-instruct.jinja")
+    return template.render(messages=messages, bos_token="<|begin_of_text|>", add_generation_prompt=False)
+
+
+def test_packaged_llama3_template_is_metas_string() -> None:
+    assert templates.load("llama3-instruct.jinja") == json.loads(LLAMA3_CONFIG_VALUE)
+
+
+def test_llama3_known_rendering() -> None:
+    c = conv(("system", "Be kind."), ("user", " Hi "), ("assistant", "Hello!"))
+    assert open_writer("llama3").render(c) == {
+        "text": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe kind.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=chat())
+def test_llama3_matches_the_template_on_any_conversation(messages: list[Message]) -> None:
+    assert render_llama3(messages) == jinja_llama3([m.to_dict() for m in messages])
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=chat(text=plain_text))
+def test_llama3_text_round_trips_to_messages(messages: list[Message]) -> None:
+    assert parse_llama3(render_llama3(messages)) == messages
+
+
+def test_hints_conversations_in_llama3_equal_the_jinja_rendering() -> None:
+    path = FIXTURES / "hints_wikihint_slice.json"
+    for c in open_reader(path).read(path):
+        assert open_writer("llama3").render(c)["text"] == jinja_llama3([m.to_dict() for m in c.messages])
+
+
+def write_config(folder: Path, template: str | list, bos, eos) -> Path:
+    path = folder / "tokenizer_config.json"
+    path.write_text(
+        json.dumps({"chat_template": template, "bos_token": bos, "eos_token": eos}), encoding="utf-8"
+    )
+    return path
+
+
+def test_template_writer_from_a_tokenizer_config_equals_the_llama2_writer(tmp_path: Path) -> None:
+    added = {"__type": "AddedToken", "content": "<s>", "lstrip": False, "normalized": True, "rstrip": False}
+    config = write_config(tmp_path, templates.load("llama2-chat.jinja"), added, "</s>")
+    writer = open_writer(f"template:{config}")
+    path = FIXTURES / "sharegpt_dialogstudio_example.json"
+    for c in open_reader(path).read(path):
+        assert writer.render(c) == open_writer("llama2").render(c)
+
+
+def test_template_writer_from_a_jinja_file_takes_tokens_from_the_config_beside_it(tmp_path: Path) -> None:
+    jinja = tmp_path / "chat.jinja"
+    jinja.write_text(templates.load("llama3-instruct.jinja"), encoding="utf-8")
+    plain = open_writer(f"template:{jinja}")
+    c = conv(("user", "Hi"), ("assistant", "Yo"))
+    assert plain.render(c)["text"] == render_llama3(c.messages, bos="")
+    write_config(tmp_path, None, "<|begin_of_text|>", "<|eot_id|>")
+    assert open_writer(f"template:{jinja}").render(c) == open_writer("llama3").render(c)
+
+
+def test_template_writer_runs_transformers_style_templates(tmp_path: Path) -> None:
+    # ChatML with whitespace control, a {% generation %} block, loop controls, tojson and raise_exception
+    source = (
+        "{% for message in messages %}\n"
+        "{% if message['role'] == 'system' and not loop.first %}{{ raise_exception('system only first') }}{% endif %}\n"
+        "{% if message['role'] == 'assistant' %}"
+        "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}{% endgeneration %}{{ '<|im_end|>\\n' }}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}\n"
+        "{% if loop.index > 3 %}{% break %}{% endif %}\n"
+        "{% endfor %}{{ {'n': messages | length, 'é': 1} | tojson }}"
+    )
+    config = write_config(
+        tmp_path, [{"name": "tool_use", "template": "x"}, {"name": "default", "template": source}], "", ""
+    )
+    writer = open_writer(f"template:{config}")
+    c = conv(("user", "Hi"), ("assistant", "Yo"))
+    assert writer.render(c)["text"] == (
+        '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n{"n": 2, "é": 1}'
+    )
+    with pytest.raises(RenderError, match="system only first"):
+        writer.render(conv(("user", "Hi"), ("system", "late")))
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("template", "needs a file"),
+        ("template:/nonexistent/chat.jinja", "cannot read"),
+        ("unknown-format", "choose one of"),
+    ],
+)
+def test_template_writer_usage_errors(spec: str, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        open_writer(spec)
+
+
+def test_template_writer_reports_a_broken_template(tmp_path: Path) -> None:
+    jinja = tmp_path / "broken.jinja"
+    jinja.write_text("{% for m in messages %}{{ m.content }", encoding="utf-8")
+    with pytest.raises(UsageError, match="not a valid Jinja template"):
+        open_writer(f"template:{jinja}")
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(json.dumps({"bos_token": "<s>"}), encoding="utf-8")
+    with pytest.raises(UsageError, match="no 'chat_template'"):
+        open_writer(f"template:{config}")
+
+
+def test_prompt_completion_writes_single_turn_conversations_only() -> None:
+    writer = open_writer("prompt-completion")
+    assert writer.render(conv(("user", "Q"), ("assistant", "A"))) == {"prompt": "Q", "completion": "A"}
+    assert writer.render(conv(("system", "S"), ("user", "Q"), ("assistant", "A"))) == {
+        "prompt": "S\n\nQ",
+        "completion": "A",
+    }
+    with pytest.raises(RenderError, match="--output-format messages"):
+        writer.render(conv(("user", "Q"), ("assistant", "A"), ("user", "Q2"), ("assistant", "A2")))
+    with pytest.raises(RenderError):
+        writer.render(conv(("user", "Q")))

@@ -243,12 +243,16 @@ def test_request_hash_ignores_key_order_and_whitespace():
 
 async def test_together_sdk_reads_the_answers():
     async with TeacherServer(TeacherKnobs(api_key="test")) as server:
-        client = together.AsyncTogether(api_key="test", base_url=server.root_url, max_retries=0)
-        reply = await client.chat.completions.create(model="teacher-70b", messages=HISTORY, max_tokens=64)
-        text = await client.completions.create(model="teacher-70b", prompt="[INST] hi [/INST]", max_tokens=3)
-        refused = together.AsyncTogether(api_key="wrong", base_url=server.root_url, max_retries=0)
-        with pytest.raises(together.AuthenticationError):
-            await refused.chat.completions.create(model="teacher-70b", messages=HISTORY)
+        async with together.AsyncTogether(api_key="test", base_url=server.root_url, max_retries=0) as client:
+            reply = await client.chat.completions.create(model="teacher-70b", messages=HISTORY, max_tokens=64)
+            text = await client.completions.create(
+                model="teacher-70b", prompt="[INST] hi [/INST]", max_tokens=3
+            )
+        async with together.AsyncTogether(
+            api_key="wrong", base_url=server.root_url, max_retries=0
+        ) as refused:
+            with pytest.raises(together.AuthenticationError):
+                await refused.chat.completions.create(model="teacher-70b", messages=HISTORY)
     assert reply.choices[0].message.content == chat_answer(HISTORY)
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     assert text.choices[0].finish_reason == "length" and text.usage.completion_tokens == 3

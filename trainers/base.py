@@ -12,7 +12,7 @@ from distill.registry import Registry
 TRAINERS: Registry[type[Trainer]] = Registry(
     "trainer back-end",
     "distill.trainers",
-    builtin_modules=("trainers.together",),
+    builtin_modules=("trainers.together", "trainers.local"),
     flag="--backend",
 )
 

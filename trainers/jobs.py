@@ -242,7 +242,9 @@ class JobStore:
         return _job_from_row(row) if row else None
 
     def jobs(self) -> list[JobRecord]:
-        """Every recorded job, oldest first."""
+        """Every recorded job, oldest first (none when there is no record yet: nothing is created)."""
+        if not self.path.exists():
+            return []
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
         return [_job_from_row(row) for row in rows]

@@ -1,25 +1,35 @@
-"""``distill demo``: the main job end to end on this machine, with no key and no network.
+"""``distill demo``: the whole product end to end on this machine, with no key and no network.
 
-Starts the bundled local teacher on 127.0.0.1, distils the bundled ShareGPT sample through it into both
-fine-tuning formats, then runs the same command again to show that a finished run costs nothing.
+1. Starts the bundled local teacher on 127.0.0.1 and distils the bundled ShareGPT sample through it into both
+   fine-tuning formats, then shows that the second format cost no request (it came from the cache).
+2. Starts the bundled fake of Together's files and fine-tuning API and runs ``distill pipeline`` on the Together
+   cookbook's CoQA recipe: CoQA stories -> multi-turn messages -> file check -> LoRA fine-tune with
+   ``train_on_inputs=auto`` -> wait -> EM/F1 of the base model and the student -> report.
+
+The local teacher answers every model name with the same canned, deterministic text, so the demo's scores show
+the machinery working, not a real student's quality.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.resources import files
 from pathlib import Path
 
+from distill.pipeline import run_pipeline
 from distill.runner import RunJob, run
 from distill.settings import RunSettings
 from distill.teacher_server import TeacherKnobs, start_teacher_process
+
+DEMO_KEY = "demo-key-for-the-local-fakes"
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="run the whole job offline against the bundled local teacher",
+        help="run the whole job offline against the bundled local servers",
         description=__doc__.splitlines()[0],
     )
     p.add_argument(
@@ -28,32 +38,81 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=main)
 
 
-def sample_path() -> Path:
-    return Path(str(files("distill") / "data" / "sample_sharegpt.json"))
+def data_path(name: str) -> Path:
+    return Path(str(files("distill") / "data" / name))
+
+
+def distil_sample(directory: Path, base_url: str) -> int:
+    sample = data_path("sample_sharegpt.json")
+    settings = RunSettings(model="local-teacher", base_url=base_url, concurrency=8, rpm=3000)
+    for output_format in ("messages", "llama2"):
+        output = directory / f"sample.{output_format}.jsonl"
+        print(f"\n$ distill run {sample.name} --output-format {output_format} --rpm 3000", file=sys.stderr)
+        report = run(
+            RunJob(sample, output, directory / "cache.sqlite", settings, output_format=output_format)
+        )
+        if report.exit_code:
+            return report.exit_code
+    return 0
+
+
+def pipeline_config(directory: Path, teacher_url: str, together_root: str) -> Path:
+    config = directory / "pipeline.toml"
+    config.write_text(f"""# The Together cookbook's CoQA recipe, pointed at the local teacher and the local Together fake.
+[pipeline]
+dir = "{directory / "pipeline"}"
+
+[run]
+input = "{data_path("coqa_train_sample.json")}"
+format = "coqa"
+model = "local-teacher"
+base-url = "{teacher_url}"
+cache = "{directory / "cache.sqlite"}"
+output = "{directory / "coqa.messages.jsonl"}"
+quiet = true
+
+[train]
+backend = "together"
+base-url = "{together_root}"
+model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
+n-epochs = 3
+lora = true
+train-on-inputs = "auto"
+suffix = "coqa-demo"
+poll-interval = 0.2
+jobs-db = "{directory / "jobs.sqlite3"}"
+
+[eval]
+task = "coqa"
+input = "{data_path("coqa_dev_sample.json")}"
+base-url = "{teacher_url}"
+cache = "{directory / "eval-cache.sqlite"}"
+base-model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
+""")
+    return config
 
 
 def main(args: argparse.Namespace) -> int:
-    args.dir.mkdir(parents=True, exist_ok=True)
-    cache = args.dir / "cache.sqlite"
-    print(f"starting the local teacher; distilling {sample_path().name} into {args.dir}/", file=sys.stderr)
+    from trainers.fake_together import FakeTogether
+
+    directory = args.dir.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOGETHER_API_KEY", DEMO_KEY)
+    print(f"starting the local teacher; writing into {directory}/", file=sys.stderr)
     with start_teacher_process(TeacherKnobs(latency=0.02, answer_words=20)) as teacher:
-        settings = RunSettings(model="local-teacher", base_url=teacher.base_url, concurrency=8, rpm=3000)
-        for output_format in ("messages", "llama2"):
-            output = args.dir / f"sample.{output_format}.jsonl"
-            print(
-                f"\n$ distill run {sample_path().name} --output-format {output_format} --rpm 3000",
-                file=sys.stderr,
-            )
-            report = run(RunJob(sample_path(), output, cache, settings, output_format=output_format))
-            if report.exit_code:
-                return report.exit_code
+        status = distil_sample(directory, teacher.base_url)
+        if status:
+            return status
         received = teacher.stats(with_hashes=False)["requests"]
+        print(
+            f"\nthe teacher received {received} requests for both files: the second came from the cache",
+            file=sys.stderr,
+        )
+        print("\nstarting the fake Together API; $ distill pipeline pipeline.toml", file=sys.stderr)
+        with FakeTogether(seconds_per_state=0.3).in_thread() as together:
+            run_pipeline(pipeline_config(directory, teacher.base_url, together.url), sys.stderr)
     print(
-        f"\nthe teacher received {received} requests for both files: the second format came from the cache",
-        file=sys.stderr,
-    )
-    print(
-        f"next: distill check {args.dir}/sample.messages.jsonl; distill stats --cache {cache}",
+        f"\nnext: distill check {directory}/sample.messages.jsonl; distill stats --cache {directory}/cache.sqlite",
         file=sys.stderr,
     )
     return 0

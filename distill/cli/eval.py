@@ -18,8 +18,9 @@ from distill.config import add_config_flag, option, resolve
 from distill.errors import UsageError
 from trainers import eval as evaluation
 
-# The teacher's model must not silently become the model under evaluation through the environment.
-TEACHER_ENVIRONMENT = ("DISTILL_MODEL",)
+# distill run's settings must not leak into an evaluation through the environment: its teacher model is not
+# the model under evaluation, and its --history takes other values (teacher|original).
+TEACHER_ENVIRONMENT = ("DISTILL_MODEL", "DISTILL_HISTORY")
 
 
 def add_parser(subparsers) -> None:

@@ -7,10 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+from distill.batch import BatchOptions
 from distill.config import add_config_flag, option, resolve
+from distill.cost import dry_run, resolve_price
 from distill.errors import UsageError
 from distill.runner import RunJob, run
 from distill.settings import RunSettings, Sampling
+from distill.shard import Shard
 
 DEFAULT_CACHE = Path("distill-cache.sqlite")
 DEFAULT_KEY_ENV = "TOGETHER_API_KEY"
@@ -51,7 +54,53 @@ def add_parser(subparsers) -> None:
         help="send again the requests that failed for good on an earlier run",
     )
     option(p, "--quiet", "-q", action="store_true", default=False, help="no progress display or summary")
+    add_scale_options(p)
     p.set_defaults(func=main)
+
+
+def add_scale_options(p: argparse.ArgumentParser) -> None:
+    """Flags for cost, budget, Batch APIs and sharding (see distill.cost, distill.batch, distill.shard)."""
+    option(
+        p,
+        "--dry-run",
+        action="store_true",
+        default=False,
+        help="count conversations, turns and tokens (history included) and print the cost; send nothing",
+    )
+    option(
+        p, "--price-in", type=float, help="US dollars per million prompt tokens (default: dated list price)"
+    )
+    option(
+        p, "--price-out", type=float, help="US dollars per million output tokens (default: dated list price)"
+    )
+    option(
+        p,
+        "--expected-output-tokens",
+        type=int,
+        default=512,
+        help="tokens a teacher answer is expected to have, for --dry-run (default: 512, capped by --max-tokens)",
+    )
+    option(
+        p,
+        "--budget",
+        type=float,
+        metavar="USD",
+        help="stop sending once the answers received cost this much (resumable; exit code 75)",
+    )
+    option(
+        p,
+        "--batch",
+        nargs="?",
+        const="auto",
+        choices=["auto", "together", "openai"],
+        help="use the provider's Batch API (half price, up to 24 h): together or openai (default: from --base-url)",
+    )
+    option(
+        p, "--batch-poll", type=float, default=30.0, help="seconds between batch status checks (default: 30)"
+    )
+    option(
+        p, "--shard", metavar="I/N", help="answer only shard I of N (by conversation id); own --cache each"
+    )
 
 
 def add_teacher_options(p: argparse.ArgumentParser) -> None:
@@ -148,20 +197,10 @@ def reader_options(pairs: list[str] | None) -> dict[str, str]:
 
 def main(args: argparse.Namespace) -> int:
     resolve(args, "run")
-    settings = teacher_settings(args)
-    output = args.output or Path(f"{args.input.stem}.{args.output_format.partition(':')[0]}.jsonl")
-    job = RunJob(
-        input=args.input,
-        output=output,
-        cache=args.cache,
-        settings=settings,
-        output_format=args.output_format,
-        input_format=args.input_format,
-        reader_options=reader_options(args.reader_opt),
-        limit=args.limit,
-        api_key=api_key(args),
-        quiet=args.quiet,
-    )
+    job = job_from_args(args)
+    if args.dry_run:
+        dry_run(job, job.price, sys.stdout)
+        return 0
     report = run(job, sys.stderr)
     if report.exit_code and not args.quiet:
         print(
@@ -170,3 +209,30 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return report.exit_code
+
+
+def job_from_args(args: argparse.Namespace) -> RunJob:
+    """The :class:`RunJob` that resolved ``distill run`` flags describe (also used by ``distill pipeline``)."""
+    if args.dry_run and not args.base_url:
+        args.base_url = "(dry run: no server)"
+    settings = teacher_settings(args)
+    if args.expected_output_tokens < 1:
+        raise UsageError("--expected-output-tokens must be at least 1")
+    settings.estimated_output_tokens = args.expected_output_tokens
+    output = args.output or Path(f"{args.input.stem}.{args.output_format.partition(':')[0]}.jsonl")
+    return RunJob(
+        input=args.input,
+        output=output,
+        cache=args.cache,
+        settings=settings,
+        output_format=args.output_format,
+        input_format=args.input_format,
+        reader_options=reader_options(args.reader_opt),
+        limit=args.limit,
+        api_key=None if args.dry_run else api_key(args),
+        quiet=args.quiet,
+        shard=Shard.parse(args.shard) if args.shard else None,
+        budget=args.budget,
+        price=resolve_price(settings.model, args.price_in, args.price_out),
+        batch=BatchOptions(provider=args.batch, poll_seconds=args.batch_poll) if args.batch else None,
+    )

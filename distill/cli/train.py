@@ -37,7 +37,13 @@ def add_parser(subparsers) -> None:
     option(p, "--validation-file", type=Path, help="held-out file for evaluation during training")
     option(p, "--n-epochs", type=int, default=1, help="passes over the data (default: 1)")
     option(p, "--n-checkpoints", type=int, default=1, help="checkpoints to keep (default: 1)")
-    option(p, "--n-evals", type=int, default=0, help="evaluations on --validation-file (default: 0)")
+    option(
+        p,
+        "--n-evals",
+        type=int,
+        default=0,
+        help="evaluations on --validation-file (default: 1 with one, else 0)",
+    )
     option(p, "--batch-size", default="max", help="an integer or max (default: max)")
     option(p, "--learning-rate", type=float, default=1e-5, help="peak learning rate (default: 1e-5)")
     option(p, "--warmup-ratio", type=float, default=0.0, help="share of steps warming up (default: 0)")

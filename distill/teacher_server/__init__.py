@@ -8,12 +8,13 @@ faults, and a count of everything it received. In-process: :class:`TeacherServer
 from .answers import chat_answer, prompt_answer, request_hash
 from .app import TeacherServer
 from .knobs import FAULT_KINDS, TeacherKnobs
-from .process import TeacherProcess, start_teacher_process
+from .process import TeacherProcess, TeacherProcessError, start_teacher_process
 
 __all__ = [
     "FAULT_KINDS",
     "TeacherKnobs",
     "TeacherProcess",
+    "TeacherProcessError",
     "TeacherServer",
     "chat_answer",
     "prompt_answer",

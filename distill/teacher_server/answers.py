@@ -4,9 +4,9 @@ The answer to a request is a pure function of its conversation::
 
     Answer to: <first 60 characters of the last user turn> [<8 hex digits of the history's hash>]
 
-followed by ``answer_words`` filler words when that knob is set. The hash covers every message's role and
-text (or the whole prompt of a ``/completions`` request), so a test can check that request k carried exactly
-the history it should. :func:`chat_answer` and :func:`prompt_answer` compute it the same way the server does.
+followed by ``answer_words`` filler words when that knob is set. The hash is BLAKE2b with a 4-byte digest of
+the compact JSON of ``[[role, text], ...]`` over every message (or of the whole prompt's UTF-8 for
+``/completions``), so a test can check that request k carried exactly the history it should. :func:`chat_answer` and :func:`prompt_answer` compute it the same way the server does.
 """
 
 from __future__ import annotations
@@ -22,20 +22,7 @@ from distill.errors import DistillError
 
 CHAT_ROLES = frozenset(("system", "user", "assistant"))
 HEAD_CHARS = 60
-FILLER = (
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "epsilon",
-    "zeta",
-    "eta",
-    "theta",
-    "iota",
-    "kappa",
-    "lambda",
-    "mu",
-)
+FILLER = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda")
 NUMBER_PARAMS = (
     "temperature",
     "top_p",
@@ -74,6 +61,14 @@ class Completion:
     text: str
     finish_reason: str  # "stop" or "length"
     completion_tokens: int
+
+
+def load_body(raw: bytes) -> Any:
+    """The JSON in a request body; :class:`InvalidRequest` when it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
 
 
 def request_hash(body: Any) -> str:

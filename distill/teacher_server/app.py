@@ -9,6 +9,7 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/model
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from aiohttp import web
 from distill import tokens
 from distill.errors import UsageError
 
-from . import answers, faults
+from . import answers, batch, faults
 from .knobs import TeacherKnobs
 from .ratelimit import WindowLimiter
 from .stats import TeacherStats
@@ -58,40 +59,24 @@ class TeacherState:
         knobs, stats = self.knobs, self.stats
         if knobs.api_key is not None and request.headers.get("Authorization") != f"Bearer {knobs.api_key}":
             stats.unauthorized += 1
-            body = faults.error_body("invalid or missing API key", "invalid_request_error", "invalid_api_key")
-            return faults.json_response(401, body, {})
+            return _error(401, "invalid or missing API key", {}, code="invalid_api_key")
         try:
-            body = orjson.loads(await request.read())
+            body = answers.load_body(await request.read())
             parsed = _PARSERS[kind](body, knobs.token_counter)
-        except orjson.JSONDecodeError:
-            stats.bad_requests += 1
-            return faults.json_response(
-                400, faults.error_body("the body is not valid JSON", "invalid_request_error"), {}
-            )
         except answers.InvalidRequest as e:
             stats.bad_requests += 1
-            return faults.json_response(
-                400, faults.error_body(str(e), "invalid_request_error", param=e.param), {}
-            )
+            return _error(400, str(e), {}, param=e.param)
         request_hash = answers.request_hash(body)
         completion = answers.complete(parsed, knobs.answer_words, knobs.token_counter)
         headers = {"x-teacher-request-hash": request_hash}
-        if self.limiter is not None:
-            cost = parsed.prompt_tokens + (
-                completion.completion_tokens if knobs.tpm_charge == "usage" else (parsed.max_tokens or 0)
-            )
-            admission = self.limiter.acquire(cost)
-            headers.update(admission.headers)
-            if not admission.admitted:
-                stats.rate_limited += 1
-                return _rate_limited(admission.limited_by or "requests", admission.reset_s, knobs, headers)
+        refusal = self._admit(parsed, completion, headers)
+        if refusal is not None:
+            return refusal
         attempt = stats.receive(request_hash)
         if knobs.permanent_marker is not None and knobs.permanent_marker in parsed.last_user:
             stats.faults["permanent"] += 1
             message = f"the request contains the marker {knobs.permanent_marker!r} and is refused for good"
-            return faults.json_response(
-                knobs.permanent_status, faults.error_body(message, "invalid_request_error"), headers
-            )
+            return _error(knobs.permanent_status, message, headers)
         delay = knobs.latency + (faults.jitter(knobs, request_hash, attempt) if knobs.latency_jitter else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -102,6 +87,35 @@ class TeacherState:
             return await faults.deliver(fault, knobs, request, answer, request_hash, attempt, headers)
         stats.answer(request_hash, parsed.prompt_tokens, completion.completion_tokens)
         return faults.json_response(200, orjson.dumps(answer), headers)
+
+    def _admit(
+        self, parsed: answers.TeacherRequest, completion: answers.Completion, headers: dict[str, str]
+    ) -> web.Response | None:
+        """Charge the rate limit and add its headers; the 429 to send when the window is full, else ``None``."""
+        if self.limiter is None:
+            return None
+        knobs = self.knobs
+        answer_cost = (
+            completion.completion_tokens if knobs.tpm_charge == "usage" else (parsed.max_tokens or 0)
+        )
+        admission = self.limiter.acquire(parsed.prompt_tokens + answer_cost)
+        headers.update(admission.headers)
+        if admission.admitted:
+            return None
+        self.stats.rate_limited += 1
+        headers["retry-after-ms"] = str(max(1, round(admission.reset_s * 1000)))
+        if knobs.retry_after:
+            headers["Retry-After"] = str(max(1, math.ceil(admission.reset_s)))
+        limited_by = admission.limited_by or "requests"
+        message = f"You have been rate limited: the {limited_by} per minute limit is enforced per {knobs.window:g} s window"
+        kind = "dynamic_request_limited" if limited_by == "requests" else "dynamic_token_limited"
+        return faults.json_response(429, faults.error_body(message, kind), headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str], **fields: str | None) -> web.Response:
+    return faults.json_response(
+        status, faults.error_body(message, "invalid_request_error", **fields), headers
+    )
 
 
 def _answer_json(
@@ -127,17 +141,6 @@ def _answer_json(
         "choices": [choice],
         "usage": usage,
     }
-
-
-def _rate_limited(
-    limited_by: str, reset_s: float, knobs: TeacherKnobs, headers: dict[str, str]
-) -> web.Response:
-    headers["retry-after-ms"] = str(max(1, round(reset_s * 1000)))
-    if knobs.retry_after:
-        headers["Retry-After"] = str(max(1, int(reset_s + 0.999)))
-    kind = "dynamic_request_limited" if limited_by == "requests" else "dynamic_token_limited"
-    message = f"You have been rate limited: the {limited_by} per minute limit is enforced per {knobs.window:g} s window"
-    return faults.json_response(429, faults.error_body(message, kind), headers)
 
 
 def build_app(state: TeacherState) -> web.Application:
@@ -182,6 +185,7 @@ def build_app(state: TeacherState) -> web.Application:
     app.router.add_post("/stats/reset", reset_stats)
     app.router.add_get("/knobs", get_knobs)
     app.router.add_post("/knobs", post_knobs)
+    batch.add_routes(app, state)
     return app
 
 
@@ -231,7 +235,7 @@ class TeacherServer:
         if self.state.knobs.token_counter == "tiktoken":
             tokens.encoding()  # load the BPE now, not during the first request
         runner = web.AppRunner(
-            build_app(self.state), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+            build_app(self.state), access_log=None, handler_cancellation=True, shutdown_timeout=0.25
         )
         await runner.setup()
         site = web.TCPSite(runner, HOST, self._port, backlog=1024)

@@ -1,7 +1,7 @@
 """Reproducible faults: which requests fail, and how each kind of failure is delivered.
 
 A request's fate is a function of ``(seed, request hash, attempt)``, where ``attempt`` counts how many times
-the server had already received that same request. So a run replays the same faults, and a client that sends
+the server had already admitted that same request (past auth, validation and the rate limit). So a run replays the same faults, and a client that sends
 a failed request again rolls a fresh draw (or, under ``fail_first_attempts``, succeeds after N tries).
 """
 

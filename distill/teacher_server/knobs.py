@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from distill.errors import UsageError
 
 FAULT_KINDS: tuple[str, ...] = ("server_error", "hang", "reset", "truncated", "empty", "throttle")
 TOKEN_COUNTERS: tuple[str, ...] = ("tiktoken", "words")
+KNOBS_ENV = "DISTILL_TEACHER_KNOBS"
 TPM_CHARGES: tuple[str, ...] = ("usage", "max_tokens")
 
 
@@ -182,9 +184,21 @@ _FLAG_TYPES = {
 }
 
 
+def _json_object(source: str, text: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise UsageError(f"{source} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{source} must be a JSON object of knob names, e.g. '{{\"rpm\": 600}}'")
+    return data
+
+
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--knobs-json`` and one flag per knob (``--error-rate 0.1``, ``--retry-after false``) to ``parser``."""
-    group = parser.add_argument_group("teacher knobs (flags override --knobs-json)")
+    group = parser.add_argument_group(
+        f"teacher knobs (flags override --knobs-json, which overrides ${KNOBS_ENV})"
+    )
     group.add_argument(
         "--knobs-json", metavar="JSON", help="all knobs at once, as a JSON object of field names"
     )
@@ -200,15 +214,11 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def knobs_from_args(args: argparse.Namespace) -> TeacherKnobs:
-    """The knobs that ``--knobs-json`` and the knob flags on ``args`` describe."""
+    """The knobs that the knob flags, ``--knobs-json`` and ``$DISTILL_TEACHER_KNOBS`` describe, in that precedence."""
     data: dict[str, Any] = {}
-    if args.knobs_json:
-        try:
-            data = orjson.loads(args.knobs_json)
-        except orjson.JSONDecodeError as e:
-            raise UsageError(f"--knobs-json is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise UsageError("--knobs-json must be a JSON object of knob names, e.g. '{\"rpm\": 600}'")
+    for source, text in ((KNOBS_ENV, os.environ.get(KNOBS_ENV)), ("--knobs-json", args.knobs_json)):
+        if text:
+            data.update(_json_object(source, text))
     for f in dataclasses.fields(TeacherKnobs):
         value = getattr(args, f"knob_{f.name}")
         if value is not None:

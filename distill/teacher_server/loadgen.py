@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -58,6 +60,15 @@ async def plain_client_load(
     return LoadResult(sum(sent for sent, _ in counts), sum(ok for _, ok in counts), elapsed)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill.teacher_server.loadgen", description=__doc__)
     parser.add_argument(
@@ -75,11 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         from .process import start_teacher_process
 
         with start_teacher_process(loop=args.loop) as teacher:
+            cpu_before = process_cpu_seconds(teacher.pid)
             result = asyncio.run(
                 plain_client_load(teacher.base_url, in_flight=args.in_flight, seconds=args.seconds)
             )
+            cpu = process_cpu_seconds(teacher.pid) - cpu_before
             received = teacher.stats(with_hashes=False)["requests"]
-            print(f"server received {received} requests")
+        print(
+            f"server received {received} requests; server CPU {cpu * 1e6 / max(1, received):.0f} us a request, "
+            f"busy {100 * cpu / result.seconds:.0f}% of one core"
+        )
     print(
         f"{result.requests} requests ({result.ok} answered 200) in {result.seconds:.2f} s: {result.rps:.0f} requests/s"
     )

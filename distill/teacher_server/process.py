@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,9 +28,10 @@ import orjson
 from distill.errors import DistillError, UsageError
 
 from .app import HOST, TeacherServer
-from .knobs import TeacherKnobs, add_knob_arguments, knobs_from_args
+from .knobs import KNOBS_ENV, TeacherKnobs, add_knob_arguments, knobs_from_args
 
 LOOPS = ("auto", "asyncio", "uvloop")
+PARENT_ENV = "DISTILL_TEACHER_PARENT_PID"
 
 
 class TeacherProcessError(DistillError):
@@ -51,6 +54,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def serve_from_args(args: argparse.Namespace) -> int:
     """Run the server that parsed ``args`` describe until SIGTERM or SIGINT; return the exit status."""
     knobs = knobs_from_args(args)
+    _die_with_parent()
     coroutine = serve(knobs, port=args.port, port_file=args.port_file)
     loop_factory = _loop_factory(args.loop)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -176,14 +180,15 @@ def start_teacher_process(
     workdir = Path(tempfile.mkdtemp(prefix="distill-teacher-"))
     port_file, stderr_path = workdir / "port", workdir / "stderr"
     command = [python, "-m", "distill.teacher_server", "--port", str(port), "--port-file", str(port_file)]
-    command += ["--loop", loop, "--knobs-json", orjson.dumps(knobs.to_dict()).decode()]
+    # Knobs travel in the environment, not argv, so a configured api_key does not show in ps.
+    env = {**os.environ, KNOBS_ENV: orjson.dumps(knobs.to_dict()).decode(), PARENT_ENV: str(os.getpid())}
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            command,
+            [*command, "--loop", loop],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            preexec_fn=_die_with_parent,
         )
     deadline = time.monotonic() + timeout
     while not port_file.exists():
@@ -191,7 +196,8 @@ def start_teacher_process(
             process.kill()
             process.wait()
             detail = stderr_path.read_text(errors="replace").strip()[-2000:] or "(no output)"
-            raise TeacherProcessError(f"the teacher process did not start within {timeout:g} s: {detail}")
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise TeacherProcessError(f"the teacher process did not come up within {timeout:g} s: {detail}")
         time.sleep(0.02)
     served = TeacherProcess(process, int(port_file.read_text()), stderr_path)
     port_file.unlink()
@@ -199,7 +205,11 @@ def start_teacher_process(
 
 
 def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    """When started by :func:`start_teacher_process`, exit with that process (Linux), never outlive it."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -46,12 +46,15 @@ class Reader(ABC):
 
     A subclass sets ``name``, implements :meth:`sniff` (does this file look like mine?) and :meth:`read`.
     A record that cannot be used is yielded as a :class:`~distill.conversation.Reject`, never raised.
+    Invalid reader options raise a :class:`~distill.errors.UsageError` when the reader is created.
     """
 
     name: ClassVar[str]
 
     def __init__(self, options: ReaderOptions | None = None) -> None:
         self.options = options or ReaderOptions()
+        # counts for the run's summary (e.g. booksum's chapters over the context window), filled while reading
+        self.stats: dict[str, int] = {}
 
     @classmethod
     @abstractmethod

@@ -4,11 +4,11 @@ Accepted layouts: the official file ``{"version": ..., "data": [story, ...]}`` (
 JSONL, and Hugging Face rows (``questions`` a list of strings, ``answers`` ``{"input_text": [...], ...}``).
 
 Each story becomes: a system prompt carrying the story (``--reader-opt prompt=TEXT`` with ``{story}`` where the
-story goes, else ``--system-prompt``, else the Together cookbook's ``"Read the story and extract answers for the
-questions.\\nStory: {story}"``), then for each question in turn order a user turn (the question) and an assistant
-turn (the gold answer, the dataset's own answer). ``meta["gold"]`` lists the gold answers aligned with the user
-turns; ``meta["gold_alternatives"]`` the other annotators' answers per question, where the file has them.
-A story without text, without questions, or whose answers do not match its questions one to one is rejected.
+story goes, else ``--system-prompt``, which must hold ``{story}`` too, else the Together cookbook's ``"Read the
+story and extract answers for the questions.\\nStory: {story}"``), then for each question in turn order a user
+turn (the question) and an assistant turn (the gold answer, the dataset's own answer). ``meta["gold"]`` lists the
+gold answers aligned with the user turns; ``meta["gold_alternatives"]`` the other annotators' answers per
+question, where the file has them. A story without text, without questions, or whose answers do not match its questions one to one is rejected.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distill.conversation import Conversation, Message
+from distill.errors import UsageError
 
 from .base import READERS
 from .normalise import BadRecord, clean_text, content_id
@@ -36,12 +37,18 @@ class CoQAReader(RecordReader):
     def claims(cls, record: Mapping[str, Any]) -> bool:
         return "story" in record and "questions" in record
 
+    def check_options(self) -> None:
+        template = self.options.extra.get("prompt") or self.options.system_prompt or DEFAULT_PROMPT
+        if "{story}" not in str(template):
+            where = "--reader-opt prompt" if self.options.extra.get("prompt") else "--system-prompt"
+            raise UsageError(f"{where} for coqa must contain {{story}} where the story goes")
+        self.template = str(template)
+
     def convert(self, source: str, record: dict[str, Any]) -> Conversation:
         story = clean_text(text_field(record, "story"))
         questions = _question_texts(record.get("questions"))
         answers = _answer_texts(record.get("answers"), len(questions))
-        template = self.options.extra.get("prompt") or self.options.system_prompt or DEFAULT_PROMPT
-        messages = [Message("system", fill(str(template), story=story))]
+        messages = [Message("system", fill(self.template, story=story))]
         for question, answer in zip(questions, answers, strict=True):
             messages += [Message("user", question), Message("assistant", answer)]
         meta: dict[str, Any] = {"gold": answers}

@@ -11,7 +11,7 @@ reachable. Rows are streamed (``streaming=True``), never loaded whole. Reader op
   the reader is picked from the first row's keys.
 
 All other options go to that reader (``prompt``, ``context_window``...), and so does clean-up and rejection; a
-row's source is ``NAME[SPLIT]#INDEX``. ``stats`` is that reader's, when it keeps any.
+row's source is ``NAME[SPLIT]#INDEX``. ``stats`` is that reader's.
 """
 
 from __future__ import annotations
@@ -57,10 +57,6 @@ class HFReader(Reader):
         path = Path(path)
         return path.is_dir() or head.startswith(b"PAR1") or path.suffix.lower() in (".arrow", ".csv", ".tsv")
 
-    @property
-    def stats(self) -> dict[str, int]:
-        return getattr(self.target, "stats", {})
-
     def read(self, path: Path) -> Iterator[Record]:
         split, rows = open_rows(path, self.options.extra)
         rows = (_renamed(row, self.columns) for row in rows)
@@ -71,6 +67,7 @@ class HFReader(Reader):
             self.target = _target_reader(_guess_target(first), self.options)
         else:
             self.target.check_options()
+        self.stats = self.target.stats  # the same dict: it fills as rows are read
         name = Path(str(path)).name
         for index, row in enumerate(chain([first], rows)):
             yield self.target.record(f"{name}[{split}]#{index}", row)

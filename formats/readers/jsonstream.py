@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -56,16 +57,38 @@ def layout_of(head: bytes, lines: Iterable[bytes] | None = None) -> Layout | Non
     if not text:
         return "empty"
     if text[0] == "[":
-        return "list"
-    if text[0] != "{":
-        return None
+        return "jsonl" if _opens_jsonl(text) else "list"
+    if text[0] != "{":  # JSONL may open with a bad record: null, a number, a string
+        first_two = islice((line for line in text.splitlines() if line.strip()), 2)
+        return "jsonl" if any(_is_json_value(line) for line in first_two) else None
     candidates: Iterable[str | bytes] = lines if lines is not None else text.splitlines()
     non_blank = (
         line.removeprefix(_BOM) if isinstance(line, bytes) else line for line in candidates if line.strip()
     )
     if any(_is_json_value(line) for line in islice(non_blank, 2)):
         return "jsonl"
+    if _broken_before_the_end(text):
+        return "jsonl"  # JSONL whose first lines are broken: each line is a record (or a reject) of its own
     return "object"
+
+
+def _opens_jsonl(text: str) -> bool:
+    """True when ``text`` opens with a whole JSON value on a line of its own and goes on: JSONL whose first
+    record is a bare array, not a JSON list (only the sniffed text is looked at: a one-line list may be huge)."""
+    first, newline, rest = text.partition("\n")
+    return bool(newline) and bool(rest.strip(_WHITESPACE)) and _is_json_value(first)
+
+
+def _broken_before_the_end(text: str) -> bool:
+    """True when ``text`` is not the start of one JSON value: a syntax error before the text runs out."""
+    try:
+        json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError as e:
+        ran_out = e.pos >= len(text.rstrip(_WHITESPACE)) or e.msg.startswith("Unterminated string")
+        return not ran_out
+    except RecursionError:
+        return False
+    return False
 
 
 def first_value(head: bytes) -> Any:
@@ -74,8 +97,8 @@ def first_value(head: bytes) -> Any:
     layout = layout_of(head)
     if layout == "jsonl":
         for line in text.splitlines():
-            if _is_json_value(line):
-                return json.loads(line)
+            if _is_json_value(line) and isinstance(value := json.loads(line), dict):
+                return value  # the first object: a bad first record (null, an array) says nothing of the format
         return None
     start = 1 if layout == "list" else 0
     try:
@@ -83,6 +106,25 @@ def first_value(head: bytes) -> Any:
     except json.JSONDecodeError:
         return None
     return value
+
+
+def first_record(path: Path, unwrap: str | None = None) -> Any:
+    """The first record of ``path`` read whole (None when there is none or it is not valid JSON)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _first_record(path, stat.st_size, stat.st_mtime_ns, unwrap)
+
+
+@lru_cache(maxsize=8)
+def _first_record(path: Path, size: int, mtime_ns: int, unwrap: str | None) -> Any:
+    try:
+        for _, value in iter_values(path, unwrap=unwrap):
+            return None if isinstance(value, ParseFailure) else value
+    except InputError:
+        pass
+    return None
 
 
 def iter_values(path: Path, unwrap: str | None = None) -> Iterator[tuple[str, Any]]:
@@ -134,6 +176,7 @@ def _skip_ws(text: str, pos: int) -> int:
 
 def decode_line(raw: bytes) -> Any:
     """One JSONL line as a value, or a :class:`ParseFailure`."""
+    raw = raw.rstrip(b"\r\n")  # so that an error's column, and the rejected text, are those of the line
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -148,7 +191,7 @@ def decode_line(raw: bytes) -> Any:
         # the standard library accepts what orjson refuses but JSON allows (lone surrogate escapes)
         return json.loads(text)
     except json.JSONDecodeError as e:
-        return ParseFailure(f"invalid JSON: {e.msg} at column {e.colno}", text)
+        return ParseFailure(f"invalid JSON: {e.msg.removesuffix(' at')} at column {e.colno}", text)
     except RecursionError:
         return ParseFailure("invalid JSON: nested too deeply", text[:200])
 
@@ -216,11 +259,16 @@ def _iter_list(path: Path) -> Iterator[tuple[str, Any]]:
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         buf = _TextBuffer(f)
         buf.skip_ws()
-        yield from _stream_list(buf, path.name)
+        items = yield from _stream_list(buf, path.name)
+        if items is not None and buf.skip_ws():
+            yield (
+                f"{path.name}#{items}",
+                ParseFailure("extra data after the JSON list; a file holds one list, one object or JSONL"),
+            )
 
 
-def _stream_list(buf: _TextBuffer, name: str) -> Iterator[tuple[str, Any]]:
-    """Yield the items of the list that starts at ``buf.pos`` (on its ``[``)."""
+def _stream_list(buf: _TextBuffer, name: str) -> Generator[tuple[str, Any], None, int | None]:
+    """Yield the items of the list that starts at ``buf.pos`` (on its ``[``); return how many when it closes."""
     decoder = json.JSONDecoder()
     buf.pos += 1
     index = 0
@@ -228,7 +276,7 @@ def _stream_list(buf: _TextBuffer, name: str) -> Iterator[tuple[str, Any]]:
         ch = buf.skip_ws()
         if ch == "]":
             buf.pos += 1
-            return
+            return index
         if index > 0:
             if ch != ",":
                 yield _rest_failed(

@@ -12,20 +12,14 @@ of the cleaned messages. Clean-up follows :mod:`formats.readers.normalise`.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from distill.conversation import Conversation
 
 from .base import READERS
-from .jsonstream import first_value
 from .normalise import BadRecord, Turn, build_messages, parse_weight, record_id, tools_policy
 from .records import RecordReader
-
-_MESSAGES_HEAD = re.compile(rb'"messages"\s*:\s*\[')
-_ROLE_KEY = re.compile(rb'"role"\s*:')
 
 
 @READERS.register("messages")
@@ -38,12 +32,6 @@ class MessagesReader(RecordReader):
     def claims(cls, record: Mapping[str, Any]) -> bool:
         messages = record.get("messages")
         return isinstance(messages, list) and bool(messages) and isinstance(messages[0], dict)
-
-    @classmethod
-    def sniff(cls, path: Path, head: bytes) -> bool:
-        if first_value(head) is not None:
-            return super().sniff(path, head)
-        return bool(_MESSAGES_HEAD.search(head)) and bool(_ROLE_KEY.search(head))
 
     def check_options(self) -> None:
         self.tools = tools_policy(self.options.extra)

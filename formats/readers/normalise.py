@@ -81,6 +81,8 @@ class Turn:
 
 def clean_text(text: str) -> str:
     """Remove zero-width spaces and BOMs; replace lone surrogates with U+FFFD."""
+    if text.isascii():
+        return text
     # a str holds a surrogate only when it is unpaired: the JSON decoders combine escaped pairs
     return _LONE_SURROGATE.sub("\ufffd", _INVISIBLE.sub("", text))
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from distill.conversation import Conversation, Record, Reject
 
 from .base import Reader, ReaderOptions
-from .jsonstream import ParseFailure, first_value, iter_values
+from .jsonstream import ParseFailure, first_record, first_value, iter_values
 from .normalise import BadRecord
 
 
@@ -40,6 +40,8 @@ class RecordReader(Reader):
         if cls.unwrap and isinstance(record, dict) and isinstance(record.get(cls.unwrap), list):
             items = record[cls.unwrap]
             record = items[0] if items else None
+        if record is None and head:  # the first record is longer than the head: read it whole
+            record = first_record(Path(path), cls.unwrap)
         return isinstance(record, dict) and cls.claims(record)
 
     def read(self, path: Path) -> Iterator[Record]:

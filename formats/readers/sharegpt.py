@@ -14,21 +14,16 @@ becomes a :class:`~distill.conversation.Reject` with its reason; reading never s
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from distill.conversation import Conversation
 
 from .base import READERS
-from .jsonstream import first_value
 from .normalise import BadRecord, Turn, build_messages, record_id, tools_policy
 from .records import RecordReader
 
 TURNS_KEYS = ("conversations", "conversation", "items")
-_SHAREGPT_HEAD = re.compile(rb'"(?:conversations|conversation|items)"\s*:\s*\[')
-_FROM_KEY = re.compile(rb'"from"\s*:')
 
 
 @READERS.register("sharegpt")
@@ -41,12 +36,6 @@ class ShareGPTReader(RecordReader):
     def claims(cls, record: Mapping[str, Any]) -> bool:
         turns = _turns_of(record)
         return bool(turns) and isinstance(turns[0], dict) and "from" in turns[0]
-
-    @classmethod
-    def sniff(cls, path: Path, head: bytes) -> bool:
-        if first_value(head) is not None:
-            return super().sniff(path, head)
-        return bool(_SHAREGPT_HEAD.search(head)) and bool(_FROM_KEY.search(head))
 
     def check_options(self) -> None:
         self.tools = tools_policy(self.options.extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -18,6 +19,9 @@ WRITERS: Registry[type[Writer]] = Registry(
     builtin_modules=(
         "formats.writers.messages",
         "formats.writers.llama2",
+        "formats.writers.llama3",
+        "formats.writers.prompt_completion",
+        "formats.writers.template",
     ),
     flag="--output-format",
 )
@@ -55,12 +59,14 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 def encode_line(obj: dict[str, Any]) -> bytes:
     """One output line: compact UTF-8 JSON (non-ASCII kept as is) and a newline; deterministic.
 
-    Unpaired surrogates (which are not valid UTF-8) are written as U+FFFD.
+    Unpaired surrogates (which are not valid UTF-8) are written as U+FFFD; integers beyond 64 bits (possible in
+    a rejected record) are written by the standard library instead of orjson.
     """
     try:
         return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError:
-        return orjson.dumps(_without_surrogates(obj), option=orjson.OPT_APPEND_NEWLINE)
+        clean = _without_surrogates(obj)
+        return (json.dumps(clean, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def _without_surrogates(value: Any) -> Any:

@@ -2,6 +2,6 @@
 
 from .clock import Clock, ManualClock
 from .server import FakeTogether
-from .store import FAIL_MARKER
+from .store import FAIL_MARKER, INVALID_MARKER
 
-__all__ = ["FAIL_MARKER", "Clock", "FakeTogether", "ManualClock"]
+__all__ = ["FAIL_MARKER", "INVALID_MARKER", "Clock", "FakeTogether", "ManualClock"]

@@ -28,6 +28,7 @@ from .rules import validate_jsonl
 from .store import (
     FAIL_MARKER,
     FAKE_USER,
+    INVALID_MARKER,
     TERMINAL,
     FakeFile,
     FakeJob,
@@ -63,7 +64,8 @@ class FakeTogether:
     ``clock`` (a :class:`~trainers.fake_together.clock.ManualClock` lets a test move time), ``api_keys`` (keys
     accepted; None accepts any), ``models`` (base models offered; None offers any), ``error_models`` (base
     models whose jobs end in ``error``, as does any model or training file named with ``fake-error``) and
-    ``file_processing_seconds`` (how long an upload's server-side check takes).
+    ``file_processing_seconds`` (how long an upload's server-side check takes). An upload whose file name
+    contains ``fake-invalid`` fails the server-side check whatever it holds.
     """
 
     def __init__(
@@ -261,6 +263,12 @@ class FakeTogether:
 
     def _check_content(self, f: FakeFile) -> dict[str, Any]:
         assert f.content is not None
+        if INVALID_MARKER in f.filename:
+            report = {"valid": False, "file_id": f.id, "error_type": "INVALID_FORMAT"}
+            report["error"] = (
+                f"line 1: refused by the service (simulated: the file name contains {INVALID_MARKER!r})"
+            )
+            return report
         if f.file_type != "jsonl":
             report = {"valid": False, "file_id": f.id, "error_type": "INVALID_FORMAT"}
             report["error"] = "this local fake checks only .jsonl files"

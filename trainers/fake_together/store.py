@@ -19,6 +19,9 @@ from .clock import Clock
 FAIL_MARKER = "fake-error"
 """A base model or training file whose name contains this ends in ``error`` instead of ``completed``."""
 
+INVALID_MARKER = "fake-invalid"
+"""An uploaded file whose name contains this fails the service's check (a rule the local check does not know)."""
+
 TERMINAL = frozenset({"completed", "cancelled", "error", "user_error"})
 FAKE_USER = "fake-user"
 

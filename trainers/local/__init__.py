@@ -11,6 +11,7 @@ the trainer registry) imports without the extra.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from types import ModuleType
 
@@ -30,6 +31,14 @@ class LocalTrainer(Trainer):
 
     name = "local"
 
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> LocalTrainer:
+        """Built by ``distill train``: ``--quiet`` hides the progress bars and per-step logs."""
+        return cls(quiet=bool(getattr(args, "quiet", False)))
+
     def train(self, spec: TrainSpec) -> TrainResult:
         """Train, save the adapter and tokenizer, and return the output folder as job id and model.
 
@@ -42,7 +51,7 @@ class LocalTrainer(Trainer):
         if (done := manifest.finished_result(options.output_dir, key)) is not None:
             return replace(done, details={**done.details, "reused": True})
         training = _import_training()
-        outcome = training.fit(spec, options, train_data, eval_data)
+        outcome = training.fit(spec, options, train_data, eval_data, quiet=self.quiet)
         training.save(outcome, options.output_dir)
         result = TrainResult(
             job_id=str(options.output_dir),
@@ -58,5 +67,7 @@ def _import_training() -> ModuleType:
     try:
         from . import training
     except ImportError as e:
-        raise UsageError(f"--backend local needs the 'local' extra ({e.name} is missing): {INSTALL_HINT}") from None
+        raise UsageError(
+            f"--backend local needs the 'local' extra ({e.name} is missing): {INSTALL_HINT}"
+        ) from None
     return training

@@ -46,7 +46,10 @@ def finished_result(output_dir: Path, key: dict[str, Any]) -> TrainResult | None
     if not output_dir.exists() or not any(output_dir.iterdir()):
         return None
     manifest = output_dir / MANIFEST_NAME
-    recorded = orjson.loads(manifest.read_bytes()) if manifest.is_file() else None
+    try:
+        recorded = orjson.loads(manifest.read_bytes()) if manifest.is_file() else None
+    except orjson.JSONDecodeError:
+        recorded = None
     if recorded is None or recorded.get("key") != key:
         what = "a different fine-tune" if recorded else "files of its own"
         raise UsageError(

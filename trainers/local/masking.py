@@ -8,8 +8,11 @@ by asking the template itself:
   so it holds the reply's content and the template's end-of-turn text (the model must learn to stop);
 * a message's *content* is found by rendering the whole conversation twice with that content replaced by two
   different one-character probes: the text both renderings share before and after the probe is the template's,
-  and the rest is the content, wherever the template puts it (Gemma folds the system prompt into the first
+  and the rest is the content, wherever the template puts it (Gemma-3 folds the system prompt into the first
   user turn, for instance).
+
+A template that rejects the system role (Gemma-2's raises) gets the system prompt folded into the first user
+turn the same way (the system text, a blank line, the user text) rather than losing it.
 
 Then the rendered text is tokenized once, as ``apply_chat_template`` would for inference, and each token takes
 the label of the character it starts with. Modes (``--train-on-inputs``), as Together defines them:
@@ -34,7 +37,7 @@ from typing import Any, Literal, Protocol
 from jinja2 import TemplateError
 
 from distill.conversation import Message
-from distill.errors import CheckError, TrainerError
+from distill.errors import CheckError, TrainerError, UsageError
 
 from .data import DataFormat, TrainingRecord
 
@@ -81,18 +84,16 @@ def resolve_mode(train_on_inputs: str, data_format: DataFormat) -> MaskMode:
         return _AUTO_MODE[data_format]
     if train_on_inputs in ("true", "false", "boilerplate"):
         return train_on_inputs  # type: ignore[return-value]
-    raise CheckError(f"--train-on-inputs {train_on_inputs!r}: choose true, false, auto or boilerplate")
+    raise UsageError(f"--train-on-inputs {train_on_inputs!r}: choose true, false, auto or boilerplate")
 
 
 def label_record(tokenizer: ChatTokenizer, record: TrainingRecord, mode: MaskMode) -> LabelledExample:
     """Tokenize one record and label it under ``mode``."""
     if record.messages:
         return _label_conversation(tokenizer, record, mode)
-    if record.prompt or record.completion:
-        text, trained_from = record.prompt + record.completion, len(record.prompt)
-    else:
-        text, trained_from = record.text, 0
-    return _label_plain_text(tokenizer, record.source, text, 0 if mode != "false" else trained_from, mode)
+    text = record.prompt + record.completion if record.prompt or record.completion else record.text
+    trained_from = len(record.prompt) if mode == "false" else 0
+    return _label_plain_text(tokenizer, record.source, text, trained_from, mode)
 
 
 def _label_plain_text(
@@ -104,9 +105,11 @@ def _label_plain_text(
     trained[trained_from:] = b"\x01" * (len(text) - trained_from)
     labels = _labels(ids, offsets, trained, label_added_tokens=mode == "true")
     eos = tokenizer.eos_token_id
-    if eos is not None and (not ids or ids[-1] != eos):
-        ids.append(eos)
-        labels.append(eos)
+    if eos is not None:  # the model learns where a completion ends, whoever wrote the end token
+        if not ids or ids[-1] != eos:
+            ids.append(eos)
+            labels.append(eos)
+        labels[-1] = eos
     return LabelledExample(source, ids, labels)
 
 
@@ -142,7 +145,30 @@ class ChatLayout:
         self.messages = [{"role": m.role, "content": m.content} for m in messages]
         self.weights = [m.weight for m in messages]
         self.source = source
-        self.rendered = self.render(self.messages)
+        try:
+            self.rendered = self.render(self.messages)
+        except CheckError:
+            if not self._fold_system_prompt():
+                raise
+            try:
+                self.rendered = self.render(self.messages)
+            except CheckError:
+                raise CheckError(
+                    f"{source}: the chat template of --model rejects this conversation, with or without its "
+                    "system prompt folded into the first user turn; check the roles against the model's template"
+                ) from None
+
+    def _fold_system_prompt(self) -> bool:
+        """Put a leading system prompt at the head of the first user turn, as Gemma-3's template does itself.
+
+        For templates with no system role (Gemma-2 raises on one). The merged turn keeps the user's weight.
+        """
+        if len(self.messages) < 2 or [m["role"] for m in self.messages[:2]] != ["system", "user"]:
+            return False
+        system, user = self.messages[0]["content"], self.messages[1]["content"]
+        self.messages[1:2] = [{"role": "user", "content": f"{system}\n{user}"}]
+        del self.messages[0], self.weights[0]
+        return True
 
     def render(self, messages: list[dict[str, str]], *, generation_prompt: bool = False) -> str:
         """The template's text for ``messages``; a template's own ``raise_exception`` becomes a CheckError."""
@@ -151,7 +177,9 @@ class ChatLayout:
                 messages, tokenize=False, add_generation_prompt=generation_prompt
             )
         except TemplateError as e:
-            raise CheckError(f"{self.source}: the chat template of --model rejects this conversation: {e}") from None
+            raise CheckError(
+                f"{self.source}: the chat template of --model rejects this conversation: {e}"
+            ) from None
 
     def trained_chars(self, mode: MaskMode) -> bytearray:
         """One byte per character of :attr:`rendered`: 1 where the loss counts under ``mode``."""
@@ -175,7 +203,9 @@ class ChatLayout:
         """What the model writes for assistant message ``i``: after the generation prompt, up to turn end."""
         prompt = self.render(self.messages[:i], generation_prompt=True)
         turn = self.render(self.messages[: i + 1])
-        if not (self.rendered.startswith(prompt) and self.rendered.startswith(turn) and len(prompt) <= len(turn)):
+        if not (
+            self.rendered.startswith(prompt) and self.rendered.startswith(turn) and len(prompt) <= len(turn)
+        ):
             raise TrainerError(
                 f"{self.source}: the chat template renders message {i} differently once later turns follow, so "
                 "its reply cannot be located from the template; use --train-on-inputs true with this model"
@@ -191,7 +221,9 @@ class ChatLayout:
         tail = len(os.path.commonprefix([first[::-1], second[::-1]]))
         end = len(self.rendered) - tail
         rendered_once = len(first) - start - tail == len(_PROBES[0])
-        around_unchanged = self.rendered[:start] == first[:start] and self.rendered[end:] == first[start + 1 :]
+        around_unchanged = (
+            self.rendered[:start] == first[:start] and self.rendered[end:] == first[start + 1 :]
+        )
         if not (rendered_once and around_unchanged and start <= end):
             raise TrainerError(
                 f"{self.source}: the chat template repeats or rewrites message {i}'s content, so it cannot be "

@@ -11,10 +11,12 @@ from distill.errors import UsageError
 from trainers.base import TrainSpec
 
 MAX_BATCH_SIZE = 8
-"""What ``--batch-size max`` means locally: Together's smallest "max" batch, which fits one GPU with LoRA."""
+"""What ``--batch-size max`` means locally. Together's "max" is the model's largest batch (32 for an 8B LoRA),
+which one local GPU rarely holds; 8 is Together's smallest batch, and micro-batches keep it within memory."""
 
 DEFAULT_SEED = 42
 EXTRA_KEYS = {
+    "n_evals": "evaluations on the validation file, spread evenly over training (int; at least 1 with one)",
     "seed": "random seed for LoRA initialisation and data order (int)",
     "micro_batch_size": "examples per forward pass; the rest of --batch-size is gradient accumulation (int)",
 }
@@ -28,10 +30,16 @@ class LocalOptions:
     batch_size: int
     micro_batch_size: int
     seed: int
+    n_evals: int
 
     @property
     def accumulation_steps(self) -> int:
         return -(-self.batch_size // self.micro_batch_size)
+
+    def optimizer_steps(self, n_examples: int, n_epochs: int) -> int:
+        """How many optimizer steps a fine-tune of ``n_examples`` for ``n_epochs`` takes."""
+        micro_batches = -(-n_examples // self.micro_batch_size)
+        return n_epochs * -(-micro_batches // self.accumulation_steps)
 
 
 def local_options(spec: TrainSpec) -> LocalOptions:
@@ -56,11 +64,15 @@ def local_options(spec: TrainSpec) -> LocalOptions:
     _check_positive(batch, "--batch-size")
     micro = _extra_int(spec.extra, "micro_batch_size", min(batch, 4))
     _check_positive(micro, "micro_batch_size")
+    n_evals = _extra_int(spec.extra, "n_evals", 0)
+    if n_evals < 0 or (n_evals and spec.validation_file is None):
+        raise UsageError(f"--n-evals {n_evals}: evaluations need --validation-file, and cannot be negative")
     return LocalOptions(
         output_dir=spec.output_dir or default_output_dir(spec),
         batch_size=batch,
         micro_batch_size=min(micro, batch),
         seed=_extra_int(spec.extra, "seed", DEFAULT_SEED),
+        n_evals=max(n_evals, 1) if spec.validation_file else 0,
     )
 
 

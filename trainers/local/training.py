@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
+from datasets.utils import logging as datasets_logging
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, set_seed
+from transformers.trainer_callback import PrinterCallback
+from transformers.utils import logging as transformers_logging
 from trl import SFTConfig, SFTTrainer
 
 from distill.errors import TrainerError
@@ -152,10 +158,11 @@ def lora_config(spec: TrainSpec) -> LoraConfig:
     )
 
 
-def sft_config(spec: TrainSpec, options: LocalOptions, device: Device, n_examples: int, has_eval: bool) -> SFTConfig:
+def sft_config(
+    spec: TrainSpec, options: LocalOptions, device: Device, n_examples: int, *, quiet: bool = False
+) -> SFTConfig:
     """TRL's settings for this fine-tune (Together's defaults: cosine schedule, grad-norm 1, no weight decay)."""
-    steps_per_epoch = math.ceil(n_examples / options.batch_size)
-    total_steps = steps_per_epoch * spec.n_epochs
+    total_steps = options.optimizer_steps(n_examples, spec.n_epochs)
     checkpoints = spec.n_checkpoints > 1
     return SFTConfig(
         output_dir=str(options.output_dir),
@@ -177,35 +184,50 @@ def sft_config(spec: TrainSpec, options: LocalOptions, device: Device, n_example
         packing=False,
         logging_strategy="steps",
         logging_steps=1,
-        eval_strategy="epoch" if has_eval else "no",
+        eval_strategy="steps" if options.n_evals else "no",
+        eval_steps=max(1, total_steps // options.n_evals) if options.n_evals else None,
         save_strategy="steps" if checkpoints else "no",
         save_steps=max(1, total_steps // spec.n_checkpoints) if checkpoints else 500,
         save_only_model=True,
         report_to="none",
+        disable_tqdm=quiet,
         seed=options.seed,
         data_seed=options.seed,
     )
 
 
 def fit(
-    spec: TrainSpec, options: LocalOptions, train_data: TrainingData, eval_data: TrainingData | None
+    spec: TrainSpec,
+    options: LocalOptions,
+    train_data: TrainingData,
+    eval_data: TrainingData | None,
+    *,
+    quiet: bool = False,
 ) -> FitOutcome:
-    """Run the fine-tune described by ``spec`` and return it, not yet saved."""
+    """Run the fine-tune described by ``spec`` and return it, not yet saved.
+
+    ``quiet`` drops the progress bars and the per-step log lines (``distill train --quiet``).
+    """
     set_seed(options.seed)
     device = pick_device()
     tokenizer = load_tokenizer(spec.model)
     train_set = label_data(tokenizer, train_data, spec.train_on_inputs, spec.max_seq_length)
-    eval_set = label_data(tokenizer, eval_data, spec.train_on_inputs, spec.max_seq_length) if eval_data else None
-    trainer = SFTTrainer(
-        model=load_model(spec.model, device),
-        args=sft_config(spec, options, device, len(train_set.examples), eval_set is not None),
-        train_dataset=train_set.dataset(),
-        eval_dataset=eval_set.dataset() if eval_set else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(spec) if spec.lora else None,
+    eval_set = (
+        label_data(tokenizer, eval_data, spec.train_on_inputs, spec.max_seq_length) if eval_data else None
     )
-    started = time.monotonic()
-    trainer.train()
+    with _library_output(quiet=quiet):
+        trainer = SFTTrainer(
+            model=load_model(spec.model, device),
+            args=sft_config(spec, options, device, len(train_set.examples), quiet=quiet),
+            train_dataset=train_set.dataset(),
+            eval_dataset=eval_set.dataset() if eval_set else None,
+            processing_class=tokenizer,
+            peft_config=lora_config(spec) if spec.lora else None,
+        )
+        if quiet:
+            trainer.remove_callback(PrinterCallback)  # it prints every log line when tqdm is off
+        started = time.monotonic()
+        trainer.train()
     history = trainer.state.log_history
     return FitOutcome(
         trainer=trainer,
@@ -215,6 +237,26 @@ def fit(
         eval_losses=[entry["eval_loss"] for entry in history if "eval_loss" in entry],
         seconds=time.monotonic() - started,
     )
+
+
+@contextmanager
+def _library_output(*, quiet: bool) -> Iterator[None]:
+    """Hide the libraries' progress bars when ``quiet``, and their notes to each other always; restore after."""
+    bars = (
+        [m for m in (datasets_logging, transformers_logging) if m.is_progress_bar_enabled()] if quiet else []
+    )
+    for module in bars:
+        module.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            # Raised inside TRL/peft on an API transformers renamed; nothing a user of distill can act on.
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            yield
+    finally:
+        for module in bars:
+            module.enable_progress_bar()
 
 
 def save(outcome: FitOutcome, output_dir: Path) -> None:

@@ -11,14 +11,16 @@ is left running and the message says how to re-attach.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
-import together
 from together import Together
 
 from distill.errors import CheckError, UsageError
@@ -51,13 +53,8 @@ def default_confirm() -> Confirm | None:
 
 def run_file_check(path: Path) -> None:
     """``distill check`` on ``path`` before anything is uploaded; a broken rule is a :class:`CheckError`."""
-    try:
-        from formats.check import check_file
-    except ModuleNotFoundError:  # formats.check not installed yet: the SDK's offline check still applies
-        report = together.lib.check_file(path)
-        if not report["is_check_passed"]:
-            raise CheckError(f"{path} failed the file check: {report['message']}") from None
-        return
+    from formats.check import check_file
+
     report = check_file(path)
     if not report.ok:
         raise CheckError(f"{path} breaks the fine-tuning data rules:\n{report.format()}")
@@ -72,7 +69,8 @@ def job_options(spec: TrainSpec) -> dict[str, Any]:
     options: dict[str, Any] = {
         "n_epochs": spec.n_epochs,
         "n_checkpoints": spec.n_checkpoints,
-        "n_evals": int(spec.extra.get("n_evals", 0)),
+        # A validation file is only used when evaluations are asked for: at least one then (as --backend local).
+        "n_evals": max(int(spec.extra.get("n_evals", 0)), 1 if spec.validation_file else 0),
         "batch_size": spec.batch_size,
         "learning_rate": spec.learning_rate,
         "warmup_ratio": spec.warmup_ratio,
@@ -96,6 +94,33 @@ def wandb_key(spec: TrainSpec) -> str | None:
     return key
 
 
+@dataclass(slots=True)
+class Held:
+    """Whether a Ctrl-C came while :func:`interrupts_held` held it."""
+
+    caught: bool = False
+
+
+@contextmanager
+def interrupts_held() -> Iterator[Held]:
+    """Hold Ctrl-C (SIGINT) until the block is over; ``caught`` says whether one came. Main thread only."""
+    held = Held()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield held
+        return
+
+    def hold(signum: int, frame: object) -> None:
+        held.caught = True
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@TRAINERS.register("together")
 class TogetherTrainer(Trainer):
     """Fine-tunes through the Together API with the ``together`` SDK (3.x).
 
@@ -198,10 +223,26 @@ class TogetherTrainer(Trainer):
             return self._attach(*previous)
         training_id = self._upload(spec.training_file, training_sha)
         validation_id = self._upload(spec.validation_file, validation_sha) if spec.validation_file else ""
-        job = self._create(spec, options, training_id, validation_id, key_value)
+        with interrupts_held() as held:  # a job created but not recorded would be paid for twice
+            job = self._create(spec, options, training_id, validation_id, key_value)
+            record = self._record(spec, options, job, key, training_sha, validation_sha)
+        self.say(
+            f"started job {record.job_id} (fine-tuning {spec.model}); the record is in {self.store.path}"
+        )
+        return self._follow_to_end(record.job_id, reattached=False, interrupted=held.caught)
+
+    def _record(
+        self,
+        spec: TrainSpec,
+        options: dict[str, Any],
+        job: dict[str, Any],
+        key: str,
+        training_sha: str,
+        validation_sha: str | None,
+    ) -> JobRecord:
         record = JobRecord(
             job_id=job["id"],
-            base_url=base_url,
+            base_url=self.base_url,
             backend=self.name,
             request_key=key,
             model=spec.model,
@@ -214,10 +255,7 @@ class TogetherTrainer(Trainer):
             updated_at=time.time(),
         )
         self.store.record_job(record)
-        self.say(
-            f"started job {record.job_id} (fine-tuning {spec.model}); the record is in {self.store.path}"
-        )
-        return self._follow_to_end(record.job_id, reattached=False)
+        return record
 
     def _reusable_job(self, base_url: str, key: str) -> tuple[JobRecord, JobView] | None:
         """The recorded job for this request, when it is still running or has completed."""
@@ -320,11 +358,14 @@ class TogetherTrainer(Trainer):
         except ValueError as e:  # the SDK checks the options against the model's limits before sending
             raise UsageError(f"Together does not accept these options for {spec.model}: {e}") from None
 
-    def _follow_to_end(self, job_id: str, *, reattached: bool) -> TrainResult:
+    def _follow_to_end(self, job_id: str, *, reattached: bool, interrupted: bool = False) -> TrainResult:
         follower = self._follower()
         resume = False
         while True:
             try:
+                if interrupted:  # Ctrl-C came while the job was being created and recorded
+                    interrupted = False
+                    raise KeyboardInterrupt
                 view = follower.follow(job_id, resume=resume)
                 break
             except KeyboardInterrupt:
@@ -369,6 +410,3 @@ class TogetherTrainer(Trainer):
             return TrainResult(view.job_id, view.status, view.output_model, details)
         details["error"] = view.last_error
         return TrainResult(view.job_id, view.status, None, details)
-
-
-TRAINERS.register(TogetherTrainer.name)(TogetherTrainer)

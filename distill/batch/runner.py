@@ -1,0 +1,368 @@
+"""``distill run --batch``: the whole dataset through a provider's Batch API, into the same cache as a live run.
+
+The run goes in waves. Each wave walks the run's conversations in the cache and writes the next request each
+one needs (under ``--history teacher`` turn *k* of a conversation is written only once turn *k-1* is answered;
+under ``original`` every turn goes in the first wave), each distinct request once, into input files split under
+the provider's limits; uploads them, creates one batch per file, records every batch in the cache, polls until
+each ends and stores its answers and permanent failures in the cache. Requests that failed transiently (429,
+5xx), or that an expired or cancelled batch never reached, go into the next wave, up to ``--attempts`` times in
+all. A run that was interrupted follows the batches it recorded before it submits anything new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from distill import plan
+from distill.cache import Cache
+from distill.conversation import Conversation, Reject
+from distill.cost import Budget
+from distill.engine import encode_conversation
+from distill.errors import TeacherError, TransientError, UsageError
+from distill.export import stored_conversations
+from distill.requests import TeacherRequest, TeacherResponse, canonical_json
+from distill.settings import RunSettings
+from distill.shard import Shard
+from distill.stats import RunStats
+
+from .ledger import Ledger, Row
+from .lines import Part, PartWriter, parse_result, read_jsonl, rebuild_request
+from .options import BatchOptions
+from .provider import Provider, endpoint_for
+
+STORE_CHUNK = 1000
+YIELD_EVERY = 256
+
+
+class BatchFailed(TeacherError):
+    """The provider failed a whole batch (its input was refused, or the provider broke)."""
+
+
+class BatchRunner:
+    """Answers a run's conversations through ``provider``; one instance per run."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        cache: Cache,
+        provider: Provider,
+        options: BatchOptions,
+        *,
+        stats: RunStats | None = None,
+        budget: Budget | None = None,
+        shard: Shard | None = None,
+        on_reject: Callable[[Reject], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.provider = provider
+        self.options = options
+        self.stats = stats or RunStats()
+        self.budget = budget
+        self.shard = shard
+        self.on_reject = on_reject
+        self.workdir = options.workdir or Path(f"{cache.path}.batches")
+        self._log = log or (lambda _line: None)
+        self._tries: Counter[str] = Counter()
+        self._last_error: dict[str, tuple[str, int | None]] = {}
+        self._stored = 0
+        self.stopped_by_budget = False
+
+    async def run(self, records: Iterable[Conversation | Reject], run_id: str, input_path: str) -> RunStats:
+        """Store ``records`` as the run's input, then answer them batch by batch; returns the counters."""
+        await self.cache.record_run(run_id, input_path, self.settings.request_identity())
+        await self._store_input(records, run_id)
+        if self.settings.retry_failed:
+            await self.cache.forget_failures()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger(self.cache.path)
+        try:
+            self._remove_stale_parts(ledger)
+            await self._reattach(ledger, run_id)
+            wave = 0
+            while not self.stopped_by_budget:
+                wave += 1
+                parts = await self._write_wave(ledger, run_id, wave)
+                await self.cache.flush()
+                if not parts:
+                    break
+                await self._follow(ledger, await self._submit(ledger, run_id, parts))
+            self._count(ledger, run_id)
+        finally:
+            ledger.close()
+        return self.stats
+
+    # -- the input -----------------------------------------------------------------------------------------
+
+    async def _store_input(self, records: Iterable[Conversation | Reject], run_id: str) -> None:
+        """Store the conversations as the engine does (positions in the whole input, so shards merge in order)."""
+        position = 0
+        rows: list[tuple[int, str, str, bytes]] = []
+        for n, record in enumerate(records, 1):
+            if isinstance(record, Reject):
+                if self.shard is None or self.shard.owns_reject(record):
+                    self.stats.rejects += 1
+                    if self.on_reject:
+                        self.on_reject(record)
+            else:
+                if self.shard is None or self.shard.owns(record.id):
+                    rows.append((position, record.id, record.source, encode_conversation(record)))
+                    self.stats.conversations_read += 1
+                position += 1
+            if len(rows) >= STORE_CHUNK:
+                self.cache.add_conversations(run_id, rows)
+                rows = []
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        self.cache.add_conversations(run_id, rows)
+        await self.cache.flush()
+
+    # -- waves -----------------------------------------------------------------------------------------------
+
+    async def _write_wave(self, ledger: Ledger, run_id: str, wave: int) -> list[Part]:
+        """Write the next request of every unfinished conversation into input parts."""
+        stem = f"{run_id}-{time.strftime('%Y%m%d%H%M%S')}-w{wave}"
+        writer = PartWriter(self.workdir, stem, self.provider.max_requests, self.provider.max_bytes)
+        seen: set[str] = set()
+        try:
+            for n, conversation in enumerate(stored_conversations(ledger.conn, run_id), 1):
+                for request in self._next_requests(ledger, conversation):
+                    if request.key in seen:
+                        continue
+                    seen.add(request.key)
+                    if self._tries[request.key] >= self.settings.attempts:
+                        self._give_up(request.key)
+                    else:
+                        writer.add(request.key, self.provider.line(request))
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        finally:
+            parts = writer.close()
+        return parts
+
+    def _next_requests(self, ledger: Ledger, conversation: Conversation) -> Iterator[TeacherRequest]:
+        """The requests of ``conversation`` that can be sent now and have no answer or failure yet."""
+        turns = plan.turn_count(conversation, self.settings)
+        if self.settings.history == "original":
+            for k in range(turns):
+                request = plan.request_for(conversation, self.settings, k)
+                if ledger.answer(request.key) is None and ledger.failure(request.key) is None:
+                    yield request
+            return
+        answers: list[str] = []
+        for k in range(turns):
+            request = plan.request_for(conversation, self.settings, k, answers)
+            text = ledger.answer(request.key)
+            if text is None:
+                if ledger.failure(request.key) is None:
+                    yield request
+                return
+            answers.append(text)
+
+    def _give_up(self, key: str) -> None:
+        reason, status = self._last_error.get(key, ("no answer", None))
+        tries = self._tries[key]
+        self.cache.put_failure(key, f"no answer after {tries} batch submissions; last: {reason}", status)
+
+    # -- submitting and following ----------------------------------------------------------------------------
+
+    async def _submit(self, ledger: Ledger, run_id: str, parts: list[Part]) -> list[Row]:
+        rows: list[Row] = []
+        endpoint = endpoint_for(self.settings.api)
+        for i, part in enumerate(parts):
+            if self.budget is not None and self.budget.reached:
+                self._stop_for_budget(parts[i:])
+                break
+            file_id = await self.provider.upload(part.path)
+            ledger.uploaded(part.path, run_id, self.provider.name, part.requests, file_id)
+            batch_id = await self.provider.create(file_id, endpoint)
+            ledger.submitted(str(part.path), batch_id)
+            self._tries.update(part.keys)
+            self.stats.requests_sent += part.requests
+            self._log(f"batch {batch_id}: submitted {part.requests:,} requests ({part.bytes:,} bytes)")
+            rows.append(
+                Row(str(part.path), run_id, self.provider.name, part.requests, file_id, batch_id, "submitted")
+            )
+        return rows
+
+    def _stop_for_budget(self, unsent: list[Part]) -> None:
+        self.stopped_by_budget = True
+        assert self.budget is not None
+        self.budget.refused += sum(p.requests for p in unsent)
+        for part in unsent:
+            part.path.unlink(missing_ok=True)
+        self._log(f"{self.budget.summary()}: no new batch is submitted")
+
+    async def _reattach(self, ledger: Ledger, run_id: str) -> None:
+        rows = ledger.open_rows(run_id)
+        if not rows:
+            return
+        foreign = next((r for r in rows if r.provider != self.provider.name), None)
+        if foreign is not None:
+            raise UsageError(
+                f"the cache has batches in flight at {foreign.provider} from an earlier run; run the same command "
+                f"with --batch {foreign.provider} to collect them first"
+            )
+        self._log(f"re-attaching to {len(rows)} batch(es) in flight from an earlier run")
+        follow: list[Row] = []
+        for row in rows:
+            if row.batch_id is None:
+                batch_id = await self.provider.find(row.input_file_id or "")
+                if batch_id is None:  # interrupted between upload and create: nothing to follow
+                    ledger.close_row(row.part, "dropped")
+                    Path(row.part).unlink(missing_ok=True)
+                    continue
+                ledger.submitted(row.part, batch_id)
+                row = dataclasses.replace(row, batch_id=batch_id, status="submitted")
+            follow.append(row)
+        await self._follow(ledger, follow)
+
+    async def _follow(self, ledger: Ledger, rows: list[Row]) -> None:
+        """Poll every batch of ``rows`` until it ends, collecting each as it does."""
+        waiting = {row.part: row for row in rows}
+        shown: dict[str, tuple[str, int]] = {}
+        errors: Counter[str] = Counter()
+        while waiting:
+            for part, row in list(waiting.items()):
+                try:
+                    state = await self.provider.retrieve(row.batch_id or "")
+                except TransientError as e:
+                    errors[part] += 1
+                    if errors[part] >= self.settings.attempts:
+                        raise
+                    self._log(f"batch {row.batch_id}: could not look it up ({e}); trying again")
+                    continue
+                errors[part] = 0
+                seen = (state.status, int(state.progress or 0))
+                if shown.get(part) != seen:
+                    shown[part] = seen
+                    self._log(f"batch {row.batch_id}: {state.status} {seen[1]}%")
+                if state.terminal:
+                    await self._collect(ledger, row, state)
+                    del waiting[part]
+            if waiting:
+                await asyncio.sleep(self.options.poll_seconds)
+
+    async def _collect(self, ledger: Ledger, row: Row, state) -> None:
+        """Store a finished batch's answers and permanent failures; remember the rest for the next wave."""
+        if state.status == "failed":
+            ledger.close_row(row.part, "failed")
+            raise BatchFailed(
+                f"{self.provider.name} failed batch {row.batch_id} ({row.requests:,} requests): "
+                f"{state.message or 'no reason given'}; fix the cause and run the same command again to send "
+                "its requests again"
+            )
+        requests = await self._requests_of(row)
+        results = await self._results(state, requests)
+        answered = failed = again = 0
+        for key, request in requests.items():
+            result = results.get(key)
+            if result is None:
+                self._last_error[key] = (f"not answered: the batch ended {state.status}", None)
+                again += 1
+            elif result.response is not None:
+                self._store_answer(request, result.response)
+                answered += 1
+            elif result.transient:
+                self._last_error[key] = (result.reason, result.status)
+                again += 1
+            else:
+                self.cache.put_failure(key, result.reason, result.status)
+                failed += 1
+        await self.cache.flush()
+        ledger.close_row(row.part, "collected")
+        Path(row.part).unlink(missing_ok=True)
+        self._log(
+            f"batch {row.batch_id}: collected {answered:,} answers, {failed:,} failed for good, "
+            f"{again:,} to send again"
+        )
+
+    async def _requests_of(self, row: Row) -> dict[str, TeacherRequest]:
+        """The requests a batch carried: from the local input part, else from the provider's copy of it."""
+        path = Path(row.part)
+        downloaded = False
+        if not path.exists():
+            path = self.workdir / f"{_safe(row.input_file_id or 'input')}.input.jsonl"
+            await self.provider.download(row.input_file_id or "", path)
+            downloaded = True
+        try:
+            return {r.key: r for r in map(rebuild_request, read_jsonl(path))}
+        finally:
+            if downloaded:
+                path.unlink(missing_ok=True)
+
+    async def _results(self, state, requests: dict[str, TeacherRequest]) -> dict:
+        results: dict = {}
+        for file_id in (state.output_file_id, state.error_file_id):
+            if not file_id:
+                continue
+            path = self.workdir / f"{_safe(file_id)}.result.jsonl"
+            await self.provider.download(file_id, path)
+            try:
+                for obj in read_jsonl(path):
+                    result = parse_result(obj, self.settings.api)
+                    if result.custom_id in requests and (
+                        result.response is not None or result.custom_id not in results
+                    ):
+                        results[result.custom_id] = result
+            finally:
+                path.unlink(missing_ok=True)
+        return results
+
+    def _store_answer(self, request: TeacherRequest, response: TeacherResponse) -> None:
+        self.cache.put(request.key, canonical_json(request.identity()), response)
+        self._stored += 1
+        self.stats.prompt_tokens += response.prompt_tokens or 0
+        self.stats.completion_tokens += response.completion_tokens or 0
+        self.stats.finished_length += response.finish_reason == "length"
+        if self.budget is not None:
+            self.budget.charge_answer(request, response)
+
+    def _remove_stale_parts(self, ledger: Ledger) -> None:
+        """Input parts of an earlier run that never became a batch (its requests are written again)."""
+        keep = {Path(r.part).name for r in ledger.open_rows()}
+        for path in self.workdir.glob("*.jsonl"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    # -- the count ---------------------------------------------------------------------------------------------
+
+    def _count(self, ledger: Ledger, run_id: str) -> None:
+        """Conversations done and failed, answered turns and failure reasons, from the cache."""
+        turns_answered = 0
+        for conversation in stored_conversations(ledger.conn, run_id):
+            answered, reason = self._status(ledger, conversation)
+            turns_answered += answered
+            if reason is not None:
+                self.stats.conversations_failed += 1
+                self.stats.failures.append((conversation.id, conversation.source, reason))
+            elif answered == plan.turn_count(conversation, self.settings):
+                self.stats.conversations_done += 1
+        self.stats.turns_done = turns_answered
+        self.stats.cache_hits = max(0, turns_answered - self._stored)
+
+    def _status(self, ledger: Ledger, conversation: Conversation) -> tuple[int, str | None]:
+        """(answered turns, the failure reason if a turn failed for good)."""
+        answers: list[str] = []
+        answered = 0
+        for k in range(plan.turn_count(conversation, self.settings)):
+            request = plan.request_for(conversation, self.settings, k, answers)
+            text = ledger.answer(request.key)
+            if text is None:
+                reason = ledger.failure(request.key)
+                if reason is not None or self.settings.history == "teacher":
+                    return answered, reason
+                continue
+            answers.append(text)
+            answered += 1
+        return answered, None
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

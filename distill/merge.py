@@ -1,0 +1,227 @@
+"""``distill merge OUT IN1 IN2 ...``: join caches (the shards of one dataset run on N machines) into one.
+
+- **Answers** are keyed by request, so the same question answered on two machines is stored once. If two caches
+  hold *different* answers for the same request (sampling at a temperature, say), the first one merged is kept
+  and the others are counted as conflicts.
+- **Failures** are kept only for requests that no cache answered.
+- **Runs and conversations** are kept. Runs with the same settings over an input file of the same name are one
+  run: the shards of one dataset, whatever directory each machine kept it in. Shards store each conversation at
+  its position in the whole input, so the merged run lists the dataset in its order and ``distill export`` writes
+  it whole. Two caches that put different conversations at the same position of the same run did not read the
+  same input: that is an error, and nothing of that cache is merged.
+- **Batches** are local bookkeeping and are not merged; a cache with a batch still in flight is refused (run its
+  ``distill run --batch`` again to collect it first).
+
+``OUT`` may be new or an existing cache (it is added to). Each cache is merged in its own transaction, under the
+run lock of ``OUT`` and of every input, so no run can write them meanwhile.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from .cache import APPLICATION_ID, SCHEMA_VERSION, RunLock, check_file, prepare
+from .errors import CacheError, UsageError
+
+MERGED_TABLES = frozenset(("responses", "failures", "runs", "conversations", "batches"))
+
+
+@dataclass(slots=True)
+class MergeResult:
+    output: Path
+    inputs: int = 0
+    answers_added: int = 0
+    answers_duplicate: int = 0
+    answers_conflicting: int = 0
+    failures_added: int = 0
+    runs_added: int = 0
+    conversations_added: int = 0
+    skipped_tables: set[str] = field(default_factory=set)
+
+    def summary(self) -> str:
+        lines = [
+            f"merged {self.inputs} cache(s) into {self.output}",
+            f"answers: {self.answers_added:,} added, {self.answers_duplicate:,} already there"
+            + (
+                f", {self.answers_conflicting:,} differed from the answer already there (the first kept)"
+                if self.answers_conflicting
+                else ""
+            ),
+            f"failures: {self.failures_added:,} added (only for requests no cache answered)",
+            f"runs: {self.runs_added:,} added; conversations: {self.conversations_added:,} added",
+        ]
+        if self.skipped_tables:
+            lines.append(
+                f"tables not merged (unknown to this distill): {', '.join(sorted(self.skipped_tables))}"
+            )
+        return "\n".join(lines)
+
+
+def merge(output: Path, inputs: list[Path]) -> MergeResult:
+    """Merge the caches ``inputs`` into ``output`` (created if missing); see the module for the rules."""
+    output = Path(output)
+    inputs = [Path(p) for p in inputs]
+    _check_paths(output, inputs)
+    for path in inputs:
+        _check_input(path)
+    locks = [RunLock(output), *(RunLock(p) for p in inputs)]
+    held: list[RunLock] = []
+    try:
+        for lock in locks:
+            lock.acquire()
+            held.append(lock)
+        return _merge_locked(output, inputs)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _check_paths(output: Path, inputs: list[Path]) -> None:
+    if not inputs:
+        raise UsageError(
+            "distill merge needs at least one input cache: distill merge OUT.sqlite IN1.sqlite ..."
+        )
+    resolved = [p.resolve() for p in inputs]
+    if output.resolve() in resolved:
+        raise UsageError(f"{output} is both the output and an input; write the merge to a new file")
+    if len(set(resolved)) != len(resolved):
+        raise UsageError("an input cache is named twice")
+    check_file(output)
+
+
+def _check_input(path: Path) -> None:
+    if not path.is_file():
+        raise CacheError(f"input cache {path} does not exist")
+    check_file(path)
+    conn = sqlite3.connect(f"{_uri(path)}?mode=ro", uri=True)
+    try:
+        app_id, version = (
+            conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("application_id", "user_version")
+        )
+        if app_id != APPLICATION_ID:
+            raise CacheError(f"{path} is not a distill cache")
+        if version > SCHEMA_VERSION:
+            raise CacheError(f"{path} was written by a newer distill (schema {version}); upgrade distill")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "batches" in tables:
+            (open_batches,) = conn.execute(
+                "SELECT count(*) FROM batches WHERE status IN ('uploaded', 'submitted')"
+            ).fetchone()
+            if open_batches:
+                raise CacheError(
+                    f"{path} has {open_batches} batch(es) still in flight; run its 'distill run --batch' again to "
+                    "collect them, then merge"
+                )
+    except sqlite3.DatabaseError as e:
+        raise CacheError(f"{path} is corrupt or not a database ({e})") from None
+    finally:
+        conn.close()
+
+
+def _uri(path: Path) -> str:
+    return "file:" + quote(str(path.resolve()))
+
+
+def _merge_locked(output: Path, inputs: list[Path]) -> MergeResult:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(output) as setup:
+        prepare(setup, output)
+        setup.execute("PRAGMA journal_mode = WAL")
+    setup.close()
+    conn = sqlite3.connect(_uri(output), uri=True, isolation_level=None)
+    result = MergeResult(output)
+    try:
+        run_ids = _run_groups(conn, "main")
+        for path in inputs:
+            conn.execute("ATTACH DATABASE ? AS src", (f"{_uri(path)}?mode=ro",))
+            try:
+                _merge_one(conn, path, run_ids, result)
+            finally:
+                conn.execute("DETACH DATABASE src")
+            result.inputs += 1
+        conn.execute("DELETE FROM failures WHERE key IN (SELECT key FROM responses)")
+    finally:
+        conn.close()
+    return result
+
+
+def _run_groups(conn: sqlite3.Connection, schema: str) -> dict[tuple[str, bytes], str]:
+    """(input file name, settings) -> run id, for the runs already in ``schema``."""
+    rows = conn.execute(f"SELECT id, input, settings FROM {schema}.runs ORDER BY created")
+    groups: dict[tuple[str, bytes], str] = {}
+    for run_id, input_path, settings in rows:
+        groups.setdefault((Path(input_path).name, bytes(settings)), run_id)
+    return groups
+
+
+def _merge_one(
+    conn: sqlite3.Connection, path: Path, run_ids: dict[tuple[str, bytes], str], result: MergeResult
+) -> None:
+    tables = {r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")}
+    result.skipped_tables |= tables - MERGED_TABLES
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _merge_runs(conn, path, run_ids, result)
+        _merge_answers(conn, result)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _merge_runs(
+    conn: sqlite3.Connection, path: Path, run_ids: dict[tuple[str, bytes], str], result: MergeResult
+) -> None:
+    runs = conn.execute(
+        "SELECT id, input, settings, created, updated FROM src.runs ORDER BY created"
+    ).fetchall()
+    for run_id, input_path, settings, created, updated in runs:
+        target = run_ids.setdefault((Path(input_path).name, bytes(settings)), run_id)
+        clash = conn.execute(
+            "SELECT c.position, m.id, c.id FROM src.conversations c JOIN main.conversations m "
+            "ON m.run_id = ? AND m.position = c.position WHERE c.run_id = ? AND m.id != c.id LIMIT 1",
+            (target, run_id),
+        ).fetchone()
+        if clash is not None:
+            raise CacheError(
+                f"{path} holds conversation {clash[2]!r} at position {clash[0]} of run {target}, where another "
+                f"cache holds {clash[1]!r}: they did not read the same input. Merge them into separate caches"
+            )
+        exists = conn.execute("SELECT 1 FROM main.runs WHERE id = ?", (target,)).fetchone()
+        result.runs_added += exists is None
+        conn.execute(
+            "INSERT INTO main.runs (id, input, settings, created, updated) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET created = min(created, excluded.created), "
+            "updated = max(updated, excluded.updated)",
+            (target, input_path, settings, created, updated),
+        )
+        added = conn.execute(
+            "INSERT OR IGNORE INTO main.conversations (run_id, position, id, source, data) "
+            "SELECT ?, position, id, source, data FROM src.conversations WHERE run_id = ?",
+            (target, run_id),
+        )
+        result.conversations_added += added.rowcount
+
+
+def _merge_answers(conn: sqlite3.Connection, result: MergeResult) -> None:
+    same, different = conn.execute(
+        "SELECT count(*) FILTER (WHERE m.text = s.text), count(*) FILTER (WHERE m.text != s.text) "
+        "FROM src.responses s JOIN main.responses m ON m.key = s.key"
+    ).fetchone()
+    result.answers_duplicate += same
+    result.answers_conflicting += different
+    added = conn.execute(
+        "INSERT OR IGNORE INTO main.responses "
+        "(key, request, text, finish_reason, prompt_tokens, completion_tokens, created) "
+        "SELECT key, request, text, finish_reason, prompt_tokens, completion_tokens, created FROM src.responses"
+    )
+    result.answers_added += added.rowcount
+    failures = conn.execute(
+        "INSERT OR IGNORE INTO main.failures (key, reason, status, updated) "
+        "SELECT key, reason, status, updated FROM src.failures "
+        "WHERE key NOT IN (SELECT key FROM main.responses)"
+    )
+    result.failures_added += failures.rowcount

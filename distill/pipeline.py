@@ -1,0 +1,216 @@
+"""``distill pipeline CONFIG.toml``: distil -> check -> train -> wait -> evaluate base and student -> report.
+
+The configuration has one table per step, and each table's keys are exactly the flags of that step's command
+(``distill run``, ``distill train``, ``distill eval``), so anything a step can do alone it can do here::
+
+    [pipeline]
+    dir = "pipeline-out"            # the reports (default: pipeline-out beside the config file)
+
+    [run]                           # distill run's flags; 'input' is its INPUT argument
+    input = "coqa-train.json"
+    format = "coqa"
+    model = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    base-url = "https://api.together.xyz/v1"
+    output = "coqa.messages.jsonl"
+
+    [train]                         # distill train's flags; --file is the run's output
+    model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
+    n-epochs = 3
+    train-on-inputs = "auto"
+
+    [eval]                          # distill eval's flags, run for the base model and for the student
+    task = "coqa"
+    input = "coqa-dev.json"
+    base-url = "https://api.together.xyz/v1"
+    base-model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"   # default: [train] model
+
+Every step is idempotent (the run resumes from its cache, the trainer re-attaches to its recorded job, the
+evaluations are cached), so a pipeline that stopped is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from .errors import ConfigError, TrainerError, UsageError
+
+STEPS = ("run", "train", "eval")
+PIPELINE_KEYS = {"run": {"input"}, "train": set(), "eval": {"base-model"}}
+
+
+@dataclass(slots=True)
+class PipelineConfig:
+    path: Path
+    directory: Path
+    tables: dict[str, dict[str, Any]]
+
+
+def load_config(path: Path) -> PipelineConfig:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"pipeline config {path} is not valid TOML: {e}") from None
+    unknown = set(data) - {"pipeline", *STEPS}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown table(s) {', '.join(sorted(unknown))}; use [pipeline], [run], [train], [eval]"
+        )
+    for step in STEPS:
+        if not isinstance(data.get(step), dict):
+            raise ConfigError(f"{path} needs a [{step}] table (the flags of 'distill {step}')")
+    directory = Path(data.get("pipeline", {}).get("dir") or path.parent / "pipeline-out")
+    return PipelineConfig(path, directory, {step: data[step] for step in STEPS})
+
+
+def argv_for(command: str, table: dict[str, Any], skip: set[str] = frozenset()) -> list[str]:
+    """The command line that a table of flag settings stands for."""
+    argv = [command]
+    for key, value in table.items():
+        if key in skip:
+            continue
+        flag = f"--{key}"
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def parse(argv: list[str]):
+    from .cli import build_parser
+    from .config import resolve
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        raise ConfigError(
+            f"the pipeline's [{argv[0]}] table is not valid for 'distill {argv[0]}': {argv[1:]}"
+        ) from None
+    return resolve(args, argv[0])
+
+
+def run_step(config: PipelineConfig, stream: TextIO):
+    from .cli.run import job_from_args
+    from .runner import run
+
+    table = config.tables["run"]
+    if "input" not in table:
+        raise ConfigError(f'{config.path}: [run] needs input = "FILE"')
+    args = parse([*argv_for("run", table, PIPELINE_KEYS["run"]), str(table["input"])])
+    report = run(job_from_args(args), stream)
+    if report.exit_code:
+        raise UsageError(
+            f"the run left {report.export.failed} conversations failed; fix the cause and run the pipeline again "
+            "(add retry-failed = true to [run] to resend them)"
+        )
+    return report
+
+
+def train_step(config: PipelineConfig, training_file: Path):
+    from .cli.train import make_trainer, train_spec
+
+    args = parse([*argv_for("train", config.tables["train"]), "--file", str(training_file)])
+    result = make_trainer(args).train(train_spec(args))
+    if result.status != "completed" or not result.model:
+        raise TrainerError(f"fine-tune {result.job_id} ended {result.status}: {result.details.get('error')}")
+    return result, args.model
+
+
+def eval_step(config: PipelineConfig, model: str, label: str) -> dict[str, Any]:
+    from trainers import eval as evaluation
+
+    from .cli.run import api_key, teacher_settings
+
+    table = config.tables["eval"]
+    args = parse([*argv_for("eval", table, PIPELINE_KEYS["eval"]), "--model", model])
+    settings = evaluation.eval_settings(args.task, teacher_settings(args))
+    dialogues = evaluation.load_dialogues(args.task, args.input, args.limit)
+    report, predictions = asyncio.run(
+        evaluation.evaluate(args.task, dialogues, settings, args.cache, api_key(args), args.eval_history)
+    )
+    if predictions.failures:
+        raise UsageError(
+            f"{len(predictions.failures)} evaluation items of {label} model {model} got no answer"
+        )
+    evaluation.write_report(report, config.directory / f"eval.{label}.json")
+    return report
+
+
+def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
+    """Run every step; write ``report.json`` and ``report.md`` into the pipeline's directory and return the JSON."""
+    from trainers import eval as evaluation
+
+    config = load_config(config_path)
+    config.directory.mkdir(parents=True, exist_ok=True)
+    print(f"[1/4] distil: {config.tables['run']['input']}", file=stream)
+    run_report = run_step(config, stream)
+    manifest = orjson.loads(run_report.manifest.read_bytes())
+    print(f"[2/4] train on {run_report.export.path} (checked before upload)", file=stream)
+    trained, base_model = train_step(config, run_report.export.path)
+    base_model = config.tables["eval"].get("base-model", base_model)
+    print(f"[3/4] evaluate the base model {base_model} and the student {trained.model}", file=stream)
+    base = eval_step(config, base_model, "base")
+    tuned = eval_step(config, trained.model, "tuned")
+    comparison = evaluation.compare(base, tuned)
+    summary = {
+        "dataset": {
+            "path": str(run_report.export.path),
+            "sha256": manifest["output"]["sha256"],
+            "conversations": run_report.export.written,
+            "manifest": str(run_report.manifest),
+            "teacher": manifest["model"],
+        },
+        "job": {
+            "id": trained.job_id,
+            "status": trained.status,
+            "base_model": trained_base(config),
+            "model": trained.model,
+        },
+        "eval": {"task": tuned["task"], "base": strip_items(base), "tuned": strip_items(tuned)},
+    }
+    (config.directory / "report.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    (config.directory / "report.md").write_text(markdown(summary, comparison))
+    print(f"[4/4] report: {config.directory / 'report.md'}\n\n{comparison}", file=stream)
+    return summary
+
+
+def trained_base(config: PipelineConfig) -> str:
+    return str(config.tables["train"].get("model", ""))
+
+
+def strip_items(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k != "items"}
+
+
+def markdown(summary: dict[str, Any], comparison: str) -> str:
+    d, j, e = summary["dataset"], summary["job"], summary["eval"]
+    return "\n".join(
+        [
+            "# distill pipeline report",
+            "",
+            f"- dataset: `{d['path']}` ({d['conversations']} conversations, teacher `{d['teacher']}`), "
+            f"sha256 `{d['sha256']}`",
+            f"- fine-tune: job `{j['id']}` ({j['status']}), `{j['base_model']}` -> `{j['model']}`",
+            f"- evaluation: {e['task']}, base `{e['base']['model']}` vs student `{e['tuned']['model']}`",
+            "",
+            "```",
+            comparison,
+            "```",
+            "",
+        ]
+    )
