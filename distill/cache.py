@@ -16,11 +16,12 @@ holds ``CACHE.lock`` (an advisory lock that the OS frees when the process dies, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ CacheEntry = TeacherResponse | Failure
 
 def check_file(path: Path) -> None:
     """Refuse a file that exists but is not a distill cache, before anything opens it for writing."""
+    if path.is_dir():
+        raise CacheError(f"cache {path} is a directory; pass a file path to --cache")
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb") as f:
@@ -131,6 +134,18 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     if app_id != APPLICATION_ID:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.commit()
+
+
+@contextlib.contextmanager
+def reported(path: Path) -> Iterator[None]:
+    """Turn an SQLite failure met mid-run (a damaged page, a full disk) into a CacheError naming the file."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        raise CacheError(
+            f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
+            "and pass another --cache; if the disk is full, free space and run the same command again"
+        ) from None
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -210,8 +225,13 @@ class Cache:
 
     async def open(self) -> None:
         check_file(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except OSError as e:
+            raise CacheError(
+                f"cannot create the cache {self.path}: {e.strerror}; pass another --cache"
+            ) from None
         try:
             with sqlite3.connect(self.path) as setup:
                 prepare(setup, self.path)
@@ -258,12 +278,17 @@ class Cache:
         self._lookup_scheduled = False
         pending, self._pending_gets = self._pending_gets, {}
         try:
-            found = await self._lookup(list(pending))
+            with reported(self.path):
+                found = await self._lookup(list(pending))
         except BaseException as e:
             for fut in pending.values():
                 if not fut.done():
-                    fut.set_exception(CacheError(f"reading the cache failed: {e}"))
-            raise
+                    fut.set_exception(
+                        e if isinstance(e, CacheError) else CacheError(f"reading the cache failed: {e}")
+                    )
+            if not isinstance(e, Exception):
+                raise
+            return  # the waiting futures carry the error
         for key, fut in pending.items():
             if not fut.done():
                 fut.set_result(found.get(key))
@@ -296,19 +321,22 @@ class Cache:
 
     async def record_run(self, run_id: str, input_path: str, settings: dict[str, Any]) -> None:
         now = time.time()
-        await self._db.execute(
-            "INSERT INTO runs (id, input, settings, created, updated) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
-            (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
-        )
+        with reported(self.path):
+            await self._db.execute(
+                "INSERT INTO runs (id, input, settings, created, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
+                (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
+            )
 
     async def clear_conversations(self, run_id: str) -> None:
         """Forget a run's stored input before it is read again (the input may have changed)."""
-        await self._db.execute("DELETE FROM conversations WHERE run_id = ?", (run_id,))
+        with reported(self.path):
+            await self._db.execute("DELETE FROM conversations WHERE run_id = ?", (run_id,))
 
     async def forget_failures(self) -> int:
         """Drop every recorded failure so the requests are tried again (``--retry-failed``)."""
-        cursor = await self._db.execute("DELETE FROM failures")
+        with reported(self.path):
+            cursor = await self._db.execute("DELETE FROM failures")
         return cursor.rowcount
 
     def _schedule_flush(self) -> None:
@@ -337,7 +365,8 @@ class Cache:
         conversations, self._conversation_rows = self._conversation_rows, []
         if not (responses or failures or conversations):
             return
-        await self._write(responses, failures, conversations)
+        with reported(self.path):
+            await self._write(responses, failures, conversations)
         self.commits += 1
         for row in responses:
             self._unflushed.pop(row[0], None)

@@ -9,6 +9,7 @@ in an error message.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -22,6 +23,7 @@ from .errors import (
     RequestTimeout,
     ServerError,
     TeacherError,
+    UsageError,
 )
 from .requests import TeacherRequest, TeacherResponse
 
@@ -47,9 +49,10 @@ class TeacherClient:
         max_connections: int = 64,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = checked_base_url(base_url)
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {"Content-Type": "application/json"}
+        self._api_key = api_key
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._max_connections = max_connections
@@ -81,7 +84,7 @@ class TeacherClient:
                 body = await resp.read()
                 rate = parse_rate_headers(resp.headers)
                 if resp.status != 200:
-                    raise error_for_status(resp.status, body, resp.headers)
+                    raise self._redacted(error_for_status(resp.status, body, resp.headers))
         except TimeoutError:
             raise RequestTimeout(
                 f"no answer from {url} within {self.timeout.total:g} s (--request-timeout)"
@@ -89,6 +92,27 @@ class TeacherClient:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             raise ConnectionFailed(f"connection to {url} failed: {type(e).__name__}") from None
         return parse_answer(request.api, body), rate
+
+    def _redacted(self, error: TeacherError) -> TeacherError:
+        """``error`` with the API key cut out: some providers quote the key they refused in their message."""
+        if self._api_key and self._api_key in str(error):
+            error.args = (str(error).replace(self._api_key, "[the API key]"),)
+        return error
+
+
+def checked_base_url(base_url: str) -> str:
+    """``base_url`` without its trailing slash; a UsageError unless it is an http(s) URL with a host."""
+    try:
+        url = urlsplit(base_url)
+        valid = url.scheme in ("http", "https") and bool(url.hostname) and (url.port or 0) >= 0
+    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number
+        valid = False
+    if not valid:
+        raise UsageError(
+            f"--base-url {base_url!r} is not an http(s) URL; pass one like https://api.together.xyz/v1 "
+            "or http://127.0.0.1:8000/v1"
+        )
+    return base_url.rstrip("/")
 
 
 def parse_answer(api: str, body: bytes) -> TeacherResponse:

@@ -101,6 +101,15 @@ def export(
     writer = open_writer(output_format)
     conn = connect_readonly(Path(cache_path))
     try:
+        with reported(Path(cache_path)):  # a damaged page is a CacheError, not a traceback
+            result = _export(conn, writer, Path(output), run_id)
+    finally:
+        conn.close()
+    return result
+
+
+def _export(conn: sqlite3.Connection, writer, output: Path, run_id: str | None) -> ExportResult:
+    if True:
         run_id = run_id or latest_run(conn)
         settings = stored_settings(conn, run_id)
         result = ExportResult(Path(output), run_id)

@@ -357,6 +357,7 @@ def logits_of(model, input_ids: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([input_ids])).logits
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # inside peft
 def test_lora_loss_falls_and_the_saved_adapter_gives_the_same_logits(tiny_model_dir, tmp_path):
     out = tmp_path / "adapter"
     spec = spec_for(tiny_model_dir, out)

@@ -5,8 +5,9 @@ one needs (under ``--history teacher`` turn *k* of a conversation is written onl
 under ``original`` every turn goes in the first wave), each distinct request once, into input files split under
 the provider's limits; uploads them, creates one batch per file, records every batch in the cache, polls until
 each ends and stores its answers and permanent failures in the cache. Requests that failed transiently (429,
-5xx), or that an expired or cancelled batch never reached, go into the next wave, up to ``--attempts`` times in
-all. A run that was interrupted follows the batches it recorded before it submits anything new.
+5xx) go into the next wave until they have failed ``--attempts`` times; requests an expired or cancelled batch
+never reached go into the next wave too (they were not tried), unless ``--attempts`` waves in a row answered
+nothing at all. A run that was interrupted follows the batches it recorded before it submits anything new.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill import plan
@@ -41,6 +43,26 @@ YIELD_EVERY = 256
 
 class BatchFailed(TeacherError):
     """The provider failed a whole batch (its input was refused, or the provider broke)."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the requests of finished batches came to."""
+
+    answered: int = 0
+    failed: int = 0
+    failed_transiently: int = 0
+    unreached: int = 0
+
+    @property
+    def tried(self) -> int:
+        return self.answered + self.failed + self.failed_transiently
+
+    def add(self, other: Outcome) -> None:
+        self.answered += other.answered
+        self.failed += other.failed
+        self.failed_transiently += other.failed_transiently
+        self.unreached += other.unreached
 
 
 class BatchRunner:
@@ -69,7 +91,7 @@ class BatchRunner:
         self.on_reject = on_reject
         self.workdir = options.workdir or Path(f"{cache.path}.batches")
         self._log = log or (lambda _line: None)
-        self._tries: Counter[str] = Counter()
+        self._failed_tries: Counter[str] = Counter()
         self._last_error: dict[str, tuple[str, int | None]] = {}
         self._stored = 0
         self.stopped_by_budget = False
@@ -85,14 +107,20 @@ class BatchRunner:
         try:
             self._remove_stale_parts(ledger)
             await self._reattach(ledger, run_id)
-            wave = 0
+            wave = stalled = 0
             while not self.stopped_by_budget:
                 wave += 1
                 parts = await self._write_wave(ledger, run_id, wave)
                 await self.cache.flush()
                 if not parts:
                     break
-                await self._follow(ledger, await self._submit(ledger, run_id, parts))
+                outcome = await self._follow(ledger, await self._submit(ledger, run_id, parts))
+                stalled = stalled + 1 if outcome.unreached and not outcome.tried else 0
+                if stalled >= self.settings.attempts:
+                    raise BatchFailed(
+                        f"{self.provider.name} ended {stalled} waves of batches in a row without reaching any "
+                        "request (expired or cancelled); run the same command again later"
+                    )
             self._count(ledger, run_id)
         finally:
             ledger.close()
@@ -136,7 +164,7 @@ class BatchRunner:
                     if request.key in seen:
                         continue
                     seen.add(request.key)
-                    if self._tries[request.key] >= self.settings.attempts:
+                    if self._failed_tries[request.key] >= self.settings.attempts:
                         self._give_up(request.key)
                     else:
                         writer.add(request.key, self.provider.line(request))
@@ -167,8 +195,10 @@ class BatchRunner:
 
     def _give_up(self, key: str) -> None:
         reason, status = self._last_error.get(key, ("no answer", None))
-        tries = self._tries[key]
-        self.cache.put_failure(key, f"no answer after {tries} batch submissions; last: {reason}", status)
+        tries = self._failed_tries[key]
+        self.cache.put_failure(
+            key, f"no answer after {tries} failed batch submissions; last: {reason}", status
+        )
 
     # -- submitting and following ----------------------------------------------------------------------------
 
@@ -183,7 +213,6 @@ class BatchRunner:
             ledger.uploaded(part.path, run_id, self.provider.name, part.requests, file_id)
             batch_id = await self.provider.create(file_id, endpoint)
             ledger.submitted(str(part.path), batch_id)
-            self._tries.update(part.keys)
             self.stats.requests_sent += part.requests
             self._log(f"batch {batch_id}: submitted {part.requests:,} requests ({part.bytes:,} bytes)")
             rows.append(
@@ -223,8 +252,9 @@ class BatchRunner:
             follow.append(row)
         await self._follow(ledger, follow)
 
-    async def _follow(self, ledger: Ledger, rows: list[Row]) -> None:
-        """Poll every batch of ``rows`` until it ends, collecting each as it does."""
+    async def _follow(self, ledger: Ledger, rows: list[Row]) -> Outcome:
+        """Poll every batch of ``rows`` until it ends, collecting each as it does; what they came to."""
+        outcome = Outcome()
         waiting = {row.part: row for row in rows}
         shown: dict[str, tuple[str, int]] = {}
         errors: Counter[str] = Counter()
@@ -244,12 +274,13 @@ class BatchRunner:
                     shown[part] = seen
                     self._log(f"batch {row.batch_id}: {state.status} {seen[1]}%")
                 if state.terminal:
-                    await self._collect(ledger, row, state)
+                    outcome.add(await self._collect(ledger, row, state))
                     del waiting[part]
             if waiting:
                 await asyncio.sleep(self.options.poll_seconds)
+        return outcome
 
-    async def _collect(self, ledger: Ledger, row: Row, state) -> None:
+    async def _collect(self, ledger: Ledger, row: Row, state) -> Outcome:
         """Store a finished batch's answers and permanent failures; remember the rest for the next wave."""
         if state.status == "failed":
             ledger.close_row(row.part, "failed")
@@ -260,28 +291,33 @@ class BatchRunner:
             )
         requests = await self._requests_of(row)
         results = await self._results(state, requests)
-        answered = failed = again = 0
+        outcome = Outcome()
         for key, request in requests.items():
             result = results.get(key)
-            if result is None:
-                self._last_error[key] = (f"not answered: the batch ended {state.status}", None)
-                again += 1
+            if result is None or (result.response is None and result.status is None and result.transient):
+                reason = (
+                    result.reason if result is not None else f"not answered: the batch ended {state.status}"
+                )
+                self._last_error[key] = (reason, None)
+                outcome.unreached += 1
             elif result.response is not None:
                 self._store_answer(request, result.response)
-                answered += 1
+                outcome.answered += 1
             elif result.transient:
                 self._last_error[key] = (result.reason, result.status)
-                again += 1
+                self._failed_tries[key] += 1
+                outcome.failed_transiently += 1
             else:
                 self.cache.put_failure(key, result.reason, result.status)
-                failed += 1
+                outcome.failed += 1
         await self.cache.flush()
         ledger.close_row(row.part, "collected")
         Path(row.part).unlink(missing_ok=True)
         self._log(
-            f"batch {row.batch_id}: collected {answered:,} answers, {failed:,} failed for good, "
-            f"{again:,} to send again"
+            f"batch {row.batch_id}: collected {outcome.answered:,} answers, {outcome.failed:,} failed for good, "
+            f"{outcome.failed_transiently + outcome.unreached:,} to send again"
         )
+        return outcome
 
     async def _requests_of(self, row: Row) -> dict[str, TeacherRequest]:
         """The requests a batch carried: from the local input part, else from the provider's copy of it."""

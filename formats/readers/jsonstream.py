@@ -96,9 +96,9 @@ def first_value(head: bytes) -> Any:
     text = head.removeprefix(_BOM).decode("utf-8", errors="replace").lstrip(_WHITESPACE)
     layout = layout_of(head)
     if layout == "jsonl":
-        for line in text.splitlines():
+        for line in text.splitlines():  # the first object: a bad first record (null, an array) is no clue
             if _is_json_value(line) and isinstance(value := json.loads(line), dict):
-                return value  # the first object: a bad first record (null, an array) says nothing of the format
+                return value
         return None
     start = 1 if layout == "list" else 0
     try:

@@ -166,7 +166,7 @@ class ChatLayout:
         if len(self.messages) < 2 or [m["role"] for m in self.messages[:2]] != ["system", "user"]:
             return False
         system, user = self.messages[0]["content"], self.messages[1]["content"]
-        self.messages[1:2] = [{"role": "user", "content": f"{system}\n{user}"}]
+        self.messages[1:2] = [{"role": "user", "content": f"{system}\n\n{user}"}]
         del self.messages[0], self.weights[0]
         return True
 

@@ -1,0 +1,257 @@
+"""``distill run --batch`` against the local teacher's Batch API fakes, through the real Together and OpenAI SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.batch import BatchFailed, BatchOptions
+from distill.cost import BudgetReached, Price
+from distill.errors import AuthenticationError, UsageError
+from distill.runner import RunJob, run_async
+from distill.settings import RunSettings
+
+FIXTURES = Path(__file__).parent / "fixtures" / "scale"
+COQA = FIXTURES / "together_cookbook_small_coqa_10.jsonl"  # 10 conversations of 5 to 21 turns
+PROVIDERS = ("together", "openai")
+
+
+def base_url(teacher, provider: str) -> str:
+    return teacher.base_url if provider == "together" else f"{teacher.root_url}/openai/v1"
+
+
+def job(teacher, tmp: Path, data: Path, provider: str = "together", name: str = "batch", **kw) -> RunJob:
+    settings = kw.pop("settings", None) or RunSettings(model="teacher", base_url=base_url(teacher, provider))
+    options = kw.pop("options", None) or BatchOptions(provider=provider, poll_seconds=0.01)
+    return RunJob(
+        input=data,
+        output=tmp / f"{name}.jsonl",
+        cache=tmp / f"{name}.sqlite",
+        settings=settings,
+        api_key="test-key",
+        quiet=True,
+        batch=options,
+        **kw,
+    )
+
+
+async def live_output(teacher, tmp: Path, data: Path, **settings) -> bytes:
+    """The file a live (non-batch) run writes: the reference every batch run must reproduce."""
+    live = RunJob(
+        input=data,
+        output=tmp / "live.jsonl",
+        cache=tmp / "live.sqlite",
+        settings=RunSettings(model="teacher", base_url=teacher.base_url, **settings),
+        quiet=True,
+    )
+    await run_async(live)
+    return live.output.read_bytes()
+
+
+def open_batches(cache: Path) -> list[tuple]:
+    """(status, batch id) of the batches the cache records as in flight; none before the run made its tables."""
+    if not cache.exists():
+        return []
+    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
+    try:
+        return con.execute(
+            "SELECT status, batch_id FROM batches WHERE status IN ('uploaded', 'submitted')"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+async def wait_for_submitted(cache: Path) -> None:
+    while [status for status, _ in open_batches(cache)] != ["submitted"]:
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_multi_turn_batches_go_in_waves_and_write_what_a_live_run_writes(tmp_path, teacher, provider):
+    reference = await live_output(teacher, tmp_path, COQA)
+    report = await run_async(job(teacher, tmp_path, COQA, provider))
+    assert report.exit_code == 0 and report.export.written == 10
+    assert (tmp_path / "batch.jsonl").read_bytes() == reference
+    service = teacher.state.batch
+    longest = max(len(json.loads(line)["messages"]) for line in COQA.read_text().splitlines()) // 2
+    # one wave per turn depth (turn k goes once turn k-1 is back), each distinct request submitted once
+    assert service.stats.batches_created == longest == 21
+    assert set(service.stats.submissions.values()) == {1}
+    assert report.stats.requests_sent == len(service.stats.submissions) == report.stats.turns_done
+    assert open_batches(tmp_path / "batch.sqlite") == []
+
+
+async def test_input_files_are_split_under_the_provider_limits(tmp_path, teacher, sharegpt_60):
+    teacher.state.batch.set_knobs(max_requests=7, max_bytes=2500)  # the fake fails a batch over its limits
+    options = BatchOptions(provider="together", poll_seconds=0.01, max_requests=7, max_bytes=2500)
+    report = await run_async(job(teacher, tmp_path, sharegpt_60, options=options))
+    assert report.exit_code == 0 and report.export.written == 60
+    service = teacher.state.batch
+    files = sorted(
+        (service.files[b.input_file_id] for b in service.batches.values()), key=lambda f: f.filename
+    )
+    assert len(files) == service.stats.batches_created >= 41 / 7
+    assert all(f.data.count(b"\n") <= 7 and len(f.data) <= 2500 for f in files)
+    # a part cut short of 7 lines while its wave went on into another part: the byte limit cut it
+    waves = [f.filename.rsplit("-", 1)[0] for f in files]
+    cut_by_bytes = [
+        f
+        for f, wave, next_wave in zip(files, waves, waves[1:], strict=False)
+        if wave == next_wave and f.data.count(b"\n") < 7
+    ]
+    assert cut_by_bytes and all(len(f.data) > 2500 - 450 for f in cut_by_bytes)
+    assert (tmp_path / "batch.jsonl").read_bytes() == await live_output(teacher, tmp_path, sharegpt_60)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_failed_and_expired_requests_are_sent_again(tmp_path, teacher, sharegpt_60, provider):
+    teacher.state.batch.set_knobs(fail_first=1, expire_after=6)
+    report = await run_async(job(teacher, tmp_path, sharegpt_60, provider))
+    assert report.exit_code == 0 and report.export.written == 60
+    submissions = teacher.state.batch.stats.submissions
+    assert max(submissions.values()) >= 2  # every request failed once with a 500 before it was answered
+    teacher.state.batch.set_knobs(fail_first=0, expire_after=None)
+    assert (tmp_path / "batch.jsonl").read_bytes() == await live_output(teacher, tmp_path, sharegpt_60)
+
+
+async def test_requests_that_keep_failing_are_given_up_after_attempts(tmp_path, teacher, sharegpt_60):
+    teacher.state.batch.set_knobs(fail_first=100)
+    settings = RunSettings(model="teacher", base_url=teacher.base_url, attempts=3)
+    report = await run_async(job(teacher, tmp_path, sharegpt_60, settings=settings))
+    assert report.exit_code == 1 and report.export.written == 0 and report.export.failed == 60
+    assert set(teacher.state.batch.stats.submissions.values()) == {3}
+    assert "no answer after 3 failed batch submissions" in report.stats.failures[0][2]
+    assert "500" in report.stats.failures[0][2]
+
+
+async def test_permanent_failures_are_recorded_and_never_sent_again(tmp_path, teacher):
+    data = tmp_path / "in.jsonl"
+    rows = [[{"role": "user", "content": f"question {i}{' FORBIDDEN' if i == 2 else ''}"}] for i in range(5)]
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    teacher.set_knobs(permanent_marker="FORBIDDEN")
+    report = await run_async(job(teacher, tmp_path, data))
+    assert report.exit_code == 1 and report.export.written == 4
+    assert "(400)" in report.stats.failures[0][2] and "FORBIDDEN" in report.stats.failures[0][2]
+    created = teacher.state.batch.stats.batches_created
+    again = await run_async(job(teacher, tmp_path, data))
+    assert again.export.written == 4 and teacher.state.batch.stats.batches_created == created
+    assert set(teacher.state.batch.stats.submissions.values()) == {1}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_an_interrupted_run_reattaches_to_its_batch_instead_of_submitting_again(
+    tmp_path, teacher, sharegpt_60, provider
+):
+    service = teacher.state.batch
+    service.set_knobs(hold=True)
+    first = asyncio.create_task(run_async(job(teacher, tmp_path, sharegpt_60, provider)))
+    await asyncio.wait_for(wait_for_submitted(tmp_path / "batch.sqlite"), 20)
+    first.cancel()  # what SIGINT does to a run
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert service.stats.batches_created == 1 and len(open_batches(tmp_path / "batch.sqlite")) == 1
+    service.set_knobs(hold=False)
+    report = await run_async(job(teacher, tmp_path, sharegpt_60, provider))
+    assert report.export.written == 60
+    assert service.stats.batches_created == 3  # the re-attached first wave, then the waves of turns 2 and 3
+    assert set(service.stats.submissions.values()) == {1}
+    assert open_batches(tmp_path / "batch.sqlite") == []
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_batch_created_but_not_recorded_is_found_by_its_input_file(
+    tmp_path, teacher, sharegpt_60, provider
+):
+    service = teacher.state.batch
+    service.set_knobs(hold=True)
+    first = asyncio.create_task(run_async(job(teacher, tmp_path, sharegpt_60, provider)))
+    await asyncio.wait_for(wait_for_submitted(tmp_path / "batch.sqlite"), 20)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    con = sqlite3.connect(tmp_path / "batch.sqlite")  # as if the run died before the batch id came back
+    con.execute("UPDATE batches SET batch_id = NULL, status = 'uploaded'")
+    con.commit()
+    con.close()
+    service.set_knobs(hold=False)
+    report = await run_async(job(teacher, tmp_path, sharegpt_60, provider))
+    assert report.export.written == 60 and service.stats.batches_created == 3
+    assert set(service.stats.submissions.values()) == {1}
+
+
+async def test_a_batch_the_provider_fails_stops_the_run_with_its_reason(tmp_path, teacher, sharegpt_60):
+    teacher.state.batch.set_knobs(max_requests=5)  # the run believes the limit is 50,000
+    with pytest.raises(BatchFailed, match="over the limit of 5.*run the same command again"):
+        await run_async(job(teacher, tmp_path, sharegpt_60))
+    con = sqlite3.connect(tmp_path / "batch.sqlite")
+    assert con.execute("SELECT status FROM batches").fetchall() == [("failed",)]
+    con.close()
+
+
+async def test_budget_stops_submitting_and_a_rerun_finishes_without_paying_twice(tmp_path, teacher):
+    report_data = FIXTURES / "dialogstudio_sharegpt_original_example.json"
+    price = Price(1000.0, 1000.0)  # $0.001 a token, so the first wave alone spends the budget
+    with pytest.raises(BudgetReached, match=r"--budget \$0.01") as stopped:
+        await run_async(job(teacher, tmp_path, report_data, budget=0.01, price=price))
+    first = stopped.value.report
+    assert 0 < first.export.written < 5 and teacher.state.batch.stats.batches_created == 1
+    done = await run_async(job(teacher, tmp_path, report_data, budget=1000.0, price=price))
+    assert done.export.written == 5
+    assert set(teacher.state.batch.stats.submissions.values()) == {1}
+
+
+async def test_what_can_be_checked_fails_before_anything_is_sent(tmp_path, teacher, sharegpt_60):
+    completions = RunSettings(model="teacher", base_url=teacher.base_url, api="completions")
+    with pytest.raises(UsageError, match="--api chat"):
+        await run_async(job(teacher, tmp_path, sharegpt_60, settings=completions))
+    no_key = job(teacher, tmp_path, sharegpt_60)
+    no_key.api_key = None
+    with pytest.raises(AuthenticationError, match="--api-key-env"):
+        await run_async(no_key)
+    assert teacher.state.batch.stats.uploads == 0
+
+
+async def test_openai_batches_take_the_completions_api(tmp_path, teacher, sharegpt_60):
+    settings = RunSettings(model="teacher", base_url=base_url(teacher, "openai"), api="completions")
+    report = await run_async(job(teacher, tmp_path, sharegpt_60, "openai", settings=settings))
+    assert report.export.written == 60
+    assert (tmp_path / "batch.jsonl").read_bytes() == await live_output(
+        teacher, tmp_path, sharegpt_60, api="completions"
+    )
+
+
+async def test_batch_run_from_the_command_line(tmp_path, teacher, sharegpt_60):
+    env = {**os.environ, "TOGETHER_API_KEY": "test-key"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "distill",
+        "run",
+        str(sharegpt_60),
+        "--model",
+        "teacher",
+        "--base-url",
+        teacher.base_url,
+        "--batch",
+        "--batch-poll",
+        "0.02",
+        "--cache",
+        str(tmp_path / "cli.sqlite"),
+        "--output",
+        str(tmp_path / "cli.jsonl"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert "submitted 11 requests" in err.decode() and "wrote 60 conversations" in err.decode()
+    assert (tmp_path / "cli.jsonl").read_bytes() == await live_output(teacher, tmp_path, sharegpt_60)
