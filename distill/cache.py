@@ -127,6 +127,8 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
         raise CacheError(
             f"{path} was written by a newer distill (schema {version}, this one knows {SCHEMA_VERSION}); upgrade distill"
         )
+    if tables and version < SCHEMA_VERSION:
+        check_whole(conn, path)  # a migration writes: never into a damaged file
     for number in range(version, SCHEMA_VERSION):
         with conn:
             conn.executescript(MIGRATIONS[number])
@@ -146,6 +148,18 @@ def reported(path: Path) -> Iterator[None]:
             f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
             "and pass another --cache; if the disk is full, free space and run the same command again"
         ) from None
+
+
+def check_whole(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise CacheError unless SQLite's quick check finds the file whole (it reads every page: use sparingly)."""
+    try:
+        verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        verdict = str(e)
+    if verdict != "ok":
+        raise CacheError(
+            f"{path} is damaged ({verdict}); move it aside (distill leaves it as it is) and pass another --cache"
+        )
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -214,6 +228,8 @@ class Cache:
         self._conversation_rows: list[tuple[Any, ...]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
+        # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
+        self._failures_possible = True
         self.commits = 0
 
     async def __aenter__(self) -> Cache:
@@ -233,9 +249,14 @@ class Cache:
                 f"cannot create the cache {self.path}: {e.strerror}; pass another --cache"
             ) from None
         try:
-            with sqlite3.connect(self.path) as setup:
+            with reported(self.path), sqlite3.connect(self.path) as setup:
                 prepare(setup, self.path)
-                setup.execute("PRAGMA journal_mode = WAL")
+                # setting the journal mode writes the file's header: only when it is not WAL already
+                if setup.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    setup.execute("PRAGMA journal_mode = WAL")
+                self._failures_possible = bool(
+                    setup.execute("SELECT EXISTS (SELECT 1 FROM failures)").fetchone()[0]
+                )
             setup.close()
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute("PRAGMA busy_timeout = 10000")
@@ -312,6 +333,7 @@ class Cache:
         self._schedule_flush()
 
     def put_failure(self, key: str, reason: str, status: int | None) -> None:
+        self._failures_possible = True
         self._failure_rows.append((key, reason, status, time.time()))
         self._schedule_flush()
 
@@ -386,13 +408,19 @@ class Cache:
         for start in range(0, len(keys), LOOKUP_CHUNK):
             chunk = keys[start : start + LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            # Failures first, so that an answer for the same key (a later success) replaces them.
-            rows = await self._db.execute_fetchall(
-                f"SELECT key, NULL, NULL, status, NULL, reason FROM failures WHERE key IN ({marks}) "
-                "UNION ALL SELECT key, text, finish_reason, prompt_tokens, completion_tokens, NULL "
-                f"FROM responses WHERE key IN ({marks})",
-                chunk + chunk,
+            answers = (
+                "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, NULL "
+                f"FROM responses WHERE key IN ({marks})"
             )
+            if self._failures_possible:
+                # Failures first, so that an answer for the same key (a later success) replaces them.
+                rows = await self._db.execute_fetchall(
+                    f"SELECT key, NULL, NULL, status, NULL, reason FROM failures WHERE key IN ({marks}) "
+                    f"UNION ALL {answers}",
+                    chunk + chunk,
+                )
+            else:
+                rows = await self._db.execute_fetchall(answers, chunk)
             for key, text, finish, ptok, ctok, reason in rows:
                 found[key] = (
                     Failure(reason, ptok) if reason is not None else TeacherResponse(text, finish, ptok, ctok)
@@ -407,7 +435,8 @@ class Cache:
                 await db.executemany(
                     "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", responses
                 )
-                await db.executemany("DELETE FROM failures WHERE key = ?", [(r[0],) for r in responses])
+                if self._failures_possible:
+                    await db.executemany("DELETE FROM failures WHERE key = ?", [(r[0],) for r in responses])
             if failures:
                 await db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
             if conversations:

@@ -8,8 +8,8 @@ directory when there is one) under a table named after the command, with the fla
     base-url = "https://api.together.xyz/v1"
     rpm = 600
 
-or in the environment as ``DISTILL_<FLAG>`` (``DISTILL_BASE_URL``, ``DISTILL_RPM``). A flag given on the command
-line always wins. Options are declared with :func:`option` so argparse leaves them unset (None) and
+or in the environment as ``DISTILL_<COMMAND>_<FLAG>`` (``DISTILL_TRAIN_MODEL``) or, for every command,
+``DISTILL_<FLAG>`` (``DISTILL_BASE_URL``, ``DISTILL_RPM``). A flag given on the command line always wins. Options are declared with :func:`option` so argparse leaves them unset (None) and
 :func:`resolve` can tell "not given" from "given the default".
 """
 
@@ -52,10 +52,11 @@ def resolve(
         if getattr(args, dest) is not None:
             continue
         name = flag.lstrip("-")
-        env_name = "DISTILL_" + name.upper().replace("-", "_")
+        env_names = [f"DISTILL_{command}_{name}", f"DISTILL_{name}"]
+        env_name = next((e for e in (n.upper().replace("-", "_") for n in env_names) if e in environ), None)
         if name in table:
             value = _convert(table[name], convert, action, f"{name} in the [{command}] table")
-        elif env_name in environ:
+        elif env_name is not None:
             value = _convert(environ[env_name], convert, action, env_name)
         else:
             value = default

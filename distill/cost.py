@@ -19,16 +19,19 @@ prices of a few common teachers as published on :data:`PRICES_AS_OF`; they chang
 :data:`BATCH_DISCOUNT` of the list price at both Together and OpenAI.
 
 **The budget.** ``--budget USD`` charges every answer at the price above, from the usage the server reported
-(counted locally only when a server reports none). Once the spend reaches the budget no new request is sent;
-requests already in flight finish and are saved, the answered conversations are written, and the run stops with
-:class:`BudgetReached` (exit code 75). The budget is per invocation: the same command with a new ``--budget``
-resumes where the run stopped, paying nothing twice.
+(counted locally only when a server reports none). A request goes out only if its estimated cost (its prompt
+and the expected output), with everything already spent or in flight, fits in the budget; under ``--batch`` the
+same holds for each batch file. Once a request does not fit, no new one is sent; requests in flight finish and
+are saved, the answered conversations are written, and the run stops with :class:`BudgetReached` (exit code
+75). The budget is per invocation: the same command with a new ``--budget`` resumes where the run stopped,
+paying nothing twice.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -179,14 +182,16 @@ def _prompt_tokens(conversation: Conversation, settings: RunSettings, turn: int,
     return tokens.count(render_llama2([Message(role, content) for role, content in messages]))
 
 
+def prompt_tokens(request: TeacherRequest) -> int:
+    """The prompt tokens of ``request`` as :mod:`distill.tokens` counts them."""
+    if request.messages is not None:
+        return tokens.count_messages([{"content": c} for _, c in request.messages])
+    return tokens.count(request.prompt or "")
+
+
 def request_cost_tokens(request: TeacherRequest, response: TeacherResponse) -> tuple[int, int]:
     """(prompt, completion) tokens of an answer: the server's usage, counted locally where it sent none."""
-    prompt = response.prompt_tokens
-    if prompt is None:
-        if request.messages is not None:
-            prompt = tokens.count_messages([{"content": c} for _, c in request.messages])
-        else:
-            prompt = tokens.count(request.prompt or "")
+    prompt = response.prompt_tokens if response.prompt_tokens is not None else prompt_tokens(request)
     completion = response.completion_tokens
     if completion is None:
         completion = tokens.count(response.text)
@@ -203,7 +208,14 @@ class BudgetReached(DistillError):
 
 
 class Budget:
-    """A spending cap in US dollars, charged from the usage of every answer the server sends."""
+    """A spending cap in US dollars, charged from the usage of every answer the server sends.
+
+    A request about to go out first reserves its estimated cost (its prompt, counted, and the expected output);
+    a request whose reservation would take the spend plus what is in flight over the limit is refused with
+    :class:`BudgetReached`. So the cap holds up to the estimate's error instead of overshooting by everything
+    the run keeps in flight; the reservation is released when the request ends and the answer charged at the
+    usage the server reported.
+    """
 
     def __init__(self, limit: float, price: Price, discount: float = 1.0) -> None:
         if limit <= 0:
@@ -212,11 +224,36 @@ class Budget:
         self.price = price
         self.discount = discount
         self.spent = 0.0
+        self.reserved = 0.0
         self.refused = 0
 
     @property
     def reached(self) -> bool:
         return self.spent >= self.limit
+
+    def estimate(self, request: TeacherRequest, output_tokens: int) -> float:
+        """The expected cost of sending ``request``."""
+        return self.price.cost(prompt_tokens(request), output_tokens, self.discount)
+
+    def reserve(self, amount: float) -> None:
+        """Hold ``amount`` for a request about to go out; :class:`BudgetReached` if it does not fit."""
+        if self.spent + self.reserved + amount > self.limit:
+            self.refused += 1
+            raise BudgetReached(f"{self.summary()}; the next request would go over it")
+        self.reserved += amount
+
+    def release(self, amount: float) -> None:
+        self.reserved = max(0.0, self.reserved - amount)
+
+    @contextmanager
+    def reserving(self, request: TeacherRequest, output_tokens: int) -> Iterator[None]:
+        """Hold the estimated cost of ``request`` while it is in flight."""
+        amount = self.estimate(request, output_tokens)
+        self.reserve(amount)
+        try:
+            yield
+        finally:
+            self.release(amount)
 
     def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Add the cost of one answer."""
@@ -224,12 +261,6 @@ class Budget:
 
     def charge_answer(self, request: TeacherRequest, response: TeacherResponse) -> None:
         self.charge(*request_cost_tokens(request, response))
-
-    def check(self) -> None:
-        """Raise :class:`BudgetReached` once the spend has reached the limit (no new request may go out)."""
-        if self.reached:
-            self.refused += 1
-            raise BudgetReached(self.summary())
 
     def summary(self) -> str:
         return f"spent ${self.spent:,.4f} of --budget ${self.limit:,.2f}"

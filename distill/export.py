@@ -18,7 +18,7 @@ import orjson
 from formats.writers.base import RenderError, encode_line
 
 from . import plan
-from .cache import connect_readonly
+from .cache import connect_readonly, reported
 from .conversation import Conversation
 from .engine import decode_conversation
 from .errors import UsageError
@@ -109,19 +109,16 @@ def export(
 
 
 def _export(conn: sqlite3.Connection, writer, output: Path, run_id: str | None) -> ExportResult:
-    if True:
-        run_id = run_id or latest_run(conn)
-        settings = stored_settings(conn, run_id)
-        result = ExportResult(Path(output), run_id)
-        tmp = Path(f"{output}.tmp")
-        with open(tmp, "wb") as out:
-            for conversation in stored_conversations(conn, run_id):
-                line = _render(conn, conversation, settings, writer, result)
-                if line is not None:
-                    out.write(line)
-        os.replace(tmp, output)
-    finally:
-        conn.close()
+    run_id = run_id or latest_run(conn)
+    settings = stored_settings(conn, run_id)
+    result = ExportResult(output, run_id)
+    tmp = Path(f"{output}.tmp")
+    with open(tmp, "wb") as out:
+        for conversation in stored_conversations(conn, run_id):
+            line = _render(conn, conversation, settings, writer, result)
+            if line is not None:
+                out.write(line)
+    os.replace(tmp, output)
     return result
 
 

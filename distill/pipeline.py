@@ -112,6 +112,8 @@ def run_step(config: PipelineConfig, stream: TextIO):
     if "input" not in table:
         raise ConfigError(f'{config.path}: [run] needs input = "FILE"')
     args = parse([*argv_for("run", table, PIPELINE_KEYS["run"]), str(table["input"])])
+    if args.dry_run:
+        raise ConfigError(f"{config.path}: dry-run in [run] would train on nothing; run 'distill run --dry-run' alone")
     report = run(job_from_args(args), stream)
     if report.exit_code:
         raise UsageError(

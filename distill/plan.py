@@ -12,6 +12,7 @@ as a stop sequence, as the original recipe did.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from .conversation import Conversation, Message
@@ -20,6 +21,7 @@ from .settings import RunSettings, Sampling
 
 LLAMA2_STOP = ("[INST]",)
 _PARAMS_MEMO: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
+_sampling_values = attrgetter(*Sampling.__slots__)
 
 
 def system_of(conversation: Conversation, settings: RunSettings) -> str | None:
@@ -50,7 +52,9 @@ def request_for(
 ) -> TeacherRequest:
     messages = history_for(conversation, settings, turn, answers)
     if settings.api == "chat":
-        return TeacherRequest("chat", settings.model, sampling_params(settings.sampling), messages=tuple(messages))
+        return TeacherRequest(
+            "chat", settings.model, sampling_params(settings.sampling), messages=tuple(messages)
+        )
     from formats.writers.llama2 import render_llama2
 
     prompt = render_llama2([Message(r, c) for r, c in messages])
@@ -60,9 +64,13 @@ def request_for(
 
 def sampling_params(sampling: Sampling, extra_stop: tuple[str, ...] = ()) -> tuple[tuple[str, Any], ...]:
     """``sampling.params(extra_stop)``, memoised on the field values (``Sampling.params`` deep-copies them all)."""
-    values = tuple(getattr(sampling, name) for name in Sampling.__slots__)
-    memo_key = (tuple(tuple(v) if isinstance(v, list) else v for v in values), extra_stop)
-    params = _PARAMS_MEMO.get(memo_key)
+    values = _sampling_values(sampling)
+    try:
+        memo_key = (values, extra_stop)
+        params = _PARAMS_MEMO.get(memo_key)
+    except TypeError:  # a list (the stop sequences) among the values
+        memo_key = (tuple(tuple(v) if isinstance(v, list) else v for v in values), extra_stop)
+        params = _PARAMS_MEMO.get(memo_key)
     if params is None:
         if len(_PARAMS_MEMO) > 256:
             _PARAMS_MEMO.clear()

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import orjson
 
 ApiKind = Literal["chat", "completions"]
+_sha256 = hashlib.sha256
 SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed")
 
 
@@ -37,7 +38,7 @@ class TeacherRequest:
     def __post_init__(self) -> None:
         identity = canonical_json(self.identity())
         object.__setattr__(self, "identity_json", identity)
-        object.__setattr__(self, "key", hashlib.sha256(identity).hexdigest())
+        object.__setattr__(self, "key", _sha256(identity).hexdigest())
 
     def identity(self) -> dict[str, Any]:
         """What determines the answer; hashed into ``key`` and stored in the cache (as ``identity_json``)."""
@@ -50,8 +51,11 @@ class TeacherRequest:
 
     def body(self) -> dict[str, Any]:
         """The JSON body for ``/chat/completions`` or ``/completions``."""
-        body = self.identity()
-        del body["api"], body["params"]
+        body: dict[str, Any] = {"model": self.model}
+        if self.messages is not None:
+            body["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+        else:
+            body["prompt"] = self.prompt
         body.update(self.params)
         return body
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from .conversation import Conversation, Record, Reject
 from .cost import BudgetReached, Price, budget_for
 from .engine import Engine
 from .errors import DistillError, UsageError
+from .estimate import estimate_records
 from .export import ExportResult, export
 from .progress import Progress, summary
 from .settings import RunSettings
@@ -148,7 +150,11 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                 shard=job.shard,
             )
             await cache.clear_conversations(run_id)
+            rejects.remove_stale()
             progress.start()
+            if progress.live and job.limit is None:
+                estimating = asyncio.ensure_future(asyncio.to_thread(estimate_records, job.input))
+                estimating.add_done_callback(lambda done: _set_total(stats, done.result()))
             try:
                 records = limited(reader.read(job.input), job.limit)
                 if job.batch is not None:
@@ -172,7 +178,8 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
         print(f"wrote {result.written} conversations to {job.output} (manifest {manifest})", file=stream)
     if budget_stopped:
         stop = BudgetReached(
-            f"{budget.summary()}, so the run stopped sending; the {result.written} conversations answered so far "
+            f"{budget.summary()}; the next request would go over it, so the run stopped sending; the "
+            f"{result.written} conversations answered so far "
             f"are in {job.output}. Run the same command again (with a new --budget) to continue: nothing "
             "answered is paid for twice"
         )
@@ -215,6 +222,10 @@ async def _run_batch(
         await provider.close()
 
 
+def _set_total(stats: RunStats, estimate: int | None) -> None:
+    stats.total_expected = estimate
+
+
 def limited(records: Iterator[Record], limit: int | None) -> Iterator[Record]:
     """``records`` up to ``limit`` conversations (rejects pass through and do not count)."""
     if limit is None:
@@ -245,18 +256,30 @@ class RejectLog:
         self.path = path
         self.count = 0
         self._file = None
-        if path.exists():
-            path.unlink()
+
+    def remove_stale(self) -> None:
+        """Remove an earlier run's file; only once the cache lock is held (it may be another live run's)."""
+        if self._file is None and self.path.exists():
+            self.path.unlink()
 
     def write(self, reject: Reject) -> None:
         if self._file is None:
             self._file = open(self.path, "wb")  # noqa: SIM115 - lives as long as the run; close() ends it
-        self._file.write(orjson.dumps(reject.to_dict(), default=str) + b"\n")
+        self._file.write(reject_line(reject))
         self.count += 1
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def reject_line(reject: Reject) -> bytes:
+    """One line of the rejects file. A bad record may hold what orjson refuses (a lone surrogate escape, an
+    integer over 64 bits): the standard library writes those as the JSON escapes and digits they were."""
+    try:
+        return orjson.dumps(reject.to_dict(), default=str) + b"\n"
+    except orjson.JSONEncodeError:
+        return json.dumps(reject.to_dict(), default=str).encode() + b"\n"
 
 
 def write_manifest(job: RunJob, run_id: str, stats: RunStats, result: ExportResult, reader_stats) -> Path:

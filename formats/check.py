@@ -208,7 +208,7 @@ def _parse_line(report: CheckReport, lineno: int, raw: bytes) -> Any:
 
 def _parse_with_stdlib(report: CheckReport, lineno: int, raw: bytes) -> Any:
     try:
-        json.loads(raw)
+        json.loads(raw.decode("utf-8"))  # not the bytes: json would guess UTF-16 from NUL bytes, and fail
     except json.JSONDecodeError as e:
         report.add(lineno, "json", f"invalid JSON: {e.msg} at column {e.colno}")
         return None

@@ -56,3 +56,9 @@ def test_bad_settings_name_where_they_came_from(tmp_path, text, env, message):
 def test_a_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="--config"):
         resolve(parser().parse_args(["--config", str(tmp_path / "none.toml")]), "run", {})
+
+
+def test_a_command_specific_variable_beats_the_shared_one():
+    env = {"DISTILL_MODEL": "teacher", "DISTILL_RUN_MODEL": "run-only"}
+    assert resolve(parser().parse_args([]), "run", env).model == "run-only"
+    assert resolve(parser().parse_args([]), "eval", env).model == "teacher"

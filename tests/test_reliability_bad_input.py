@@ -104,8 +104,17 @@ GOOD: dict[str, Callable[[int], dict]] = {
         "questions": [f"good record {n}: which number?"],
         "answers": [str(n)],
     },
-    "booksum": lambda n: {"book_id": f"g{n}", "chapter": f"good record {n}: a chapter.", "summary_text": "short"},
-    "hints": lambda n: {"id": f"g{n}", "question": f"good record {n}: which number?", "answer": str(n), "hints": ["one"]},
+    "booksum": lambda n: {
+        "book_id": f"g{n}",
+        "chapter": f"good record {n}: a chapter.",
+        "summary_text": "short",
+    },
+    "hints": lambda n: {
+        "id": f"g{n}",
+        "question": f"good record {n}: which number?",
+        "answer": str(n),
+        "hints": ["one"],
+    },
 }
 
 
@@ -136,7 +145,9 @@ def test_the_corpus_has_at_least_30_kinds_and_the_table_covers_every_file():
 
 
 @pytest.mark.parametrize("reader", sorted(KINDS))
-def test_each_bad_record_is_rejected_with_its_line_and_reason_and_each_good_one_written(tmp_path, teacher, reader):
+def test_each_bad_record_is_rejected_with_its_line_and_reason_and_each_good_one_written(
+    tmp_path, teacher, reader
+):
     kinds = sorted(KINDS[reader])
     lines = [json.dumps(GOOD[reader](0)).encode()]
     for n, kind in enumerate(kinds, 1):

@@ -47,7 +47,9 @@ def write_dataset(path: Path) -> Path:
         for c in range(CONVERSATIONS):
             messages = []
             for t in range(TURNS):
-                question = "What is distillation?" if t == 0 and c % 10 == 0 else f"conversation {c}, question {t}"
+                question = (
+                    "What is distillation?" if t == 0 and c % 10 == 0 else f"conversation {c}, question {t}"
+                )
                 messages += [
                     {"role": "user", "content": question},
                     {"role": "assistant", "content": "the dataset's own answer, replaced by the teacher's"},
@@ -126,7 +128,9 @@ def test_sigkill_three_times_then_resume_writes_the_same_bytes_and_pays_once(tmp
     rng = random.Random(seed)
     data = write_dataset(tmp_path / "conversations.jsonl")
     teacher.set_knobs(latency=0.0, latency_jitter=0.0)  # the answers do not depend on the latency
-    clean = subprocess.run(run_args(teacher, data, tmp_path, "clean"), capture_output=True, text=True, timeout=120)
+    clean = subprocess.run(
+        run_args(teacher, data, tmp_path, "clean"), capture_output=True, text=True, timeout=120
+    )
     assert clean.returncode == 0, clean.stderr
     teacher.set_knobs(latency=LATENCY, latency_jitter=LATENCY * 2)
     teacher.reset_stats()
@@ -146,7 +150,9 @@ def test_sigkill_three_times_then_resume_writes_the_same_bytes_and_pays_once(tmp
         assert proc.returncode == -signal.SIGKILL, f"the run ended before its kill (seed {seed})"
         stats = settled_stats(teacher)
         in_cache = committed(cache)
-        assert answered_a_while_ago <= in_cache, f"answers older than {DURABLE_WITHIN} s were lost (seed {seed})"
+        assert answered_a_while_ago <= in_cache, (
+            f"answers older than {DURABLE_WITHIN} s were lost (seed {seed})"
+        )
         pending = set(stats["received_by_hash"]) - in_cache
         answered = set(stats["answered_by_hash"])
         in_flight_at_kill.append(pending - answered)
@@ -161,7 +167,8 @@ def test_sigkill_three_times_then_resume_writes_the_same_bytes_and_pays_once(tmp
     detail = f"seed {seed}; per kill (unanswered, answered but not yet committed): {breakdown}"
     for request, times in received.items():
         kills_in_flight = sum(
-            request in a or request in b for a, b in zip(in_flight_at_kill, lost_in_commit_window, strict=True)
+            request in a or request in b
+            for a, b in zip(in_flight_at_kill, lost_in_commit_window, strict=True)
         )
         assert times <= 1 + kills_in_flight, f"{request} sent {times} times; {detail}"
     assert len(received) == len(committed(cache))  # every request sent was answered and kept

@@ -45,7 +45,9 @@ def fresh(teacher):
     return teacher
 
 
-def write_dataset(path: Path, conversations: int, turns: int, refuse: set[tuple[int, int]] = frozenset()) -> Path:
+def write_dataset(
+    path: Path, conversations: int, turns: int, refuse: set[tuple[int, int]] = frozenset()
+) -> Path:
     """Multi-turn ``messages`` JSONL; turn (c, t) in ``refuse`` carries the teacher's REFUSE marker."""
     with open(path, "w", encoding="utf-8") as f:
         for c in range(conversations):
@@ -85,7 +87,17 @@ def test_the_issues_fault_mix_gives_the_same_bytes_as_a_clean_run_and_pays_each_
     fresh.reset_stats()
     began = time.monotonic()
     faulty = distill_run(
-        fresh, data, tmp_path, "faulty", "--quiet", "--concurrency", "16", "--request-timeout", "0.5", "--attempts", "8"
+        fresh,
+        data,
+        tmp_path,
+        "faulty",
+        "--quiet",
+        "--concurrency",
+        "16",
+        "--request-timeout",
+        "0.5",
+        "--attempts",
+        "8",
     )
     elapsed = time.monotonic() - began
     assert faulty.returncode == 0, faulty.stderr
@@ -121,7 +133,10 @@ def test_a_permanent_error_fails_its_conversation_once_with_the_reason(tmp_path,
     stats = fresh.stats()
     assert stats["faults"]["permanent"] == 2  # each refused request was sent once: no retry
     assert max(stats["received_by_hash"].values()) == 1
-    written = [json.loads(line)["messages"][1]["content"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    written = [
+        json.loads(line)["messages"][1]["content"]
+        for line in (tmp_path / "out.jsonl").read_text().splitlines()
+    ]
     assert len(written) == 8 and not any("question 0 REFUSE" in w for w in written)
     manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
     failures = {f["id"]: f for f in manifest["this_run"]["failures"]}
@@ -142,7 +157,9 @@ def test_a_401_stops_the_run_at_once_records_nothing_and_the_fixed_key_resumes(t
     fresh.set_knobs(api_key="the-right-key")
     env = {**os.environ, "MY_TEACHER_KEY": "a-revoked-key"}
     began = time.monotonic()
-    result = distill_run(fresh, data, tmp_path, "out", "--concurrency", "4", "--api-key-env", "MY_TEACHER_KEY", env=env)
+    result = distill_run(
+        fresh, data, tmp_path, "out", "--concurrency", "4", "--api-key-env", "MY_TEACHER_KEY", env=env
+    )
     assert time.monotonic() - began < 10
     assert result.returncode == 2, result.stderr
     assert "401" in result.stderr and "--api-key-env" in result.stderr
@@ -150,7 +167,9 @@ def test_a_401_stops_the_run_at_once_records_nothing_and_the_fixed_key_resumes(t
     assert fresh.stats()["unauthorized"] <= 4  # the first wave, and not one request more
     assert not (tmp_path / "out.jsonl").exists()
     con = sqlite3.connect(tmp_path / "out.sqlite")
-    assert con.execute("SELECT count(*) FROM failures").fetchone()[0] == 0  # a bad key is not the requests' fault
+    assert (
+        con.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
+    )  # a bad key is not the requests' fault
     con.close()
 
     env["MY_TEACHER_KEY"] = "the-right-key"
@@ -164,7 +183,14 @@ def test_a_key_revoked_mid_run_stops_it_and_keeps_what_was_answered(tmp_path, fr
     fresh.set_knobs(api_key="old-key", latency=0.005)
     env = {**os.environ, "TOGETHER_API_KEY": "old-key"}
     args = [*DISTILL, "run", str(data), "--model", "teacher", "--base-url", fresh.base_url, "--quiet"]
-    args += ["--concurrency", "4", "--cache", str(tmp_path / "c.sqlite"), "--output", str(tmp_path / "o.jsonl")]
+    args += [
+        "--concurrency",
+        "4",
+        "--cache",
+        str(tmp_path / "c.sqlite"),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+    ]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     while fresh.stats(with_hashes=False)["answered"] < 100:
         assert proc.poll() is None

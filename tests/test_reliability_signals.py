@@ -7,6 +7,7 @@ received and answered can be compared with what the cache kept.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import sqlite3
@@ -35,7 +36,10 @@ def teacher():
 def write_dataset(path: Path, conversations: int, turns: int) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for c in range(conversations):
-            turns_ = [{"from": "human" if t % 2 == 0 else "gpt", "value": f"c{c} turn {t}"} for t in range(2 * turns)]
+            turns_ = [
+                {"from": "human" if t % 2 == 0 else "gpt", "value": f"c{c} turn {t}"}
+                for t in range(2 * turns)
+            ]
             f.write(json.dumps({"id": f"c{c}", "conversations": turns_}) + "\n")
     return path
 
@@ -72,7 +76,9 @@ def committed(cache: Path) -> set[str]:
     for (row,) in rows:
         ident = orjson.loads(row)
         messages = tuple((m["role"], m["content"]) for m in ident["messages"])
-        request = TeacherRequest(ident["api"], ident["model"], tuple(ident["params"].items()), messages=messages)
+        request = TeacherRequest(
+            ident["api"], ident["model"], tuple(ident["params"].items()), messages=messages
+        )
         hashes.add(request_hash(orjson.loads(orjson.dumps(request.body()))))
     return hashes
 
@@ -87,7 +93,11 @@ def stop_with(proc: subprocess.Popen, *signals: signal.Signals) -> tuple[float, 
     return time.monotonic() - began, err
 
 
-@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM)])
+@pytest.mark.parametrize(
+    "signals",
+    [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM)],
+    ids=["SIGINT", "SIGTERM", "SIGINT-then-SIGTERM"],
+)
 def test_a_signal_stops_the_run_within_10_s_even_when_no_request_ever_answers(tmp_path, teacher, signals):
     teacher.set_knobs(hang_rate=1.0, hang_seconds=3600.0)
     try:
@@ -108,8 +118,6 @@ def test_a_signal_stops_the_run_within_10_s_even_when_no_request_ever_answers(tm
 
 
 def _lock_is_free(path: Path) -> bool:
-    import fcntl
-
     with open(path, "rb") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -121,7 +129,9 @@ def _lock_is_free(path: Path) -> bool:
 def test_stopped_twice_under_faults_then_resumed_writes_the_same_bytes_and_pays_once(tmp_path, teacher):
     data = write_dataset(tmp_path / "in.jsonl", 100, 3)
     teacher.set_knobs(latency=0.0, error_rate=0.0, reset_rate=0.0)
-    clean = subprocess.run([*run_args(teacher, data, tmp_path, "clean"), "--quiet"], capture_output=True, text=True)
+    clean = subprocess.run(
+        [*run_args(teacher, data, tmp_path, "clean"), "--quiet"], capture_output=True, text=True
+    )
     assert clean.returncode == 0, clean.stderr
 
     teacher.set_knobs(latency=0.004, latency_jitter=0.008, error_rate=0.08, reset_rate=0.02, seed=5)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from distill import plan
 from distill.batch import BatchFailed, BatchOptions
-from distill.cost import BudgetReached, Price
+from distill.cost import BATCH_DISCOUNT, Budget, BudgetReached, Price, expected_output_tokens
 from distill.errors import AuthenticationError, UsageError
 from distill.runner import RunJob, run_async
 from distill.settings import RunSettings
+from formats.readers import open_reader
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scale"
 COQA = FIXTURES / "together_cookbook_small_coqa_10.jsonl"  # 10 conversations of 5 to 21 turns
@@ -196,14 +198,20 @@ async def test_a_batch_the_provider_fails_stops_the_run_with_its_reason(tmp_path
     con.close()
 
 
-async def test_budget_stops_submitting_and_a_rerun_finishes_without_paying_twice(tmp_path, teacher):
-    report_data = FIXTURES / "dialogstudio_sharegpt_original_example.json"
-    price = Price(1000.0, 1000.0)  # $0.001 a token, so the first wave alone spends the budget
-    with pytest.raises(BudgetReached, match=r"--budget \$0.01") as stopped:
-        await run_async(job(teacher, tmp_path, report_data, budget=0.01, price=price))
-    first = stopped.value.report
-    assert 0 < first.export.written < 5 and teacher.state.batch.stats.batches_created == 1
-    done = await run_async(job(teacher, tmp_path, report_data, budget=1000.0, price=price))
+async def test_budget_submits_only_the_batches_that_fit_and_a_rerun_finishes_paying_once(tmp_path, teacher):
+    data = FIXTURES / "dialogstudio_sharegpt_original_example.json"  # 5 conversations of 1 to 5 turns
+    price = Price(1000.0, 1000.0)
+    options = BatchOptions(provider="together", poll_seconds=0.01, max_requests=1)  # one request a batch
+    settings = RunSettings(model="teacher", base_url=teacher.base_url)
+    first_turns = [plan.request_for(c, settings, 0) for c in open_reader(data).read(data)]
+    expected = expected_output_tokens(settings)
+    estimates = [Budget(1, price, BATCH_DISCOUNT).estimate(r, expected) for r in first_turns]
+    limit = estimates[0] + estimates[1] + estimates[2] / 2  # room for two of the first wave's five
+    with pytest.raises(BudgetReached, match=r"the next request would go over it") as stopped:
+        await run_async(job(teacher, tmp_path, data, budget=limit, price=price, options=options))
+    assert teacher.state.batch.stats.batches_created == 2
+    assert stopped.value.report.export.written < 5
+    done = await run_async(job(teacher, tmp_path, data, budget=1000.0, price=price, options=options))
     assert done.export.written == 5
     assert set(teacher.state.batch.stats.submissions.values()) == {1}
 

@@ -137,6 +137,8 @@ def test_teacher_process_dies_with_the_process_that_started_it():
     try:
         teacher_pid = int(parent.stdout.readline())
         assert alive(teacher_pid)
+        argv = Path(f"/proc/{teacher_pid}/cmdline").read_bytes().decode().split("\0")
+        workdir = Path(argv[argv.index("--port-file") + 1]).parent
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 10
@@ -146,3 +148,4 @@ def test_teacher_process_dies_with_the_process_that_started_it():
     finally:
         parent.kill()
         parent.wait()
+    assert not workdir.exists()  # the orphaned server removed what its dead parent could not

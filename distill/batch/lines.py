@@ -21,12 +21,13 @@ from distill.requests import SAMPLING_PARAMS, ApiKind, TeacherRequest, TeacherRe
 
 @dataclass(slots=True)
 class Part:
-    """One input file: its path, its request count and size, and the keys it carries."""
+    """One input file: its path, request count, size, the keys it carries and (under a budget) its estimated cost."""
 
     path: Path
     requests: int = 0
     bytes: int = 0
     keys: list[str] = field(default_factory=list)
+    estimate: float = 0.0
 
 
 class PartWriter:
@@ -40,7 +41,8 @@ class PartWriter:
         self.parts: list[Part] = []
         self._file = None
 
-    def add(self, key: str, line: dict[str, Any]) -> None:
+    def add(self, key: str, line: dict[str, Any]) -> Part:
+        """Write ``line`` into the current part, or into a new one when it would go over a limit."""
         data = orjson.dumps(line) + b"\n"
         if len(data) > self.max_bytes:
             raise UsageError(
@@ -54,6 +56,7 @@ class PartWriter:
         part.requests += 1
         part.bytes += len(data)
         part.keys.append(key)
+        return part
 
     def _next_part(self) -> Part:
         self._close_file()

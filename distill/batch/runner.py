@@ -13,6 +13,7 @@ nothing at all. A run that was interrupted follows the batches it recorded befor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from pathlib import Path
 from distill import plan
 from distill.cache import Cache
 from distill.conversation import Conversation, Reject
-from distill.cost import Budget
+from distill.cost import Budget, BudgetReached, expected_output_tokens
 from distill.engine import encode_conversation
 from distill.errors import TeacherError, TransientError, UsageError
 from distill.export import stored_conversations
@@ -89,11 +90,12 @@ class BatchRunner:
         self.budget = budget
         self.shard = shard
         self.on_reject = on_reject
-        self.workdir = options.workdir or Path(f"{cache.path}.batches")
+        self.workdir = (options.workdir or Path(f"{cache.path}.batches")).resolve()
         self._log = log or (lambda _line: None)
         self._failed_tries: Counter[str] = Counter()
         self._last_error: dict[str, tuple[str, int | None]] = {}
         self._stored = 0
+        self._reserved: dict[str, float] = {}
         self.stopped_by_budget = False
 
     async def run(self, records: Iterable[Conversation | Reject], run_id: str, input_path: str) -> RunStats:
@@ -124,6 +126,8 @@ class BatchRunner:
             self._count(ledger, run_id)
         finally:
             ledger.close()
+        with contextlib.suppress(OSError):
+            self.workdir.rmdir()  # only when empty: nothing left in flight
         return self.stats
 
     # -- the input -----------------------------------------------------------------------------------------
@@ -166,8 +170,10 @@ class BatchRunner:
                     seen.add(request.key)
                     if self._failed_tries[request.key] >= self.settings.attempts:
                         self._give_up(request.key)
-                    else:
-                        writer.add(request.key, self.provider.line(request))
+                        continue
+                    part = writer.add(request.key, self.provider.line(request))
+                    if self.budget is not None:
+                        part.estimate += self.budget.estimate(request, expected_output_tokens(self.settings))
                 if n % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         finally:
@@ -206,9 +212,13 @@ class BatchRunner:
         rows: list[Row] = []
         endpoint = endpoint_for(self.settings.api)
         for i, part in enumerate(parts):
-            if self.budget is not None and self.budget.reached:
-                self._stop_for_budget(parts[i:])
-                break
+            if self.budget is not None:
+                try:
+                    self.budget.reserve(part.estimate)
+                except BudgetReached:
+                    self._stop_for_budget(parts[i:])
+                    break
+                self._reserved[str(part.path)] = part.estimate
             file_id = await self.provider.upload(part.path)
             ledger.uploaded(part.path, run_id, self.provider.name, part.requests, file_id)
             batch_id = await self.provider.create(file_id, endpoint)
@@ -222,11 +232,10 @@ class BatchRunner:
 
     def _stop_for_budget(self, unsent: list[Part]) -> None:
         self.stopped_by_budget = True
-        assert self.budget is not None
-        self.budget.refused += sum(p.requests for p in unsent)
         for part in unsent:
             part.path.unlink(missing_ok=True)
-        self._log(f"{self.budget.summary()}: no new batch is submitted")
+        assert self.budget is not None
+        self._log(f"{self.budget.summary()}: the next batch would go over it, so no new batch is submitted")
 
     async def _reattach(self, ledger: Ledger, run_id: str) -> None:
         rows = ledger.open_rows(run_id)
@@ -311,6 +320,8 @@ class BatchRunner:
                 self.cache.put_failure(key, result.reason, result.status)
                 outcome.failed += 1
         await self.cache.flush()
+        if self.budget is not None:
+            self.budget.release(self._reserved.pop(row.part, 0.0))
         ledger.close_row(row.part, "collected")
         Path(row.part).unlink(missing_ok=True)
         self._log(

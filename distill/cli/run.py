@@ -234,5 +234,9 @@ def job_from_args(args: argparse.Namespace) -> RunJob:
         shard=Shard.parse(args.shard) if args.shard else None,
         budget=args.budget,
         price=resolve_price(settings.model, args.price_in, args.price_out),
-        batch=BatchOptions(provider=args.batch, poll_seconds=args.batch_poll) if args.batch else None,
+        batch=BatchOptions(
+            provider="auto" if args.batch is True else args.batch, poll_seconds=args.batch_poll
+        )
+        if args.batch
+        else None,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from distill.cache import connect_readonly
+from distill.cache import connect_readonly, reported
 from distill.config import add_config_flag, option, resolve
 
 
@@ -61,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
     resolve(args, "stats")
     conn = connect_readonly(args.cache)
     try:
-        stats = cache_stats(conn)
+        with reported(args.cache):  # a damaged page is a CacheError, not a traceback
+            stats = cache_stats(conn)
     finally:
         conn.close()
     if args.json:

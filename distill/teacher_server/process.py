@@ -59,6 +59,9 @@ def serve_from_args(args: argparse.Namespace) -> int:
     loop_factory = _loop_factory(args.loop)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(coroutine)
+    parent = os.environ.get(PARENT_ENV)
+    if parent is not None and args.port_file is not None and os.getppid() != int(parent):
+        shutil.rmtree(args.port_file.parent, ignore_errors=True)  # the helper that made it is gone
     return 0
 
 

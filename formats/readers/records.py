@@ -9,6 +9,7 @@ rejects and sniffing are shared; the ``hf`` reader feeds the rows of a ``dataset
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,9 +58,12 @@ class RecordReader(Reader):
         if not isinstance(value, dict):
             return Reject(source, f"expected a JSON object, got {type(value).__name__}", value)
         try:
-            return self.convert(source, value)
+            conversation = self.convert(source, value)
         except BadRecord as e:
             return Reject(source, str(e), value)
+        conversation.id = storable(conversation.id)
+        conversation.meta = storable(conversation.meta)
+        return conversation
 
     def check_options(self) -> None:
         """Validate reader options (a UsageError naming the option) and reset per-read state; run on creation
@@ -68,6 +72,24 @@ class RecordReader(Reader):
     def convert(self, source: str, record: dict[str, Any]) -> Conversation:
         """Turn one record into a conversation; raise BadRecord when it cannot be used."""
         raise NotImplementedError
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def storable(value: Any) -> Any:
+    """``value`` as the cache can store it (UTF-8, 64-bit integers): a lone surrogate becomes U+FFFD, an integer out
+    of range its decimal string. Readers pass ids and metadata through from the source, which may hold either."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
+        return str(value)
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    return value
 
 
 def fill(template: str, **values: str) -> str:
