@@ -218,26 +218,43 @@ def check_completed(done: Completed, what: str) -> None:
         raise SystemExit(f"{what} failed with exit status {done.returncode}:\n{done.stderr[-3000:]}")
 
 
-class FirstRequestWatch:
-    """Polls the teacher's counters from a thread and notes when its request count first moves."""
+class RequestClock:
+    """Polls the teacher's request count from a thread: when the first request came, and when the last did.
 
-    def __init__(self, served: TeacherProcess, interval: float = 0.005) -> None:
+    The window between them (to within two polls) is how long the run was sending, whatever its start-up and
+    export cost; rates over it are what the teacher saw.
+    """
+
+    def __init__(self, served: TeacherProcess, interval: float = 0.01) -> None:
         self.served = served
         self.interval = interval
-        self.seen_at: float | None = None
+        self.samples: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def start(self) -> None:
+    def __enter__(self) -> RequestClock:
         self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            if self.served.stats(with_hashes=False)["requests"] > 0:
-                self.seen_at = time.perf_counter()
-                return
+            stats = self.served.stats(with_hashes=False)
+            self.samples.append((time.perf_counter(), stats["requests"], stats["answered"]))
             time.sleep(self.interval)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    def first_request_at(self) -> float | None:
+        return next((t for t, n, _ in self.samples if n > 0), None)
+
+    def window(self, until: str = "requests") -> tuple[float, int]:
+        """Seconds from the first request to the last one (or to the last answer), and that final count."""
+        column = 1 if until == "requests" else 2
+        first = self.first_request_at()
+        final = self.samples[-1][column] if self.samples else 0
+        last = next((sample[0] for sample in self.samples if sample[column] >= final), None)
+        if first is None or last is None or last <= first:
+            return 0.0, final
+        return last - first, final

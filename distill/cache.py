@@ -90,10 +90,19 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A request that failed for good on an earlier run."""
+    """A request that failed for good on an earlier run.
+
+    ``permanent`` failures (a 4xx other than 429: the request itself was refused) are not sent again unless
+    ``--retry-failed``; a request that only ran out of attempts (429, 5xx, timeouts, connection errors, malformed
+    bodies) is tried again by the next run, so a run that met an outage finishes by being run again.
+    """
 
     reason: str
     status: int | None
+
+    @property
+    def permanent(self) -> bool:
+        return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 429)
 
 
 CacheEntry = TeacherResponse | Failure

@@ -27,7 +27,7 @@ import orjson
 from . import plan
 from .cache import Cache, Failure
 from .client import TeacherClient
-from .conversation import Conversation, Reject
+from .conversation import Conversation, Message, Reject
 from .cost import Budget, BudgetReached, expected_output_tokens
 from .errors import AuthenticationError, PermanentError, TeacherError, TransientError
 from .limiter import RateLimiter
@@ -175,7 +175,7 @@ class Engine:
         if isinstance(entry, TeacherResponse):
             self.stats.cache_hits += 1
             return entry
-        if isinstance(entry, Failure) and not self.settings.retry_failed:
+        if isinstance(entry, Failure) and entry.permanent and not self.settings.retry_failed:
             return entry
         shared = self._in_flight.get(key)  # another task may have started it while we looked
         if shared is not None:
@@ -306,8 +306,6 @@ def encode_conversation(conversation: Conversation) -> bytes:
 
 
 def decode_conversation(conv_id: str, source: str, data: bytes) -> Conversation:
-    from .conversation import Message
-
     obj = orjson.loads(data)
     messages = [Message(m["role"], m["content"], m.get("weight")) for m in obj["messages"]]
     return Conversation(conv_id, messages, source, obj.get("meta") or {})

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import orjson
@@ -18,12 +19,17 @@ import orjson
 from formats.writers.base import RenderError, encode_line
 
 from . import plan
-from .cache import connect_readonly, reported
+from .cache import LOOKUP_CHUNK, connect_readonly, reported
 from .conversation import Conversation
 from .engine import decode_conversation
 from .errors import UsageError
 from .requests import TeacherResponse
 from .settings import RunSettings, Sampling
+
+# Conversations rendered per round of look-ups (and per write to the file).
+EXPORT_CHUNK = 512
+# SQLite's page cache for the export's random look-ups by key (its default is 2 MB).
+EXPORT_PAGE_CACHE_KB = 32 * 1024
 
 
 @dataclass(slots=True)
@@ -78,18 +84,67 @@ def answers_for(
     conn: sqlite3.Connection, conversation: Conversation, settings: RunSettings
 ) -> tuple[list[TeacherResponse], bool]:
     """The stored answers of each turn in order, and whether a turn failed for good (vs not answered yet)."""
-    answers: list[TeacherResponse] = []
-    for k in range(plan.turn_count(conversation, settings)):
-        key = plan.request_for(conversation, settings, k, [a.text for a in answers]).key
-        row = conn.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
-            (key,),
-        ).fetchone()
-        if row is None:
-            failed = conn.execute("SELECT 1 FROM failures WHERE key = ?", (key,)).fetchone() is not None
-            return answers, failed
-        answers.append(TeacherResponse(*row))
-    return answers, False
+    return answered(conn, [conversation], settings)[0]
+
+
+def answered(
+    conn: sqlite3.Connection, conversations: list[Conversation], settings: RunSettings
+) -> list[tuple[list[TeacherResponse], bool]]:
+    """:func:`answers_for` of each conversation, looked up turn by turn for all of them at once.
+
+    Turn k's key depends on the answers to turns before it, so the look-ups go in rounds: one ``SELECT`` per
+    turn for the whole list instead of one per turn and conversation.
+    """
+    results: list[tuple[list[TeacherResponse], bool]] = [([], False) for _ in conversations]
+    turns = [plan.turn_count(c, settings) for c in conversations]
+    waiting = [i for i, n in enumerate(turns) if n > 0]
+    turn = 0
+    while waiting:
+        keys: dict[str, list[int]] = {}
+        for i in waiting:
+            texts = [a.text for a in results[i][0]]
+            keys.setdefault(plan.request_for(conversations[i], settings, turn, texts).key, []).append(i)
+        found = _stored_answers(conn, list(keys))
+        missing = [key for key in keys if key not in found]
+        failed = _failed_keys(conn, missing) if missing else set()
+        waiting = []
+        for key, indexes in keys.items():
+            for i in indexes:
+                answer = found.get(key)
+                if answer is None:
+                    results[i] = (results[i][0], key in failed)
+                    continue
+                results[i][0].append(answer)
+                if len(results[i][0]) < turns[i]:
+                    waiting.append(i)
+        waiting.sort()
+        turn += 1
+    return results
+
+
+def _stored_answers(conn: sqlite3.Connection, keys: list[str]) -> dict[str, TeacherResponse]:
+    found: dict[str, TeacherResponse] = {}
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[start : start + LOOKUP_CHUNK]
+        rows = conn.execute(
+            "SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM responses "
+            f"WHERE key IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+        for key, *answer in rows:
+            found[key] = TeacherResponse(*answer)
+    return found
+
+
+def _failed_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
+    failed: set[str] = set()
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[start : start + LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        failed.update(
+            key for (key,) in conn.execute(f"SELECT key FROM failures WHERE key IN ({marks})", chunk)
+        )
+    return failed
 
 
 def export(
@@ -100,6 +155,7 @@ def export(
 
     writer = open_writer(output_format)
     conn = connect_readonly(Path(cache_path))
+    conn.execute(f"PRAGMA cache_size = -{EXPORT_PAGE_CACHE_KB}")
     try:
         with reported(Path(cache_path)):  # a damaged page is a CacheError, not a traceback
             result = _export(conn, writer, Path(output), run_id)
@@ -114,18 +170,32 @@ def _export(conn: sqlite3.Connection, writer, output: Path, run_id: str | None) 
     result = ExportResult(output, run_id)
     tmp = Path(f"{output}.tmp")
     with open(tmp, "wb") as out:
-        for conversation in stored_conversations(conn, run_id):
-            line = _render(conn, conversation, settings, writer, result)
-            if line is not None:
-                out.write(line)
+        for chunk in batched(stored_conversations(conn, run_id), EXPORT_CHUNK):
+            lines = []
+            for conversation, (answers, failed) in zip(chunk, answered(conn, chunk, settings), strict=True):
+                line = _render(conversation, answers, failed, settings, writer, result)
+                if line is not None:
+                    lines.append(line)
+            out.write(b"".join(lines))
     os.replace(tmp, output)
     return result
 
 
+def batched(items: Iterable[Conversation], size: int) -> Iterator[list[Conversation]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
 def _render(
-    conn, conversation: Conversation, settings: RunSettings, writer, result: ExportResult
+    conversation: Conversation,
+    answers: list[TeacherResponse],
+    failed: bool,
+    settings: RunSettings,
+    writer,
+    result: ExportResult,
 ) -> bytes | None:
-    answers, failed = answers_for(conn, conversation, settings)
     if len(answers) < plan.turn_count(conversation, settings) or not answers:
         if failed:
             result.failed += 1

@@ -331,7 +331,8 @@ def _run_with_signals(coro) -> RunReport:
 
     def stop(signame: str) -> None:
         stopped_by.append(signame)
-        task.cancel()
+        if len(stopped_by) == 1:  # a second signal must not cut short the commit of what was answered
+            task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop, sig.name)

@@ -262,3 +262,14 @@ async def test_rejects_are_written_beside_the_output(tmp_path, teacher):
 
 def test_reader_detects_the_sample(sharegpt_60):
     assert open_reader(sharegpt_60).name == "sharegpt"
+
+
+async def test_requests_that_ran_out_of_attempts_are_tried_again_by_the_next_run(tmp_path, teacher):
+    data = write_sharegpt(tmp_path / "in.json", [[("human", "during the outage")], [("human", "also")]])
+    teacher.set_knobs(error_rate=1.0)
+    outage = await run_async(make_job(tmp_path, teacher.base_url, data, attempts=2))
+    assert outage.exit_code == 1 and len(outage.stats.failures) == 2
+    assert "500" in outage.stats.failures[0][2] or "503" in outage.stats.failures[0][2]
+    teacher.set_knobs(error_rate=0.0)
+    recovered = await run_async(make_job(tmp_path, teacher.base_url, data, attempts=2))
+    assert recovered.exit_code == 0 and recovered.export.written == 2

@@ -37,7 +37,9 @@ TURNS = 3
 CONCURRENCY = 8
 LATENCY = 0.004  # seconds per answer, plus up to twice as much again: slow enough to kill mid-run
 KILLS = 3
-DURABLE_WITHIN = 0.3  # seconds: an answer older than this at a kill must be in the cache
+DURABLE_WITHIN = (
+    0.15  # seconds: an answer older than this at a kill must be in the cache (commits take ~10-40 ms)
+)
 DISTILL = [sys.executable, "-m", "distill"]
 
 
@@ -140,7 +142,7 @@ def test_sigkill_three_times_then_resume_writes_the_same_bytes_and_pays_once(tmp
     in_flight_at_kill: list[set[str]] = []
     lost_in_commit_window: list[set[str]] = []
     for _ in range(KILLS):
-        target = teacher.stats(with_hashes=False)["requests"] + rng.randint(50, 300)
+        target = teacher.stats(with_hashes=False)["requests"] + rng.randint(50, 250)
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_requests(teacher, target, proc)
         answered_a_while_ago = set(teacher.stats()["answered_by_hash"])

@@ -135,8 +135,11 @@ def test_no_secret_in_files_or_on_a_live_terminal_through_faults_failures_and_an
         str(tmp_path / "o.jsonl"),
     ]
     try:
+        teacher.reset_stats()
         interrupted = Terminal(args, environment())
-        time.sleep(1.5)
+        while teacher.stats(with_hashes=False)["answered"] < 20:
+            assert interrupted.proc.poll() is None, interrupted.text
+            time.sleep(0.01)
         interrupted.proc.send_signal(signal.SIGINT)
         assert interrupted.wait() == 130, interrupted.text
         finished = Terminal(args, environment())

@@ -84,11 +84,10 @@ def committed(cache: Path) -> set[str]:
 
 
 def stop_with(proc: subprocess.Popen, *signals: signal.Signals) -> tuple[float, str]:
-    """Send ``signals`` (a few ms apart); the seconds until the process exited, and its stderr."""
+    """Send ``signals`` back to back; the seconds until the process exited, and its stderr."""
     began = time.monotonic()
     for sig in signals:
         proc.send_signal(sig)
-        time.sleep(0.005)
     _, err = proc.communicate(timeout=30)
     return time.monotonic() - began, err
 
@@ -111,7 +110,7 @@ def test_a_signal_stops_the_run_within_10_s_even_when_no_request_ever_answers(tm
         teacher.set_knobs(hang_rate=0.0)
     assert took < 10
     assert proc.returncode == 130, err
-    assert RESUME_HINT in err and f"stopped by {signals[0].name}" in err
+    assert RESUME_HINT in err and any(f"stopped by {sig.name}" in err for sig in signals)
     assert "Traceback" not in err
     assert committed(tmp_path / "hung.sqlite") == set()
     assert not (tmp_path / "hung.sqlite.lock").exists() or _lock_is_free(tmp_path / "hung.sqlite.lock")

@@ -204,8 +204,8 @@ def main(args: argparse.Namespace) -> int:
     report = run(job, sys.stderr)
     if report.exit_code and not args.quiet:
         print(
-            f"{len(report.stats.failures)} conversations failed for good; fix the cause and rerun with "
-            "--retry-failed to try them again",
+            f"{len(report.stats.failures)} conversations failed; the same command again retries those that ran "
+            "out of attempts (429, 5xx, timeouts); add --retry-failed to also resend requests the server refused",
             file=sys.stderr,
         )
     return report.exit_code
