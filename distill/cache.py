@@ -239,6 +239,7 @@ class Cache:
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
         self._failures_possible = True
+        self.had_answers = True  # whether the cache held any answer when it was opened (a run to resume)
         self.commits = 0
 
     async def __aenter__(self) -> Cache:
@@ -265,6 +266,9 @@ class Cache:
                     setup.execute("PRAGMA journal_mode = WAL")
                 self._failures_possible = bool(
                     setup.execute("SELECT EXISTS (SELECT 1 FROM failures)").fetchone()[0]
+                )
+                self.had_answers = bool(
+                    setup.execute("SELECT EXISTS (SELECT 1 FROM responses)").fetchone()[0]
                 )
             setup.close()
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -303,6 +307,21 @@ class Cache:
                 self._lookup_scheduled = True
                 loop.call_soon(lambda: asyncio.ensure_future(self._lookup_batch()))
         return fut
+
+    async def get_many(self, keys: list[str]) -> dict[str, CacheEntry]:
+        """The stored answers (or recorded failures) of those ``keys`` the cache holds, in one look-up."""
+        found: dict[str, CacheEntry] = {}
+        stored: list[str] = []
+        for key in keys:
+            queued = self._unflushed.get(key)
+            if queued is not None:
+                found[key] = queued
+            else:
+                stored.append(key)
+        if stored:
+            with reported(self.path):
+                found.update(await self._lookup(stored))
+        return found
 
     async def _lookup_batch(self) -> None:
         self._lookup_scheduled = False

@@ -70,7 +70,10 @@ class Reject:
     record: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "reason": self.reason, "record": self.record}
+        d: dict[str, Any] = {"source": self.source, "reason": self.reason}
+        if self.record is not None:
+            d["record"] = self.record
+        return d
 
 
 Record = Conversation | Reject

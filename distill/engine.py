@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -86,7 +86,7 @@ class Engine:
     async def run(self, records: Iterable[Conversation | Reject], run_id: str, input_path: str) -> RunStats:
         """Answer every conversation of ``records``; returns the counters (failures listed in ``stats``)."""
         await self.cache.record_run(run_id, input_path, self.settings.request_identity())
-        queue: asyncio.Queue[tuple[int, Conversation] | None] = asyncio.Queue(
+        queue: asyncio.Queue[tuple[int, Conversation, list[TeacherResponse]] | None] = asyncio.Queue(
             self.settings.concurrency * READ_AHEAD_PER_WORKER
         )
         workers = self.settings.concurrency
@@ -104,7 +104,7 @@ class Engine:
 
     async def _produce(self, records, run_id: str, queue: asyncio.Queue, workers: int) -> None:
         position = 0
-        batch: list[tuple[int, str, str, bytes]] = []
+        read: list[tuple[int, Conversation]] = []
         for n, record in enumerate(records, 1):
             if isinstance(record, Reject):
                 if self.shard is None or self.shard.owns_reject(record):
@@ -115,26 +115,80 @@ class Engine:
                 # another shard's: positions stay those of the whole input, so merged shards keep its order
                 position += 1
             else:
-                batch.append((position, record.id, record.source, encode_conversation(record)))
+                read.append((position, record))
                 self.stats.conversations_read += 1
-                if queue.full():
-                    self.cache.add_conversations(run_id, batch)
-                    batch = []
-                await queue.put((position, record))
                 position += 1
             if n % YIELD_EVERY == 0:
-                self.cache.add_conversations(run_id, batch)
-                batch = []
+                await self._dispatch(run_id, read, queue)
+                read = []
                 await asyncio.sleep(0)
-        self.cache.add_conversations(run_id, batch)
+        await self._dispatch(run_id, read, queue)
         for _ in range(workers):
             await queue.put(None)
 
+    async def _dispatch(
+        self, run_id: str, read: list[tuple[int, Conversation]], queue: asyncio.Queue
+    ) -> None:
+        """Store ``read`` conversations and hand the workers those with a turn still to answer.
+
+        Over a cache that held answers when the run began (a rerun), the answers already stored are looked up
+        here for the whole group at once: a finished conversation is counted and never reaches a worker, and a
+        worker starts a half-finished one at its first unanswered turn.
+        """
+        if not read:
+            return
+        self.cache.add_conversations(
+            run_id, [(position, c.id, c.source, encode_conversation(c)) for position, c in read]
+        )
+        stored = await self._stored_answers([c for _, c in read]) if self.cache.had_answers else None
+        for i, (position, conversation) in enumerate(read):
+            answered: list[TeacherResponse] = []
+            if stored is not None:
+                answered, turns = stored[i]
+                if len(answered) == turns:
+                    self.stats.cache_hits += turns
+                    self.stats.turns_done += turns
+                    self.stats.conversations_done += 1
+                    continue
+            await queue.put((position, conversation, answered))
+
+    async def _stored_answers(
+        self, conversations: list[Conversation]
+    ) -> list[tuple[list[TeacherResponse], int]]:
+        """For each conversation, the answers the cache holds for its first turns, and how many turns it has.
+
+        Turn k's request depends on the answers before it, so the look-ups go in rounds, one per turn, each one
+        batched look-up for every conversation still answered so far. Only answers are trusted: a key that is
+        missing or failed is looked up again, at the last moment, by the worker that would send it.
+        """
+        settings = self.settings
+        answers: list[list[TeacherResponse]] = [[] for _ in conversations]
+        turns = [plan.turn_count(c, settings) for c in conversations]
+        waiting = [i for i, n in enumerate(turns) if n > 0]
+        turn = 0
+        while waiting:
+            keys: dict[str, list[int]] = {}
+            for i in waiting:
+                texts = [a.text for a in answers[i]]
+                keys.setdefault(plan.request_for(conversations[i], settings, turn, texts).key, []).append(i)
+            found = await self.cache.get_many(list(keys))
+            waiting = []
+            for key, indexes in keys.items():
+                entry = found.get(key)
+                if isinstance(entry, TeacherResponse):
+                    for i in indexes:
+                        answers[i].append(entry)
+                        if len(answers[i]) < turns[i]:
+                            waiting.append(i)
+            waiting.sort()
+            turn += 1
+        return list(zip(answers, turns, strict=True))
+
     async def _work(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
-            _, conversation = item
+            _, conversation, answered = item
             try:
-                await self.answer_conversation(conversation)
+                await self.answer_conversation(conversation, answered)
             except TurnFailed as failed:
                 self.stats.conversations_failed += 1
                 self.stats.failures.append((conversation.id, conversation.source, failed.reason))
@@ -145,14 +199,21 @@ class Engine:
 
     # -- conversations and requests -------------------------------------------------------------------------
 
-    async def answer_conversation(self, conversation: Conversation) -> list[TeacherResponse]:
-        """The teacher's answers to every turn of ``conversation`` (raises TurnFailed)."""
+    async def answer_conversation(
+        self, conversation: Conversation, answered: Sequence[TeacherResponse] = ()
+    ) -> list[TeacherResponse]:
+        """The teacher's answers to every turn of ``conversation`` (raises TurnFailed).
+
+        ``answered`` holds answers already looked up for its first turns (they count as cache hits).
+        """
         turns = plan.turn_count(conversation, self.settings)
+        answers: list[TeacherResponse] = list(answered)
+        self.stats.cache_hits += len(answers)
+        self.stats.turns_done += len(answers)
         if self.settings.history == "original":
-            requests = [plan.request_for(conversation, self.settings, k) for k in range(turns)]
-            return list(await asyncio.gather(*(self._answer_turn(r) for r in requests)))
-        answers: list[TeacherResponse] = []
-        for k in range(turns):
+            requests = [plan.request_for(conversation, self.settings, k) for k in range(len(answers), turns)]
+            return answers + list(await asyncio.gather(*(self._answer_turn(r) for r in requests)))
+        for k in range(len(answers), turns):
             request = plan.request_for(conversation, self.settings, k, [a.text for a in answers])
             answers.append(await self._answer_turn(request))
         return answers

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -25,9 +24,11 @@ from typing import TYPE_CHECKING, TextIO
 
 import orjson
 
+from formats.rejects import RejectsWriter, rejects_path_for
+
 from .cache import Cache, check_file
 from .client import TeacherClient
-from .conversation import Conversation, Record, Reject
+from .conversation import Conversation, Record
 from .cost import BudgetReached, Price, budget_for
 from .engine import Engine
 from .errors import DistillError, UsageError
@@ -100,10 +101,6 @@ def manifest_path(output: Path) -> Path:
     return output.with_name(output.name + ".manifest.json")
 
 
-def rejects_path(output: Path) -> Path:
-    return output.with_name(output.name + ".rejects.jsonl")
-
-
 def run(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
     """Run ``job`` to the end (or to a signal) and return its report."""
     return _run_with_signals(run_async(job, stream))
@@ -115,7 +112,10 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
 
     open_writer(job.output_format)  # an unknown format fails before anything is paid for
     check_writable(job.output, "output", "--output")
-    for beside, what in ((rejects_path(job.output), "rejects file"), (manifest_path(job.output), "manifest")):
+    for beside, what in (
+        (rejects_path_for(job.output), "rejects file"),
+        (manifest_path(job.output), "manifest"),
+    ):
         check_writable(beside, what, "--output")  # written at the end: a directory there fails now, unpaid
     check_writable(Path(f"{job.output}.tmp"), "temporary output", "--output")
     check_file(job.cache)
@@ -128,7 +128,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
     run_id = job.settings.run_id(input_path)
     stats = RunStats(total_expected=job.limit)
     budget = budget_for(job.budget, job.settings.model, job.price, batch=job.batch is not None)
-    rejects = RejectLog(rejects_path(job.output))
+    rejects = RejectsWriter(rejects_path_for(job.output), append=False)
     progress = Progress(stats, stream, live=None if not job.quiet else False)
     try:
         async with (
@@ -247,39 +247,6 @@ def check_output(path: Path) -> None:
     report = check_fine_tuning_file(path)
     if not report.ok:
         raise DistillError(f"the output {path} failed its own check:\n{report.format()}")
-
-
-class RejectLog:
-    """``OUTPUT.rejects.jsonl``: one JSON object per unusable input record, created only when there is one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.count = 0
-        self._file = None
-
-    def remove_stale(self) -> None:
-        """Remove an earlier run's file; only once the cache lock is held (it may be another live run's)."""
-        if self._file is None and self.path.exists():
-            self.path.unlink()
-
-    def write(self, reject: Reject) -> None:
-        if self._file is None:
-            self._file = open(self.path, "wb")  # noqa: SIM115 - lives as long as the run; close() ends it
-        self._file.write(reject_line(reject))
-        self.count += 1
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def reject_line(reject: Reject) -> bytes:
-    """One line of the rejects file. A bad record may hold what orjson refuses (a lone surrogate escape, an
-    integer over 64 bits): the standard library writes those as the JSON escapes and digits they were."""
-    try:
-        return orjson.dumps(reject.to_dict(), default=str) + b"\n"
-    except orjson.JSONEncodeError:
-        return json.dumps(reject.to_dict(), default=str).encode() + b"\n"
 
 
 def write_manifest(job: RunJob, run_id: str, stats: RunStats, result: ExportResult, reader_stats) -> Path:

@@ -38,12 +38,14 @@ class RejectsWriter:
                 self._file = open(self.path, self._mode)  # noqa: SIM115 - closed by close()
             except OSError as e:
                 raise InputError(f"cannot write the rejects file {self.path}: {e.strerror}") from None
-        line = {"source": reject.source, "reason": reject.reason}
-        if reject.record is not None:
-            line["record"] = reject.record
-        self._file.write(encode_line(line))
+        self._file.write(reject_line(reject))
         self._file.flush()
         self.count += 1
+
+    def remove_stale(self) -> None:
+        """Remove an earlier run's file before this run writes any (call it once the run owns the output)."""
+        if self._file is None and self.path.exists():
+            self.path.unlink()
 
     def close(self) -> None:
         if self._file is not None:
@@ -57,3 +59,8 @@ class RejectsWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def reject_line(reject: Reject) -> bytes:
+    """One line of the rejects file (surrogates and integers beyond 64 bits survive, see ``encode_line``)."""
+    return encode_line(reject.to_dict())

@@ -23,11 +23,11 @@ from distill import plan
 from distill.conversation import ROLES, Conversation, Reject
 from distill.engine import decode_conversation, encode_conversation
 from distill.errors import DistillError
-from distill.runner import reject_line
 from distill.settings import RunSettings
 from formats.check import check_file
 from formats.readers import READERS, ReaderOptions, detect
 from formats.readers.normalise import ROLE_ALIASES
+from formats.rejects import reject_line
 from formats.writers import open_writer
 from formats.writers.base import encode_line
 
