@@ -7,6 +7,7 @@ and counted. The file is written beside its final name and renamed into place, s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,8 @@ class ExportResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failed_ids: list[str] = field(default_factory=list)
+    validation_path: Path | None = None
+    validation_written: int = 0
 
 
 def settings_from_stored(stored: dict) -> RunSettings:
@@ -148,36 +151,61 @@ def _failed_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
 
 
 def export(
-    cache_path: Path, output: Path, output_format: str = "messages", run_id: str | None = None
+    cache_path: Path,
+    output: Path,
+    output_format: str = "messages",
+    run_id: str | None = None,
+    val_fraction: float = 0.0,
 ) -> ExportResult:
-    """Write the answered conversations of ``run_id`` (default: the latest run) to ``output``."""
+    """Write the answered conversations of ``run_id`` (default: the latest run) to ``output``.
+
+    With ``val_fraction`` the conversations whose id hashes below it go to ``OUTPUT_STEM.val.jsonl`` instead
+    (:mod:`formats.split`): the same conversations in every export, whatever the order or the other records.
+    """
+    from formats.split import check_fraction
     from formats.writers import open_writer
 
+    check_fraction(val_fraction)
     writer = open_writer(output_format)
     conn = connect_readonly(Path(cache_path))
     conn.execute(f"PRAGMA cache_size = -{EXPORT_PAGE_CACHE_KB}")
     try:
         with reported(Path(cache_path)):  # a damaged page is a CacheError, not a traceback
-            result = _export(conn, writer, Path(output), run_id)
+            result = _export(conn, writer, Path(output), run_id, val_fraction)
     finally:
         conn.close()
     return result
 
 
-def _export(conn: sqlite3.Connection, writer, output: Path, run_id: str | None) -> ExportResult:
+def _export(
+    conn: sqlite3.Connection, writer, output: Path, run_id: str | None, val_fraction: float
+) -> ExportResult:
+    from formats.split import split_of, validation_path
+
     run_id = run_id or latest_run(conn)
     settings = stored_settings(conn, run_id)
     result = ExportResult(output, run_id)
-    tmp = Path(f"{output}.tmp")
-    with open(tmp, "wb") as out:
+    if val_fraction:
+        result.validation_path = validation_path(output)
+    tmp, val_tmp = Path(f"{output}.tmp"), Path(f"{result.validation_path}.tmp")
+    with open(tmp, "wb") as out, open(val_tmp, "wb") if val_fraction else contextlib.nullcontext() as val_out:
         for chunk in batched(stored_conversations(conn, run_id), EXPORT_CHUNK):
-            lines = []
+            train, validation = [], []
             for conversation, (answers, failed) in zip(chunk, answered(conn, chunk, settings), strict=True):
                 line = _render(conversation, answers, failed, settings, writer, result)
-                if line is not None:
-                    lines.append(line)
-            out.write(b"".join(lines))
+                if line is None:
+                    continue
+                if val_fraction and split_of(conversation.id, val_fraction) == "validation":
+                    validation.append(line)
+                else:
+                    train.append(line)
+            out.write(b"".join(train))
+            if validation:
+                val_out.write(b"".join(validation))
+                result.validation_written += len(validation)
     os.replace(tmp, output)
+    if val_fraction:
+        os.replace(val_tmp, result.validation_path)
     return result
 
 

@@ -113,7 +113,9 @@ def run_step(config: PipelineConfig, stream: TextIO):
         raise ConfigError(f'{config.path}: [run] needs input = "FILE"')
     args = parse([*argv_for("run", table, PIPELINE_KEYS["run"]), str(table["input"])])
     if args.dry_run:
-        raise ConfigError(f"{config.path}: dry-run in [run] would train on nothing; run 'distill run --dry-run' alone")
+        raise ConfigError(
+            f"{config.path}: dry-run in [run] would train on nothing; run 'distill run --dry-run' alone"
+        )
     report = run(job_from_args(args), stream)
     if report.exit_code:
         raise UsageError(
@@ -123,10 +125,13 @@ def run_step(config: PipelineConfig, stream: TextIO):
     return report
 
 
-def train_step(config: PipelineConfig, training_file: Path):
+def train_step(config: PipelineConfig, training_file: Path, validation_file: Path | None):
     from .cli.train import make_trainer, train_spec
 
-    args = parse([*argv_for("train", config.tables["train"]), "--file", str(training_file)])
+    argv = [*argv_for("train", config.tables["train"]), "--file", str(training_file)]
+    if validation_file is not None and "validation-file" not in config.tables["train"]:
+        argv += ["--validation-file", str(validation_file)]
+    args = parse(argv)
     result = make_trainer(args).train(train_spec(args))
     if result.status != "completed" or not result.model:
         raise TrainerError(f"fine-tune {result.job_id} ended {result.status}: {result.details.get('error')}")
@@ -163,7 +168,8 @@ def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
     run_report = run_step(config, stream)
     manifest = orjson.loads(run_report.manifest.read_bytes())
     print(f"[2/4] train on {run_report.export.path} (checked before upload)", file=stream)
-    trained, base_model = train_step(config, run_report.export.path)
+    validation = run_report.export.validation_path if run_report.export.validation_written else None
+    trained, base_model = train_step(config, run_report.export.path, validation)
     base_model = config.tables["eval"].get("base-model", base_model)
     print(f"[3/4] evaluate the base model {base_model} and the student {trained.model}", file=stream)
     base = eval_step(config, base_model, "base")

@@ -62,6 +62,7 @@ class RunJob:
     api_key: str | None = None
     quiet: bool = False
     check_output: bool = True
+    val_fraction: float = 0.0
     shard: Shard | None = None
     budget: float | None = None
     price: Price | None = None
@@ -118,6 +119,11 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
     ):
         check_writable(beside, what, "--output")  # written at the end: a directory there fails now, unpaid
     check_writable(Path(f"{job.output}.tmp"), "temporary output", "--output")
+    if job.val_fraction:
+        from formats.split import check_fraction, validation_path
+
+        check_fraction(job.val_fraction)
+        check_writable(validation_path(job.output), "validation file", "--output")
     check_file(job.cache)
     reader = open_reader(
         job.input,
@@ -167,10 +173,12 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                 progress.stop()
     finally:
         rejects.close()
-    result = export(job.cache, job.output, job.output_format, run_id)
+    result = export(job.cache, job.output, job.output_format, run_id, job.val_fraction)
     budget_stopped = budget is not None and budget.refused > 0
-    if job.check_output and result.written:  # an empty output (all rejected or failed) has nothing to check
+    if job.check_output and result.written > result.validation_written:  # an empty file has nothing to check
         check_output(job.output)
+    if job.check_output and result.validation_written:
+        check_output(result.validation_path)
     manifest = write_manifest(job, run_id, stats, result, getattr(reader, "stats", None))
     report = RunReport(run_id, stats, result, manifest, rejects.path if rejects.count else None)
     if not job.quiet:
@@ -258,6 +266,14 @@ def write_manifest(job: RunJob, run_id: str, stats: RunStats, result: ExportResu
         "run_id": run_id,
         "input": {"path": str(job.input), "format": job.input_format, "sha256": sha256_file(job.input)},
         "output": {"path": str(job.output), "format": job.output_format, "sha256": sha256_file(job.output)},
+        "validation": {
+            "path": str(result.validation_path),
+            "fraction": job.val_fraction,
+            "conversations": result.validation_written,
+            "sha256": sha256_file(result.validation_path),
+        }
+        if result.validation_path
+        else None,
         "cache": str(job.cache),
         "model": job.settings.model,
         "settings": settings,

@@ -273,3 +273,22 @@ async def test_requests_that_ran_out_of_attempts_are_tried_again_by_the_next_run
     teacher.set_knobs(error_rate=0.0)
     recovered = await run_async(make_job(tmp_path, teacher.base_url, data, attempts=2))
     assert recovered.exit_code == 0 and recovered.export.written == 2
+
+
+async def test_val_fraction_splits_by_a_stable_hash_of_the_id(tmp_path, teacher, sharegpt_60):
+    from distill.export import export
+    from formats.split import split_of
+
+    report = await run_async(make_job(tmp_path, teacher.base_url, sharegpt_60, val_fraction=0.25))
+    train = read_lines(report.export.path)
+    validation = read_lines(report.export.validation_path)
+    assert report.export.validation_path.name == "out.messages.val.jsonl"
+    assert len(train) + len(validation) == 60 and 5 <= len(validation) <= 25
+    ids = [c["id"] for c in json.loads(sharegpt_60.read_text())]
+    expected = sum(split_of(i, 0.25) == "validation" for i in ids)
+    assert len(validation) == report.export.validation_written == expected
+    manifest = json.loads(report.manifest.read_text())
+    assert manifest["validation"]["conversations"] == expected
+    again = export(tmp_path / "cache.sqlite", tmp_path / "again.jsonl", "messages", val_fraction=0.25)
+    assert again.validation_path.read_bytes() == report.export.validation_path.read_bytes()
+    assert (tmp_path / "again.jsonl").read_bytes() == report.export.path.read_bytes()

@@ -22,6 +22,13 @@ def add_parser(subparsers) -> None:
     option(p, "--output", "-o", type=Path, required=False, help="file to write")
     option(p, "--output-format", default="messages", help="messages | llama2 | ... (default: messages)")
     option(p, "--run", dest="run_id", help="run id (default: the latest run; 'distill stats' lists them)")
+    option(
+        p,
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share of conversations (by a stable hash of their id) written to OUTPUT_STEM.val.jsonl instead",
+    )
     p.set_defaults(func=main)
 
 
@@ -32,8 +39,11 @@ def main(args: argparse.Namespace) -> int:
 
         raise UsageError("pass --output FILE for the fine-tuning file")
     check_writable(args.output, "output", "--output")
-    result = export(args.cache, args.output, args.output_format, args.run_id)
+    result = export(args.cache, args.output, args.output_format, args.run_id, args.val_fraction)
     check_output(args.output)
+    if result.validation_written:
+        check_output(result.validation_path)
+        print(f"wrote {result.validation_written} of them to {result.validation_path}", file=sys.stderr)
     print(
         f"wrote {result.written} conversations ({result.turns} turns) to {args.output}; "
         f"{result.incomplete} not finished, {result.failed} failed",

@@ -48,6 +48,13 @@ def add_parser(subparsers) -> None:
     option(p, "--limit", type=int, help="stop after N conversations")
     option(
         p,
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share of conversations (by a stable hash of their id) written to OUTPUT_STEM.val.jsonl instead",
+    )
+    option(
+        p,
         "--retry-failed",
         action="store_true",
         default=False,
@@ -229,6 +236,7 @@ def job_from_args(args: argparse.Namespace) -> RunJob:
         input_format=args.input_format,
         reader_options=reader_options(args.reader_opt),
         limit=args.limit,
+        val_fraction=args.val_fraction,
         api_key=None if args.dry_run else api_key(args),
         quiet=args.quiet,
         shard=Shard.parse(args.shard) if args.shard else None,
