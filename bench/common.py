@@ -50,7 +50,9 @@ class Result:
     def line(self) -> str:
         ratio = f" ratio {self.ratio:.3f}" if self.ratio is not None else ""
         verdict = "PASS" if self.passed else "FAIL"
-        return f"[{verdict}] {self.target} {self.case}: {self.figure:,.3f} {self.unit}{ratio} (goal {self.goal})"
+        return (
+            f"[{verdict}] {self.target} {self.case}: {self.figure:,.3f} {self.unit}{ratio} (goal {self.goal})"
+        )
 
 
 def machine() -> dict[str, str]:
@@ -169,9 +171,7 @@ class Completed:
     stderr: str
 
 
-def distill_command(
-    input_path: Path, output: Path, cache: Path, base_url: str, *extra: str
-) -> list[str]:
+def distill_command(input_path: Path, output: Path, cache: Path, base_url: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",

@@ -43,7 +43,9 @@ MAX_TOKENS = 64
 TOKENS_PER_SECOND = 70 * 80  # about 70 requests/s at about 80 tokens each
 
 
-def measure(root: Path, name: str, conversations: int, knobs: dict, extra: list[str], per_minute: str) -> Result:
+def measure(
+    root: Path, name: str, conversations: int, knobs: dict, extra: list[str], per_minute: str
+) -> Result:
     source = write_conversations(root / f"{name}.jsonl", conversations)
     with teacher(latency=LATENCY, **knobs) as served:
         command = distill_command(

@@ -8,7 +8,7 @@ small groups a few milliseconds apart, so a ``kill -9`` loses at most the reques
 Look-ups and writes are batched: every ``get`` issued in the same event-loop turn is answered by one ``SELECT``,
 and writes are flushed by one transaction at most ``commit_interval`` seconds after they were queued. Both run on
 the event loop's own thread: a batch costs tens of microseconds of SQLite work, and a worker thread (aiosqlite,
-as before) cost more than that in GIL hand-overs, which made every request of a fast run some 30% slower. WAL
+the first design) cost more than that in GIL hand-overs: 283 against 217 microseconds of CPU per request. WAL
 mode with ``synchronous = NORMAL`` means a commit does not wait for the disk; only SQLite's checkpoints do.
 
 The schema is versioned with ``PRAGMA user_version`` and upgraded by the numbered ``MIGRATIONS``; the file is

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,9 +40,6 @@ from .tokens import count, count_messages
 
 READ_AHEAD_PER_WORKER = 4
 YIELD_EVERY = 256
-LOOKUPS_AHEAD = (
-    4  # groups of YIELD_EVERY records whose stored answers are being looked up while more are read
-)
 # Allocations between two young-generation collections during a run (CPython's default is 700). Each request
 # allocates a few hundred short-lived objects, so the default collects every few requests, scanning everything
 # in flight; reference counting frees almost all of it anyway. Measured: 10% less CPU per request.
@@ -109,64 +105,42 @@ class Engine:
     async def _produce(self, records, run_id: str, queue: asyncio.Queue, workers: int) -> None:
         position = 0
         read: list[tuple[int, Conversation]] = []
-        ahead: deque[tuple[list[tuple[int, Conversation]], asyncio.Future | None]] = deque()
-        try:
-            for n, record in enumerate(records, 1):
-                if isinstance(record, Reject):
-                    if self.shard is None or self.shard.owns_reject(record):
-                        self.stats.rejects += 1
-                        if self.on_reject:
-                            self.on_reject(record)
-                elif self.shard is not None and not self.shard.owns(record.id):
-                    # another shard's: positions stay those of the whole input, so merged shards keep its order
-                    position += 1
-                else:
-                    read.append((position, record))
-                    self.stats.conversations_read += 1
-                    position += 1
-                if n % YIELD_EVERY == 0:
-                    await self._dispatch(run_id, read, queue, ahead)
-                    read = []
-                    await asyncio.sleep(0)
-            await self._dispatch(run_id, read, queue, ahead)
-            while ahead:
-                await self._hand_over(*ahead.popleft(), queue)
-        finally:
-            for _, lookup in ahead:
-                if lookup is not None:
-                    lookup.cancel()
+        for n, record in enumerate(records, 1):
+            if isinstance(record, Reject):
+                if self.shard is None or self.shard.owns_reject(record):
+                    self.stats.rejects += 1
+                    if self.on_reject:
+                        self.on_reject(record)
+            elif self.shard is not None and not self.shard.owns(record.id):
+                # another shard's: positions stay those of the whole input, so merged shards keep its order
+                position += 1
+            else:
+                read.append((position, record))
+                self.stats.conversations_read += 1
+                position += 1
+            if n % YIELD_EVERY == 0:
+                await self._dispatch(run_id, read, queue)
+                read = []
+                await asyncio.sleep(0)
+        await self._dispatch(run_id, read, queue)
         for _ in range(workers):
             await queue.put(None)
 
     async def _dispatch(
-        self,
-        run_id: str,
-        read: list[tuple[int, Conversation]],
-        queue: asyncio.Queue,
-        ahead: deque[tuple[list[tuple[int, Conversation]], asyncio.Future | None]],
+        self, run_id: str, read: list[tuple[int, Conversation]], queue: asyncio.Queue
     ) -> None:
-        """Store ``read`` conversations, and hand the workers each group of them whose look-up is done.
+        """Store ``read`` conversations and hand the workers, in input order, those with a turn to answer.
 
         Over a cache that held answers when the run began (a rerun), the answers already stored are looked up
-        for each group at once while the next groups are read (:data:`LOOKUPS_AHEAD` of them): a finished
-        conversation is counted and never reaches a worker, and a half-finished one starts at its first
-        unanswered turn. Groups reach the workers in input order.
+        here for the whole group at once: a finished conversation is counted and never reaches a worker, and a
+        half-finished one starts at its first unanswered turn. A fresh cache skips the look-up.
         """
-        if read:
-            self.cache.add_conversations(
-                run_id, [(position, c.id, c.source, encode_conversation(c)) for position, c in read]
-            )
-            lookup = None
-            if self.cache.had_answers:
-                lookup = asyncio.ensure_future(self._stored_answers([c for _, c in read]))
-            ahead.append((read, lookup))
-        while ahead and (len(ahead) > LOOKUPS_AHEAD or ahead[0][1] is None or ahead[0][1].done()):
-            await self._hand_over(*ahead.popleft(), queue)
-
-    async def _hand_over(
-        self, read: list[tuple[int, Conversation]], lookup: asyncio.Future | None, queue: asyncio.Queue
-    ) -> None:
-        stored = await lookup if lookup is not None else None
+        if not read:
+            return
+        self.cache.add_conversations(
+            run_id, [(position, c.id, c.source, encode_conversation(c)) for position, c in read]
+        )
+        stored = await self._stored_answers([c for _, c in read]) if self.cache.had_answers else None
         for i, (position, conversation) in enumerate(read):
             answered: list[TeacherResponse] = []
             if stored is not None:

@@ -29,8 +29,6 @@ from .settings import RunSettings, Sampling
 
 # Conversations rendered per round of look-ups (and per write to the file).
 EXPORT_CHUNK = 512
-# SQLite's page cache for the export's random look-ups by key (its default is 2 MB).
-EXPORT_PAGE_CACHE_KB = 32 * 1024
 
 
 @dataclass(slots=True)
@@ -168,7 +166,6 @@ def export(
     check_fraction(val_fraction)
     writer = open_writer(output_format)
     conn = connect_readonly(Path(cache_path))
-    conn.execute(f"PRAGMA cache_size = -{EXPORT_PAGE_CACHE_KB}")
     try:
         with reported(Path(cache_path)):  # a damaged page is a CacheError, not a traceback
             result = _export(conn, writer, Path(output), run_id, val_fraction)

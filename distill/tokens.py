@@ -31,7 +31,9 @@ def encoding() -> tiktoken.Encoding:
         ) from None
 
 
-@lru_cache(maxsize=65536)
+# Enough for the histories of the requests in flight (turn k repeats turns before it); a bigger cache mostly holds
+# answers that never come again, and at 65,536 long answers it held some 100 MB.
+@lru_cache(maxsize=4096)
 def count(text: str) -> int:
     """Tokens in ``text`` (special-token strings are counted as plain text)."""
     return len(encoding().encode_ordinary(text))

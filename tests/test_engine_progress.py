@@ -20,7 +20,9 @@ def test_jsonl_records_are_counted_by_line(tmp_path):
 
 
 def test_json_lists_are_estimated_by_their_conversation_keys_across_chunks(tmp_path):
-    records = [{"id": i, "conversations": [{"from": "human", "value": "y" * (i % 1500)}]} for i in range(3000)]
+    records = [
+        {"id": i, "conversations": [{"from": "human", "value": "y" * (i % 1500)}]} for i in range(3000)
+    ]
     path = tmp_path / "a.json"
     path.write_text(json.dumps(records, indent=1))
     assert path.stat().st_size > 2 << 20  # spans several chunks

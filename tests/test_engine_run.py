@@ -16,7 +16,6 @@ from formats.readers import open_reader
 from formats.writers.llama2 import render_llama2
 
 
-
 def make_job(tmp_path: Path, base_url: str, input_path: Path, **kw) -> RunJob:
     settings_kw = {k: kw.pop(k) for k in list(kw) if k in RunSettings.__dataclass_fields__}
     settings_kw.setdefault("concurrency", 8)

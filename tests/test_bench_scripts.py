@@ -1,0 +1,79 @@
+"""Every benchmark script runs at its tiny size, so none of them can rot (the figures are not judged here).
+
+What is checked is what must hold at any size: each script reports its rows, the teacher received exactly the
+requests it should (nothing sent twice, nothing sent for a finished conversation), every run completed, and
+``bench.run_all`` turns rows into the Markdown table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+# bench/ is not an installed package: pytest puts the repository root on the path (pyproject's pythonpath)
+from bench import curator, export_speed, latency, memory, rate_limit, resume, run_all, throughput
+
+
+def rows_of(module, tmp_path: Path, *extra: str) -> list[dict]:
+    out = tmp_path / f"{module.__name__}.json"
+    assert module.main(["--tiny", "--json", str(out), *extra]) == 0
+    return orjson.loads(out.read_bytes())
+
+
+def test_throughput_sends_each_request_once(tmp_path):
+    single, multi = rows_of(throughput, tmp_path)
+    for row, expected in ((single, 300), (multi, 200)):
+        assert row["detail"]["expected_requests"] == expected
+        assert [run["received"] for run in row["detail"]["runs"]] == [expected]
+        assert row["figure"] > 0 and row["reference"] > 0 and row["ratio"] > 0
+
+
+def test_rate_limit_answers_everything_under_both_limits(tmp_path):
+    requests, tokens = rows_of(rate_limit, tmp_path)
+    assert requests["detail"]["answered"] == 60 and tokens["detail"]["answered"] == 60
+    assert 0 < requests["figure"] < 1.2 and 0 < tokens["figure"] < 1.2
+
+
+def test_latency_keeps_the_teacher_full(tmp_path):
+    (row,) = rows_of(latency, tmp_path)
+    assert row["detail"]["answered"] == 96
+    assert row["detail"]["max_in_flight_at_teacher"] == 32
+
+
+def test_resume_sends_only_the_new_conversations(tmp_path):
+    (row,) = rows_of(resume, tmp_path)
+    assert row["detail"]["teacher_received"] == row["detail"]["expected"] == 20
+    assert 0 < row["figure"] < 30
+
+
+def test_memory_reports_both_peaks(tmp_path):
+    (row,) = rows_of(memory, tmp_path)
+    assert row["detail"]["teacher_received"] == 500
+    assert 20 < row["figure"] < 1000 and 20 < row["reference"] < 1000
+
+
+def test_export_writes_every_conversation(tmp_path):
+    (row,) = rows_of(export_speed, tmp_path)
+    assert row["detail"]["written"] == 200 and row["figure"] > 0
+
+
+def test_curator_without_its_interpreter_is_skipped(tmp_path, capsys):
+    assert rows_of(curator, tmp_path, "--curator-python", str(tmp_path / "no-python")) == []
+    assert "[SKIP] Bespoke Curator" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.environ.get("CURATOR_PYTHON"), reason="set CURATOR_PYTHON to run the peer")
+def test_curator_runs_when_installed(tmp_path):
+    peer_throughput, peer_rate = rows_of(curator, tmp_path)
+    assert peer_throughput["detail"]["answered"] == 100 and peer_rate["detail"]["answered"] == 60
+
+
+def test_run_all_writes_the_table(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    assert run_all.main(["--tiny", "--only", "export_speed", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "| 6 export |" in text and "nproc" not in text and "cores" in text
+    assert "Command: `python -m bench.run_all --tiny`" in text
