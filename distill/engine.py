@@ -157,32 +157,16 @@ class Engine:
     ) -> list[tuple[list[TeacherResponse], int]]:
         """For each conversation, the answers the cache holds for its first turns, and how many turns it has.
 
-        Turn k's request depends on the answers before it, so the look-ups go in rounds, one per turn, each one
-        batched look-up for every conversation still answered so far. Only answers are trusted: a key that is
-        missing or failed is looked up again, at the last moment, by the worker that would send it.
+        Only answers are trusted: a key that is missing or failed is looked up again, at the last moment, by the
+        worker that would send it.
         """
-        settings = self.settings
-        answers: list[list[TeacherResponse]] = [[] for _ in conversations]
-        turns = [plan.turn_count(c, settings) for c in conversations]
-        waiting = [i for i, n in enumerate(turns) if n > 0]
-        turn = 0
-        while waiting:
-            keys: dict[str, list[int]] = {}
-            for i in waiting:
-                texts = [a.text for a in answers[i]]
-                keys.setdefault(plan.request_for(conversations[i], settings, turn, texts).key, []).append(i)
-            found = await self.cache.get_many(list(keys))
-            waiting = []
-            for key, indexes in keys.items():
-                entry = found.get(key)
-                if isinstance(entry, TeacherResponse):
-                    for i in indexes:
-                        answers[i].append(entry)
-                        if len(answers[i]) < turns[i]:
-                            waiting.append(i)
-            waiting.sort()
-            turn += 1
-        return list(zip(answers, turns, strict=True))
+        rounds = plan.stored_answer_rounds(conversations, self.settings)
+        try:
+            keys = next(rounds)
+            while True:
+                keys = rounds.send(await self.cache.get_many(keys))
+        except StopIteration as done:
+            return [(s.answers, s.turns) for s in done.value]
 
     async def _work(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:

@@ -91,36 +91,18 @@ def answers_for(
 def answered(
     conn: sqlite3.Connection, conversations: list[Conversation], settings: RunSettings
 ) -> list[tuple[list[TeacherResponse], bool]]:
-    """:func:`answers_for` of each conversation, looked up turn by turn for all of them at once.
-
-    Turn k's key depends on the answers to turns before it, so the look-ups go in rounds: one ``SELECT`` per
-    turn for the whole list instead of one per turn and conversation.
-    """
-    results: list[tuple[list[TeacherResponse], bool]] = [([], False) for _ in conversations]
-    turns = [plan.turn_count(c, settings) for c in conversations]
-    waiting = [i for i, n in enumerate(turns) if n > 0]
-    turn = 0
-    while waiting:
-        keys: dict[str, list[int]] = {}
-        for i in waiting:
-            texts = [a.text for a in results[i][0]]
-            keys.setdefault(plan.request_for(conversations[i], settings, turn, texts).key, []).append(i)
-        found = _stored_answers(conn, list(keys))
-        missing = [key for key in keys if key not in found]
-        failed = _failed_keys(conn, missing) if missing else set()
-        waiting = []
-        for key, indexes in keys.items():
-            for i in indexes:
-                answer = found.get(key)
-                if answer is None:
-                    results[i] = (results[i][0], key in failed)
-                    continue
-                results[i][0].append(answer)
-                if len(results[i][0]) < turns[i]:
-                    waiting.append(i)
-        waiting.sort()
-        turn += 1
-    return results
+    """:func:`answers_for` of each conversation, looked up turn by turn for all of them at once: one ``SELECT``
+    per turn for the whole list (:func:`plan.stored_answer_rounds`) instead of one per turn and conversation."""
+    rounds = plan.stored_answer_rounds(conversations, settings)
+    try:
+        keys = next(rounds)
+        while True:
+            keys = rounds.send(_stored_answers(conn, keys))
+    except StopIteration as done:
+        stored: list[plan.StoredAnswers] = done.value
+    unanswered = [s.next_key for s in stored if s.next_key is not None]
+    failed = _failed_keys(conn, unanswered) if unanswered else set()
+    return [(s.answers, s.next_key in failed) for s in stored]
 
 
 def _stored_answers(conn: sqlite3.Connection, keys: list[str]) -> dict[str, TeacherResponse]:

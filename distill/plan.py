@@ -11,12 +11,13 @@ as a stop sequence, as the original recipe did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
 from .conversation import Conversation, Message
-from .requests import TeacherRequest
+from .requests import TeacherRequest, TeacherResponse
 from .settings import RunSettings, Sampling
 
 LLAMA2_STOP = ("[INST]",)
@@ -96,3 +97,48 @@ def distilled(conversation: Conversation, settings: RunSettings, answers: Sequen
         messages.append(Message("user", user))
         messages.append(Message("assistant", answer))
     return Conversation(conversation.id, messages, conversation.source, conversation.meta)
+
+
+@dataclass(slots=True)
+class StoredAnswers:
+    """What a cache holds for a conversation: the answers to its first turns, in order, how many turns it has,
+    and the key of its first unanswered turn (None once every turn is answered)."""
+
+    answers: list[TeacherResponse]
+    turns: int
+    next_key: str | None = None
+
+
+def stored_answer_rounds(
+    conversations: Sequence[Conversation], settings: RunSettings
+) -> Generator[list[str], Mapping[str, object], list[StoredAnswers]]:
+    """Look up the stored answers of many conversations at once, turn by turn.
+
+    Turn k's request depends on the answers before it, so the look-ups go in rounds: the generator yields the
+    keys of the next turn of every conversation answered so far, is sent what the cache found for them (only
+    :class:`TeacherResponse` values count as answers), and returns one :class:`StoredAnswers` per conversation.
+    The caller does the look-ups, synchronously (export) or not (the engine).
+    """
+    stored = [StoredAnswers([], turn_count(c, settings)) for c in conversations]
+    waiting = [i for i, s in enumerate(stored) if s.turns > 0]
+    turn = 0
+    while waiting:
+        keys: dict[str, list[int]] = {}
+        for i in waiting:
+            key = request_for(conversations[i], settings, turn, [a.text for a in stored[i].answers]).key
+            stored[i].next_key = key
+            keys.setdefault(key, []).append(i)
+        found = yield list(keys)
+        waiting = []
+        for key, indexes in keys.items():
+            entry = found.get(key)
+            if not isinstance(entry, TeacherResponse):
+                continue
+            for i in indexes:
+                stored[i].answers.append(entry)
+                stored[i].next_key = None
+                if len(stored[i].answers) < stored[i].turns:
+                    waiting.append(i)
+        waiting.sort()
+        turn += 1
+    return stored
