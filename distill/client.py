@@ -38,6 +38,12 @@ class RateHeaders:
     reset_seconds: float | None = None
     tokens_remaining: float | None = None
 
+    @property
+    def budget_left(self) -> float | None:
+        """The smaller of the request and token budgets left, where the server said either."""
+        known = [v for v in (self.remaining, self.tokens_remaining) if v is not None]
+        return min(known) if known else None
+
 
 class TeacherClient:
     def __init__(
@@ -57,7 +63,6 @@ class TeacherClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._max_connections = max_connections
         self._session = session
-        self.last_rate_headers = RateHeaders()
 
     async def __aenter__(self) -> TeacherClient:
         if self._session is None:

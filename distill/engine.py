@@ -285,7 +285,7 @@ class Engine:
                 self.stats.rate_limited += 1
                 self.limiter.on_rate_limited(getattr(e, "retry_after", None))
             raise
-        self.limiter.on_headers(rate.remaining, rate.reset_seconds)
+        self.limiter.on_headers(rate.budget_left, rate.reset_seconds)
         if response.prompt_tokens is not None and response.completion_tokens is not None:
             self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
             self.stats.prompt_tokens += response.prompt_tokens

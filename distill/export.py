@@ -81,18 +81,12 @@ def stored_conversations(conn: sqlite3.Connection, run_id: str) -> Iterator[Conv
         yield decode_conversation(conv_id, source, data)
 
 
-def answers_for(
-    conn: sqlite3.Connection, conversation: Conversation, settings: RunSettings
-) -> tuple[list[TeacherResponse], bool]:
-    """The stored answers of each turn in order, and whether a turn failed for good (vs not answered yet)."""
-    return answered(conn, [conversation], settings)[0]
-
-
 def answered(
     conn: sqlite3.Connection, conversations: list[Conversation], settings: RunSettings
 ) -> list[tuple[list[TeacherResponse], bool]]:
-    """:func:`answers_for` of each conversation, looked up turn by turn for all of them at once: one ``SELECT``
-    per turn for the whole list (:func:`plan.stored_answer_rounds`) instead of one per turn and conversation."""
+    """For each conversation, its stored answers in turn order and whether its first unanswered turn failed for
+    good; looked up turn by turn for all of them at once: one ``SELECT`` per turn for the whole list
+    (:func:`plan.stored_answer_rounds`) instead of one per turn and conversation."""
     rounds = plan.stored_answer_rounds(conversations, settings)
     try:
         keys = next(rounds)

@@ -112,3 +112,11 @@ async def test_waiters_sleep_until_their_exact_slot():
     for k in range(1, 6):
         assert woke[k] == pytest.approx(0.02 * k, abs=0.015)
     assert limiter.waits == 5
+
+
+def test_either_spent_budget_in_the_headers_pauses():
+    from distill.client import RateHeaders
+
+    assert RateHeaders(remaining=40, tokens_remaining=0).budget_left == 0
+    assert RateHeaders(tokens_remaining=900).budget_left == 900
+    assert RateHeaders().budget_left is None
