@@ -7,15 +7,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from support import DISTILL, run_command, write_multi_turn
 
 from distill.teacher_server import TeacherKnobs, start_teacher_process
-
-DISTILL = [sys.executable, "-m", "distill"]
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +35,9 @@ def distill(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPr
 
 
 def run_args(server, input_path: Path, tmp: Path, name: str = "out", *extra: str) -> list[str]:
-    return [
-        "run",
-        str(input_path),
-        "--model",
-        "teacher",
-        "--base-url",
-        server.base_url,
-        "--quiet",
-        "--cache",
-        str(tmp / f"{name}.sqlite"),
-        "--output",
-        str(tmp / f"{name}.jsonl"),
-        *extra,
-    ]
+    """``distill run``'s arguments (without the interpreter) against ``server``, quiet."""
+    cache, output = tmp / f"{name}.sqlite", tmp / f"{name}.jsonl"
+    return run_command(server, input_path, cache, output, "--quiet", *extra)[len(DISTILL) :]
 
 
 def test_run_then_export_and_stats_from_the_cache_alone(tmp_path, fast_teacher, sharegpt_60):
@@ -75,21 +62,8 @@ def test_run_then_export_and_stats_from_the_cache_alone(tmp_path, fast_teacher, 
     assert manifest["output"]["sha256"] and manifest["cache"].endswith("out.sqlite")
 
 
-def multi_turn_dataset(path: Path, conversations: int, turns: int) -> Path:
-    with open(path, "w") as f:
-        for c in range(conversations):
-            messages = []
-            for t in range(turns):
-                messages.append({"role": "user", "content": f"conversation {c}, question {t}"})
-                messages.append(
-                    {"role": "assistant", "content": "the dataset's answer, which the teacher replaces"}
-                )
-            f.write(json.dumps({"messages": messages}) + "\n")
-    return path
-
-
 def test_resume_after_sigkill_writes_the_same_bytes_and_pays_once(tmp_path, slow_teacher):
-    data = multi_turn_dataset(tmp_path / "in.jsonl", 150, 3)  # 450 requests, about 3.5 s at 4 in flight
+    data = write_multi_turn(tmp_path / "in.jsonl", 150, 3)  # 450 requests, about 3.5 s at 4 in flight
     clean = distill(*run_args(slow_teacher, data, tmp_path, "clean", "--concurrency", "4"))
     assert clean.returncode == 0, clean.stderr
     slow_teacher.reset_stats()
@@ -111,7 +85,7 @@ def test_resume_after_sigkill_writes_the_same_bytes_and_pays_once(tmp_path, slow
 
 
 def test_sigint_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, slow_teacher):
-    data = multi_turn_dataset(tmp_path / "in.jsonl", 100, 2)
+    data = write_multi_turn(tmp_path / "in.jsonl", 100, 2)
     args = run_args(slow_teacher, data, tmp_path, "sig", "--concurrency", "2")
     for sig in (signal.SIGINT, signal.SIGTERM):
         proc = subprocess.Popen([*DISTILL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -163,7 +137,7 @@ def test_a_foreign_or_corrupt_cache_is_refused_not_overwritten(tmp_path, fast_te
 
 
 def test_a_second_run_on_the_same_cache_refuses_while_the_first_runs(tmp_path, slow_teacher, sharegpt_60):
-    data = multi_turn_dataset(tmp_path / "in.jsonl", 100, 2)
+    data = write_multi_turn(tmp_path / "in.jsonl", 100, 2)
     args = run_args(slow_teacher, data, tmp_path, "shared", "--concurrency", "1")
     first = subprocess.Popen([*DISTILL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -16,18 +16,17 @@ per kill they were in flight at; every other request must reach the teacher exac
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
+from support import numbered_question, run_command, write_multi_turn
 
 from distill.requests import TeacherRequest
 from distill.teacher_server import TeacherKnobs, request_hash, start_teacher_process
@@ -40,43 +39,20 @@ KILLS = 3
 DURABLE_WITHIN = (
     0.15  # seconds: an answer older than this at a kill must be in the cache (commits take ~10-40 ms)
 )
-DISTILL = [sys.executable, "-m", "distill"]
 
 
 def write_dataset(path: Path) -> Path:
     """500 multi-turn conversations; every tenth opens with the same question (a request shared by several)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for c in range(CONVERSATIONS):
-            messages = []
-            for t in range(TURNS):
-                question = (
-                    "What is distillation?" if t == 0 and c % 10 == 0 else f"conversation {c}, question {t}"
-                )
-                messages += [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": "the dataset's own answer, replaced by the teacher's"},
-                ]
-            f.write(json.dumps({"id": f"conv-{c}", "messages": messages}) + "\n")
-    return path
+
+    def question(c: int, t: int) -> str:
+        return "What is distillation?" if t == 0 and c % 10 == 0 else numbered_question(c, t)
+
+    return write_multi_turn(path, CONVERSATIONS, TURNS, question)
 
 
 def run_args(server, data: Path, tmp: Path, name: str) -> list[str]:
-    return [
-        *DISTILL,
-        "run",
-        str(data),
-        "--model",
-        "teacher",
-        "--base-url",
-        server.base_url,
-        "--concurrency",
-        str(CONCURRENCY),
-        "--cache",
-        str(tmp / f"{name}.sqlite"),
-        "--output",
-        str(tmp / f"{name}.jsonl"),
-        "--quiet",
-    ]
+    cache, output = tmp / f"{name}.sqlite", tmp / f"{name}.jsonl"
+    return run_command(server, data, cache, output, "--concurrency", str(CONCURRENCY), "--quiet")
 
 
 def server_hash(identity: dict) -> str:

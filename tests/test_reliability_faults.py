@@ -12,15 +12,14 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from support import DISTILL, run_command
 
 from distill.teacher_server import TeacherKnobs, start_teacher_process
 
-DISTILL = [sys.executable, "-m", "distill"]
 FAULTS = {
     "error_rate": 0.10,
     "truncated_rate": 0.025,
@@ -61,20 +60,7 @@ def write_dataset(
 
 
 def distill_run(server, data: Path, tmp: Path, name: str, *extra: str, env: dict | None = None):
-    args = [
-        *DISTILL,
-        "run",
-        str(data),
-        "--model",
-        "teacher",
-        "--base-url",
-        server.base_url,
-        "--cache",
-        str(tmp / f"{name}.sqlite"),
-        "--output",
-        str(tmp / f"{name}.jsonl"),
-        *extra,
-    ]
+    args = run_command(server, data, tmp / f"{name}.sqlite", tmp / f"{name}.jsonl", *extra)
     return subprocess.run(args, capture_output=True, text=True, timeout=120, env=env or os.environ)
 
 

@@ -12,17 +12,16 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
+from support import run_command
 
 from distill.requests import TeacherRequest
 from distill.teacher_server import TeacherKnobs, request_hash, start_teacher_process
 
-DISTILL = [sys.executable, "-m", "distill"]
 CONCURRENCY = 8
 RESUME_HINT = "run the same command again to resume"
 
@@ -45,23 +44,10 @@ def write_dataset(path: Path, conversations: int, turns: int) -> Path:
 
 
 def run_args(server, data: Path, tmp: Path, name: str) -> list[str]:
-    return [
-        *DISTILL,
-        "run",
-        str(data),
-        "--model",
-        "teacher",
-        "--base-url",
-        server.base_url,
-        "--concurrency",
-        str(CONCURRENCY),
-        "--request-timeout",
-        "30",
-        "--cache",
-        str(tmp / f"{name}.sqlite"),
-        "--output",
-        str(tmp / f"{name}.jsonl"),
-    ]
+    cache, output = tmp / f"{name}.sqlite", tmp / f"{name}.jsonl"
+    return run_command(
+        server, data, cache, output, "--concurrency", str(CONCURRENCY), "--request-timeout", "30"
+    )
 
 
 def committed(cache: Path) -> set[str]:
