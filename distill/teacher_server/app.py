@@ -193,7 +193,23 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
-class TeacherServer:
+class LoopbackAddress:
+    """The URLs of a teacher listening on ``HOST`` at ``self.port`` (in this process or another)."""
+
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL, ending in ``/v1``."""
+        return f"http://{HOST}:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """The URL without ``/v1`` (what the ``together`` 3.x SDK takes as ``base_url``)."""
+        return f"http://{HOST}:{self.port}"
+
+
+class TeacherServer(LoopbackAddress):
     """The local teacher running in this event loop, on ``127.0.0.1`` and a free port (or ``port``).
 
     ``async with TeacherServer(TeacherKnobs(rpm=600)) as server:`` then point a client at ``server.base_url``
@@ -206,16 +222,6 @@ class TeacherServer:
         self._port = port
         self._runner: web.AppRunner | None = None
         self.port = 0
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-style base URL, ending in ``/v1``."""
-        return f"http://{HOST}:{self.port}/v1"
-
-    @property
-    def root_url(self) -> str:
-        """The URL without ``/v1`` (what the ``together`` 3.x SDK takes as ``base_url``)."""
-        return f"http://{HOST}:{self.port}"
 
     @property
     def stats(self) -> TeacherStats:

@@ -27,7 +27,7 @@ import orjson
 
 from distill.errors import DistillError, UsageError
 
-from .app import HOST, TeacherServer
+from .app import HOST, LoopbackAddress, TeacherServer
 from .knobs import KNOBS_ENV, TeacherKnobs, add_knob_arguments, knobs_from_args
 
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -101,7 +101,7 @@ async def serve(knobs: TeacherKnobs, *, port: int = 0, port_file: Path | None = 
         await server.stop()
 
 
-class TeacherProcess:
+class TeacherProcess(LoopbackAddress):
     """A teacher subprocess started by :func:`start_teacher_process`; a context manager that stops it."""
 
     def __init__(self, process: subprocess.Popen[bytes], port: int, stderr_path: Path) -> None:
@@ -112,16 +112,6 @@ class TeacherProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-style base URL, ending in ``/v1``."""
-        return f"http://{HOST}:{self.port}/v1"
-
-    @property
-    def root_url(self) -> str:
-        """The URL without ``/v1`` (what the ``together`` 3.x SDK takes as ``base_url``)."""
-        return f"http://{HOST}:{self.port}"
 
     def stats(self, *, with_hashes: bool = True) -> dict[str, Any]:
         """The server's ``GET /stats``."""
