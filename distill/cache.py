@@ -2,7 +2,11 @@
 
 One row per teacher call in ``responses``, keyed by :attr:`TeacherRequest.key`; requests that failed for good in
 ``failures``; each run's settings in ``runs`` and its input conversations, in input order, in ``conversations``,
-so a fine-tuning file can be rendered from the cache alone. The database is in WAL mode; answers are committed in
+so a fine-tuning file can be rendered from the cache alone. A conversation row is marked ``finished`` once every
+turn of it is answered; a rerun that reads the same conversation at the same position (byte for byte) skips it
+without computing a single request key, which is what makes resuming over a large finished prefix fast. A rerun
+rewrites only the rows whose conversation changed, and drops the rows past the input's end once it has read it
+all (an interrupted rerun leaves the previous run's rows after the point it reached). The database is in WAL mode; answers are committed in
 small groups a few milliseconds apart, so a ``kill -9`` loses at most the requests in flight.
 
 Look-ups and writes are batched: every ``get`` issued in the same event-loop turn is answered by one ``SELECT``,
@@ -85,6 +89,10 @@ MIGRATIONS: tuple[str, ...] = (
         created REAL NOT NULL,
         updated REAL NOT NULL
     );
+    """,
+    # 3: conversations whose every turn is answered, so a rerun skips them without planning their requests
+    """
+    ALTER TABLE conversations ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -237,11 +245,13 @@ class Cache:
         self._response_rows: list[tuple[Any, ...]] = []
         self._failure_rows: list[tuple[Any, ...]] = []
         self._conversation_rows: list[tuple[Any, ...]] = []
+        self._finished_rows: list[tuple[str, int]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
         self._failures_possible = True
         self.had_answers = True  # whether the cache held any answer when it was opened (a run to resume)
+        self.had_input = True  # whether it held any input conversation then
         self.commits = 0
 
     async def __aenter__(self) -> Cache:
@@ -271,6 +281,9 @@ class Cache:
                 )
                 self.had_answers = bool(
                     setup.execute("SELECT EXISTS (SELECT 1 FROM responses)").fetchone()[0]
+                )
+                self.had_input = bool(
+                    setup.execute("SELECT EXISTS (SELECT 1 FROM conversations)").fetchone()[0]
                 )
             setup.close()
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -368,8 +381,31 @@ class Cache:
         self._schedule_flush()
 
     def add_conversations(self, run_id: str, rows: Iterable[tuple[int, str, str, bytes]]) -> None:
+        """Queue input conversations ``(position, id, source, data)``, replacing (unfinished) what was there."""
         self._conversation_rows.extend((run_id, *row) for row in rows)
         self._schedule_flush()
+
+    def mark_finished(self, run_id: str, position: int) -> None:
+        """Queue the mark that every turn of the conversation at ``position`` is answered."""
+        self._finished_rows.append((run_id, position))
+        self._schedule_flush()
+
+    def stored_inputs(self, run_id: str, first: int, last: int) -> dict[int, tuple[bytes, bool]]:
+        """The stored conversation data and finished mark of each position from ``first`` to ``last``."""
+        with reported(self.path):
+            rows = self._db.execute(
+                "SELECT position, data, finished FROM conversations "
+                "WHERE run_id = ? AND position BETWEEN ? AND ?",
+                (run_id, first, last),
+            )
+            return {position: (data, bool(finished)) for position, data, finished in rows}
+
+    async def drop_conversations_from(self, run_id: str, position: int) -> None:
+        """Forget a run's stored conversations at ``position`` and after (the input ended before them)."""
+        with reported(self.path):
+            self._db.execute(
+                "DELETE FROM conversations WHERE run_id = ? AND position >= ?", (run_id, position)
+            )
 
     async def record_run(self, run_id: str, input_path: str, settings: dict[str, Any]) -> None:
         now = time.time()
@@ -380,11 +416,6 @@ class Cache:
                 (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
             )
 
-    async def clear_conversations(self, run_id: str) -> None:
-        """Forget a run's stored input before it is read again (the input may have changed)."""
-        with reported(self.path):
-            self._db.execute("DELETE FROM conversations WHERE run_id = ?", (run_id,))
-
     async def forget_failures(self) -> int:
         """Drop every recorded failure so the requests are tried again (``--retry-failed``)."""
         with reported(self.path):
@@ -392,7 +423,7 @@ class Cache:
         return cursor.rowcount
 
     def _schedule_flush(self) -> None:
-        queued = len(self._response_rows) + len(self._conversation_rows)
+        queued = len(self._response_rows) + len(self._conversation_rows) + len(self._finished_rows)
         if queued >= self.max_batch and (self._flushing is None or self._flushing.done()):
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
@@ -415,10 +446,11 @@ class Cache:
         responses, self._response_rows = self._response_rows, []
         failures, self._failure_rows = self._failure_rows, []
         conversations, self._conversation_rows = self._conversation_rows, []
-        if not (responses or failures or conversations):
+        finished, self._finished_rows = self._finished_rows, []
+        if not (responses or failures or conversations or finished):
             return
         with reported(self.path):
-            self._write(responses, failures, conversations)
+            self._write(responses, failures, conversations, finished)
         self.commits += 1
         for row in responses:
             self._unflushed.pop(row[0], None)
@@ -457,7 +489,7 @@ class Cache:
                 )
         return found
 
-    def _write(self, responses: list, failures: list, conversations: list) -> None:
+    def _write(self, responses: list, failures: list, conversations: list, finished: list) -> None:
         db = self._db
         db.execute("BEGIN")
         try:
@@ -468,7 +500,15 @@ class Cache:
             if failures:
                 db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
             if conversations:
-                db.executemany("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?)", conversations)
+                db.executemany(
+                    "INSERT OR REPLACE INTO conversations (run_id, position, id, source, data) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    conversations,
+                )
+            if finished:
+                db.executemany(
+                    "UPDATE conversations SET finished = 1 WHERE run_id = ? AND position = ?", finished
+                )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

@@ -95,7 +95,7 @@ class Engine:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._produce(records, run_id, queue, workers))
                     for _ in range(workers):
-                        group.create_task(self._work(queue))
+                        group.create_task(self._work(run_id, queue))
         except BaseExceptionGroup as group_error:
             raise first_error(group_error) from None
         finally:
@@ -123,6 +123,7 @@ class Engine:
                 read = []
                 await asyncio.sleep(0)
         await self._dispatch(run_id, read, queue)
+        await self.cache.drop_conversations_from(run_id, position)
         for _ in range(workers):
             await queue.put(None)
 
@@ -131,26 +132,43 @@ class Engine:
     ) -> None:
         """Store ``read`` conversations and hand the workers, in input order, those with a turn to answer.
 
-        Over a cache that held answers when the run began (a rerun), the answers already stored are looked up
-        here for the whole group at once: a finished conversation is counted and never reaches a worker, and a
-        half-finished one starts at its first unanswered turn. A fresh cache skips the look-up.
+        A conversation stored at the same position by an earlier run of these settings, byte for byte, and
+        marked finished there is counted and skipped at once. Over a cache that held answers when the run began,
+        the answers already stored for the others are looked up for the whole group at once: a conversation
+        whose every turn is answered is marked finished and never reaches a worker, and a half-finished one
+        starts at its first unanswered turn. A fresh cache skips both look-ups.
         """
         if not read:
             return
-        self.cache.add_conversations(
-            run_id, [(position, c.id, c.source, encode_conversation(c)) for position, c in read]
-        )
-        stored = await self._stored_answers([c for _, c in read]) if self.cache.had_answers else None
-        for i, (position, conversation) in enumerate(read):
-            answered: list[TeacherResponse] = []
-            if stored is not None:
-                answered, turns = stored[i]
-                if len(answered) == turns:
-                    self.stats.cache_hits += turns
-                    self.stats.turns_done += turns
-                    self.stats.conversations_done += 1
-                    continue
-            await queue.put((position, conversation, answered))
+        previous = self.cache.stored_inputs(run_id, read[0][0], read[-1][0]) if self.cache.had_input else {}
+        changed: list[tuple[int, str, str, bytes]] = []
+        pending: list[tuple[int, Conversation]] = []
+        for position, conversation in read:
+            data = encode_conversation(conversation)
+            stored = previous.get(position)
+            if stored is None or stored[0] != data:
+                changed.append((position, conversation.id, conversation.source, data))
+            elif stored[1]:
+                self._count_stored(plan.turn_count(conversation, self.settings))
+                continue
+            pending.append((position, conversation))
+        self.cache.add_conversations(run_id, changed)
+        if not self.cache.had_answers:
+            for position, conversation in pending:
+                await queue.put((position, conversation, []))
+            return
+        answers = await self._stored_answers([c for _, c in pending])
+        for (position, conversation), (answered, turns) in zip(pending, answers, strict=True):
+            if len(answered) == turns:
+                self._count_stored(turns)
+                self.cache.mark_finished(run_id, position)
+            else:
+                await queue.put((position, conversation, answered))
+
+    def _count_stored(self, turns: int) -> None:
+        self.stats.cache_hits += turns
+        self.stats.turns_done += turns
+        self.stats.conversations_done += 1
 
     async def _stored_answers(
         self, conversations: list[Conversation]
@@ -168,9 +186,9 @@ class Engine:
         except StopIteration as done:
             return [(s.answers, s.turns) for s in done.value]
 
-    async def _work(self, queue: asyncio.Queue) -> None:
+    async def _work(self, run_id: str, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
-            _, conversation, answered = item
+            position, conversation, answered = item
             try:
                 await self.answer_conversation(conversation, answered)
             except TurnFailed as failed:
@@ -180,6 +198,7 @@ class Engine:
                 pass  # --budget has no room for it: the conversation stays unanswered for the next run
             else:
                 self.stats.conversations_done += 1
+                self.cache.mark_finished(run_id, position)
 
     # -- conversations and requests -------------------------------------------------------------------------
 

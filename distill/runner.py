@@ -155,7 +155,6 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                 budget=budget,
                 shard=job.shard,
             )
-            await cache.clear_conversations(run_id)
             rejects.remove_stale()
             progress.start()
             if progress.live and job.limit is None:

@@ -56,7 +56,8 @@ def test_run_then_export_and_stats_from_the_cache_alone(tmp_path, fast_teacher, 
     assert (tmp_path / "e.jsonl").read_bytes() == (tmp_path / "out.jsonl").read_bytes()
     stats = distill("stats", "--cache", str(tmp_path / "out.sqlite"), "--json")
     data = json.loads(stats.stdout)
-    assert data["runs"][0]["conversations"] == 60 and data["responses"] == 41  # the sample repeats itself
+    assert data["runs"][0]["conversations"] == data["runs"][0]["finished"] == 60
+    assert data["responses"] == 41  # the sample repeats itself
     manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
     assert manifest["counts"]["written"] == 60 and manifest["model"] == "teacher"
     assert manifest["output"]["sha256"] and manifest["cache"].endswith("out.sqlite")

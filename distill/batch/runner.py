@@ -153,6 +153,7 @@ class BatchRunner:
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         self.cache.add_conversations(run_id, rows)
+        await self.cache.drop_conversations_from(run_id, position)
         await self.cache.flush()
 
     # -- waves -----------------------------------------------------------------------------------------------

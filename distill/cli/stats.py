@@ -33,7 +33,9 @@ def cache_stats(conn: sqlite3.Connection) -> dict:
     for run_id, input_path, settings, created, updated in conn.execute(
         "SELECT id, input, settings, created, updated FROM runs ORDER BY created"
     ):
-        (n,) = conn.execute("SELECT count(*) FROM conversations WHERE run_id = ?", (run_id,)).fetchone()
+        n, finished = conn.execute(
+            "SELECT count(*), coalesce(sum(finished), 0) FROM conversations WHERE run_id = ?", (run_id,)
+        ).fetchone()
         s = orjson.loads(settings)
         runs.append(
             {
@@ -43,6 +45,7 @@ def cache_stats(conn: sqlite3.Connection) -> dict:
                 "api": s["api"],
                 "history": s["history"],
                 "conversations": n,
+                "finished": finished,
                 "created": created,
                 "updated": updated,
             }
@@ -79,6 +82,6 @@ def main(args: argparse.Namespace) -> int:
     for r in stats["runs"]:
         print(
             f"  {r['id']}  {r['model']} ({r['api']}, history {r['history']})  "
-            f"{r['conversations']} conversations  from {r['input']}"
+            f"{r['conversations']} conversations ({r['finished']} finished)  from {r['input']}"
         )
     return 0

@@ -147,6 +147,9 @@ def build_messages(
 
 
 def _kind_of(role: Any) -> Kind:
+    kind = ROLE_ALIASES.get(role) if type(role) is str else None  # the usual case: a role spelled as listed
+    if kind is not None:
+        return kind
     if not isinstance(role, str):
         raise BadRecord(f"role must be a string, got {type(role).__name__}")
     kind = ROLE_ALIASES.get(role.strip().lower())

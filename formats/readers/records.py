@@ -82,7 +82,7 @@ def storable(value: Any) -> Any:
     """``value`` as the cache can store it (UTF-8, 64-bit integers): a lone surrogate becomes U+FFFD, an integer out
     of range its decimal string. Readers pass ids and metadata through from the source, which may hold either."""
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
+        return value if value.isascii() else _LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
         return str(value)
     if isinstance(value, list):
