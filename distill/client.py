@@ -1,14 +1,21 @@
-"""The teacher client: one aiohttp session speaking the OpenAI-compatible chat and completions APIs.
+"""The teacher client: keep-alive HTTP connections speaking the OpenAI-compatible chat and completions APIs.
 
 ``TeacherClient.send(request)`` makes exactly one HTTP call and either returns a
 :class:`~distill.requests.TeacherResponse` or raises a :class:`~distill.errors.TeacherError` subclass that says
 whether retrying can help. It never retries itself (the engine's retry policy does) and never puts the API key
 in an error message.
+
+Two HTTP clients can carry the calls (``--http-client``): ``builtin`` (:mod:`distill.http`, a lean HTTP/1.1
+pool that costs a fraction of the CPU per request) and ``aiohttp`` (the general client, which honours
+``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``). ``auto``, the default, takes ``builtin`` unless a proxy variable
+applies to the teacher's URL.
 """
 
 from __future__ import annotations
 
+import urllib.request
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -25,9 +32,12 @@ from .errors import (
     TeacherError,
     UsageError,
 )
+from .http import HttpPool, HttpResponse
 from .requests import TeacherRequest, TeacherResponse
 
 ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
+HttpClientKind = Literal["auto", "builtin", "aiohttp"]
+HTTP_CLIENTS: tuple[str, ...] = ("auto", "builtin", "aiohttp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,8 @@ class RateHeaders:
 
 
 class TeacherClient:
+    """Use as ``async with TeacherClient(base_url, api_key) as client``."""
+
     def __init__(
         self,
         base_url: str,
@@ -53,56 +65,92 @@ class TeacherClient:
         *,
         timeout: float = 600.0,
         max_connections: int = 64,
-        session: aiohttp.ClientSession | None = None,
+        http_client: HttpClientKind = "auto",
     ) -> None:
         self.base_url = checked_base_url(base_url)
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = timeout
+        self.http_client = chosen_http_client(http_client, self.base_url)
         self._headers = {"Content-Type": "application/json"}
         self._api_key = api_key
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._max_connections = max_connections
-        self._session = session
+        self._pool: HttpPool | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> TeacherClient:
-        if self._session is None:
+        if self.http_client == "builtin":
+            self._pool = HttpPool(self.base_url, self._headers, limit=self._max_connections)
+        else:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, json_serialize=None)
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=None, trust_env=True, headers=self._headers
+            )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def send(self, request: TeacherRequest) -> tuple[TeacherResponse, RateHeaders]:
         """One HTTP call for ``request``: the answer and the server's rate headers."""
+        path = ENDPOINTS[request.api]
+        body = orjson.dumps(request.body())
+        try:
+            if self._pool is not None:
+                answer = await self._pool.post(path, body, self.timeout)
+            else:
+                answer = await self._post_aiohttp(path, body)
+        except RequestTimeout:
+            raise RequestTimeout(
+                f"no answer from {self.base_url + path} within {self.timeout:g} s (--request-timeout)"
+            ) from None
+        except ConnectionFailed as e:
+            raise ConnectionFailed(f"connection to {self.base_url + path} failed: {e}") from None
+        rate = parse_rate_headers(answer.headers)
+        if answer.status != 200:
+            raise self._redacted(error_for_status(answer.status, answer.body, answer.headers))
+        return parse_answer(request.api, answer.body), rate
+
+    async def _post_aiohttp(self, path: str, body: bytes) -> HttpResponse:
         assert self._session is not None, "use 'async with TeacherClient(...)'"
-        url = self.base_url + ENDPOINTS[request.api]
         try:
             async with self._session.post(
-                url, data=orjson.dumps(request.body()), headers=self._headers, timeout=self.timeout
+                self.base_url + path, data=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
             ) as resp:
-                body = await resp.read()
-                rate = parse_rate_headers(resp.headers)
-                if resp.status != 200:
-                    raise self._redacted(error_for_status(resp.status, body, resp.headers))
+                payload = await resp.read()
+                headers = {name.lower(): value for name, value in resp.headers.items()}
+                return HttpResponse(resp.status, headers, payload)
         except TimeoutError:
-            raise RequestTimeout(
-                f"no answer from {url} within {self.timeout.total:g} s (--request-timeout)"
-            ) from None
+            raise RequestTimeout(f"no answer within {self.timeout:g} s") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-            raise ConnectionFailed(f"connection to {url} failed: {type(e).__name__}") from None
-        return parse_answer(request.api, body), rate
+            raise ConnectionFailed(type(e).__name__) from None
 
     def _redacted(self, error: TeacherError) -> TeacherError:
         """``error`` with the API key cut out: some providers quote the key they refused in their message."""
         if self._api_key and self._api_key in str(error):
             error.args = (str(error).replace(self._api_key, "[the API key]"),)
         return error
+
+
+def chosen_http_client(kind: str, base_url: str) -> Literal["builtin", "aiohttp"]:
+    """The HTTP client for ``--http-client kind``: under ``auto``, aiohttp where a proxy variable applies."""
+    if kind not in HTTP_CLIENTS:
+        raise UsageError(f"--http-client {kind} is not valid; use one of: {', '.join(HTTP_CLIENTS)}")
+    if kind != "auto":
+        return kind  # type: ignore[return-value]
+    url = urlsplit(base_url)
+    proxied = urllib.request.getproxies().get(url.scheme) and not urllib.request.proxy_bypass(
+        url.hostname or ""
+    )
+    return "aiohttp" if proxied else "builtin"
 
 
 def checked_base_url(base_url: str) -> str:

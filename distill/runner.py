@@ -144,6 +144,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                 job.api_key,
                 timeout=job.settings.request_timeout,
                 max_connections=job.settings.concurrency,
+                http_client=job.settings.http_client,
             ) as client,
         ):
             engine = Engine(

@@ -280,7 +280,11 @@ async def evaluate(
     async with (
         Cache(cache_path) as cache,
         TeacherClient(
-            settings.base_url, api_key, timeout=settings.request_timeout, max_connections=settings.concurrency
+            settings.base_url,
+            api_key,
+            timeout=settings.request_timeout,
+            max_connections=settings.concurrency,
+            http_client=settings.http_client,
         ) as client,
     ):
         engine = Engine(settings, cache, client)
