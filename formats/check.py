@@ -93,10 +93,15 @@ class CheckReport:
     problem_count: int = 0
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    count_tokens: bool = True
 
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
+
+    def tokens_in(self, text: str) -> int:
+        """The ``cl100k_base`` tokens in ``text``; 0 when this check counts none (a run checking its own output)."""
+        return tokens.count(text) if self.count_tokens else 0
 
     def add(self, line: int, rule: str, message: str) -> None:
         self.problem_count += 1
@@ -127,10 +132,13 @@ class CheckReport:
         }
 
 
-def check_file(path: Path, max_seq_length: int | None = None) -> CheckReport:
-    """Check ``path`` against Together's data rules; an unreadable file is an :class:`InputError`."""
+def check_file(path: Path, max_seq_length: int | None = None, *, count_tokens: bool = True) -> CheckReport:
+    """Check ``path`` against Together's data rules; an unreadable file is an :class:`InputError`.
+
+    ``count_tokens=False`` skips the token statistics (most of the check's time), and with them ``max_seq_length``.
+    """
     path = Path(path)
-    report = CheckReport(path)
+    report = CheckReport(path, count_tokens=count_tokens)
     if path.is_dir():
         raise InputError(f"{path} is a directory; distill check reads one JSONL file")
     try:
@@ -173,13 +181,17 @@ def _check_lines(report: CheckReport, lines: Iterator[tuple[int, bytes]], max_se
         n_tokens, n_turns = CHECKERS[fmt](report, lineno, value)
         counts.append(n_tokens)
         turns.append(n_turns)
-        if max_seq_length is not None and n_tokens > max_seq_length:
+        if report.count_tokens and max_seq_length is not None and n_tokens > max_seq_length:
             report.add(
                 lineno, "max-seq-length", f"about {n_tokens} tokens, over --max-seq-length {max_seq_length}"
             )
     if not counts and not report.problem_count:
         report.add(0, "file-empty", "no examples: the file is empty")
-    report.stats = _stats(counts, turns, max_seq_length)
+    report.stats = (
+        _stats(counts, turns, max_seq_length)
+        if report.count_tokens
+        else {"examples": len(counts), "turns": sum(turns)}
+    )
 
 
 def _parse_line(report: CheckReport, lineno: int, raw: bytes) -> Any:
@@ -245,7 +257,7 @@ def _check_text(report: CheckReport, lineno: int, value: dict[str, Any]) -> tupl
     if not isinstance(text, str) or not text.strip():
         report.add(lineno, "text", "'text' must be a non-empty string")
         return 0, 0
-    return tokens.count(text), 1
+    return report.tokens_in(text), 1
 
 
 def _check_prompt_completion(report: CheckReport, lineno: int, value: dict[str, Any]) -> tuple[int, int]:
@@ -255,7 +267,7 @@ def _check_prompt_completion(report: CheckReport, lineno: int, value: dict[str, 
         if not isinstance(text, str) or not text.strip():
             report.add(lineno, "text", f"'{key}' must be a non-empty string")
         else:
-            n += tokens.count(text)
+            n += report.tokens_in(text)
     return n, 2
 
 
@@ -286,7 +298,7 @@ def _check_message_list(
         elif not isinstance(content, str) or not content.strip():
             report.add(lineno, "content", f"{at}.content must be a non-empty string")
         else:
-            n_tokens += tokens.PER_MESSAGE_OVERHEAD + tokens.count(content)
+            n_tokens += tokens.PER_MESSAGE_OVERHEAD + report.tokens_in(content)
         if "weight" in message and (type(message["weight"]) is not int or message["weight"] not in (0, 1)):
             report.add(
                 lineno, "weight", f"{at}.weight is {message['weight']!r}; it must be the integer 0 or 1"
@@ -334,7 +346,7 @@ def _check_preference(report: CheckReport, lineno: int, value: dict[str, Any]) -
         longest = max(
             longest,
             sum(
-                tokens.count(m["content"])
+                report.tokens_in(m["content"])
                 for m in output
                 if isinstance(m, dict) and isinstance(m.get("content"), str)
             ),

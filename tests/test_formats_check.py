@@ -41,6 +41,16 @@ def test_each_broken_file_breaks_exactly_its_rule_on_its_line(path: Path) -> Non
     assert f"[{path.stem}]" in text and "problem(s)" in text
 
 
+@pytest.mark.parametrize(
+    "path", [p for p in broken_files() if p.stem != "max-seq-length"], ids=lambda p: p.stem
+)
+def test_without_token_counts_the_check_finds_the_same_problems(path: Path) -> None:
+    counted, uncounted = check_file(path), check_file(path, count_tokens=False)
+    assert [(p.line, p.rule) for p in uncounted.problems] == [(p.line, p.rule) for p in counted.problems]
+    assert "tokens" not in uncounted.stats
+    assert uncounted.stats["examples"] == counted.stats["examples"]
+
+
 def test_a_file_over_the_size_limit(tmp_path: Path) -> None:
     path = tmp_path / "huge.jsonl"
     with open(path, "wb") as f:
