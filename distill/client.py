@@ -32,7 +32,7 @@ from .errors import (
     TeacherError,
     UsageError,
 )
-from .http import HttpPool, HttpResponse
+from .http import HttpPool, HttpResponse, header_lines
 from .requests import TeacherRequest, TeacherResponse
 
 ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
@@ -74,6 +74,7 @@ class TeacherClient:
         self._api_key = api_key
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        header_lines(self._headers)  # a key with a line break is a UsageError whichever client sends it
         self._max_connections = max_connections
         self._pool: HttpPool | None = None
         self._session: aiohttp.ClientSession | None = None
