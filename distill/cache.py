@@ -46,6 +46,7 @@ from .requests import TeacherResponse
 APPLICATION_ID = 0x64737431  # "dst1"
 SQLITE_HEADER = b"SQLite format 3\x00"
 LOOKUP_CHUNK = 500
+BACKLOG_BATCHES = 4  # rows queued beyond this many batches make producers wait (Cache.room)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema
@@ -451,8 +452,22 @@ class Cache:
             cursor = self._db.execute("DELETE FROM failures")
         return cursor.rowcount
 
+    def _queued(self) -> int:
+        return len(self._response_rows) + len(self._conversation_rows) + len(self._finished_rows)
+
+    async def room(self) -> None:
+        """Wait while more than ``BACKLOG_BATCHES`` commits' worth of rows are queued behind the one in progress.
+
+        Commits run on the writer thread, so nothing else stops a fast reader or teacher from queueing rows faster
+        than the disk takes them; producers call this to keep memory bounded.
+        """
+        while self._queued() > BACKLOG_BATCHES * self.max_batch:
+            if self._flushing is None or self._flushing.done():
+                self._schedule_flush()  # over max_batch: this starts a commit at once
+            await asyncio.shield(self._flushing)
+
     def _schedule_flush(self) -> None:
-        queued = len(self._response_rows) + len(self._conversation_rows) + len(self._finished_rows)
+        queued = self._queued()
         if queued >= self.max_batch and (self._flushing is None or self._flushing.done()):
             if self._flush_handle is not None:
                 self._flush_handle.cancel()

@@ -153,6 +153,7 @@ class Engine:
                 continue
             pending.append((position, conversation))
         self.cache.add_conversations(run_id, changed)
+        await self.cache.room()
         if not self.cache.had_answers:
             for position, conversation in pending:
                 await queue.put((position, conversation, []))
@@ -199,6 +200,7 @@ class Engine:
             else:
                 self.stats.conversations_done += 1
                 self.cache.mark_finished(run_id, position)
+            await self.cache.room()
 
     # -- conversations and requests -------------------------------------------------------------------------
 

@@ -1,0 +1,29 @@
+"""The cache's own contract: what is queued is readable at once, committed by the writer thread, and bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from distill.cache import BACKLOG_BATCHES, Cache
+from distill.requests import TeacherResponse
+
+
+def answer(n: int) -> TeacherResponse:
+    return TeacherResponse(f"answer {n}", "stop", 1, 1)
+
+
+async def test_room_waits_until_the_backlog_is_committed(tmp_path):
+    async with Cache(tmp_path / "c.sqlite", max_batch=10, commit_interval=60) as cache:
+        for n in range(10):
+            cache.put(f"k{n}", b"{}", answer(n))
+        await asyncio.sleep(0)  # the first commit starts on the writer thread
+        for n in range(10, 1010):  # queued behind it: nothing else would commit them for a minute
+            cache.put(f"k{n}", b"{}", answer(n))
+        assert (await cache.get("k1009")).text == "answer 1009"  # readable before it is committed
+        assert cache._queued() > BACKLOG_BATCHES * 10
+        await cache.room()
+        assert cache._queued() <= BACKLOG_BATCHES * 10
+        assert cache.commits >= 1
+    with sqlite3.connect(tmp_path / "c.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM responses").fetchone()[0] == 1010
