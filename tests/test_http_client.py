@@ -994,3 +994,17 @@ def test_an_explicit_http_client_is_kept_and_a_wrong_one_refused(no_proxy_env):
     assert chosen_http_client("aiohttp", "http://127.0.0.1:8000/v1") == "aiohttp"
     with pytest.raises(UsageError, match="--http-client curl"):
         chosen_http_client("curl", "http://127.0.0.1:8000/v1")
+
+
+async def test_under_auto_a_proxy_variable_sends_the_calls_through_that_proxy(monkeypatch):
+    # The teacher stands in for the proxy: it is named by HTTP_PROXY, while --base-url names a host that does not
+    # resolve, so an answer can only come through the proxy.
+    async with TeacherServer(TeacherKnobs()) as teacher:
+        proxy = teacher.base_url.removesuffix("/v1")
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with TeacherClient("http://teacher.invalid/v1", http_client="auto") as client:
+            assert client.http_client == "aiohttp"
+            answer, _ = await client.send(teacher_requests()[0])
+        assert answer.text and teacher.stats.answered == 1
