@@ -1,13 +1,14 @@
 """Target 4, resume: over a cache holding 100,000 finished conversations, a rerun's first new request comes
 within 2 s, and nothing is sent for the finished ones.
 
-The cache is filled as a finished run leaves it (the run's settings, its input conversations marked finished and
-one answer per turn under the key the engine computes) straight through the cache API, which takes seconds
-instead of the minute a teacher would. The details also give the time over the same cache without the finished
-marks (as a cache written before schema 3, or merged, is): there every finished conversation's requests are
-planned and looked up, turn by turn, before it is skipped; that rerun marks them, so only the first one pays. The input is those 100,000 conversations followed by 1,000 new ones, so the rerun has
-to get past every finished conversation before it reaches a new one. ``distill run`` is started as a process;
-the figure is the time from its start to the teacher's first request (polled from the teacher every 5 ms).
+The cache is filled as a finished run leaves it (the run's settings, its input conversations marked finished and one
+answer per turn under the key the engine computes) straight through the cache API, which takes seconds instead of
+the minute a teacher would. The details also give the time over the same cache without the finished marks (as a
+cache written before schema 3, or merged, is): there every finished conversation's requests are planned and looked
+up, turn by turn, before it is skipped; that rerun marks them, so only the first one pays. The input is those
+100,000 conversations followed by 1,000 new ones, so the rerun has to get past every finished conversation before it
+reaches a new one. ``distill run`` is started as a process; the figure is the time from its start to the teacher's
+first request (polled from the teacher every 5 ms).
 
     python -m bench.resume [--tiny] [--json PATH]
 """

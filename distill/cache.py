@@ -1,13 +1,13 @@
 """The SQLite cache: every teacher answer, keyed by its request, committed as it arrives.
 
 One row per teacher call in ``responses``, keyed by :attr:`TeacherRequest.key`; requests that failed for good in
-``failures``; each run's settings in ``runs`` and its input conversations, in input order, in ``conversations``,
-so a fine-tuning file can be rendered from the cache alone. A conversation row is marked ``finished`` once every
-turn of it is answered; a rerun that reads the same conversation at the same position (byte for byte) skips it
-without computing a single request key, which is what makes resuming over a large finished prefix fast. A rerun
-rewrites only the rows whose conversation changed, and drops the rows past the input's end once it has read it
-all (an interrupted rerun leaves the previous run's rows after the point it reached). The database is in WAL mode; answers are committed in
-small groups a few milliseconds apart, so a ``kill -9`` loses at most the requests in flight.
+``failures``; each run's settings in ``runs`` and its input conversations, in input order, in ``conversations``, so
+a fine-tuning file can be rendered from the cache alone. A conversation row is marked ``finished`` once every turn
+of it is answered; a rerun that reads the same conversation at the same position (byte for byte) skips it without
+computing a single request key, which is what makes resuming over a large finished prefix fast. A rerun rewrites
+only the rows whose conversation changed, and drops the rows past the input's end once it has read it all (an
+interrupted rerun leaves the previous run's rows after the point it reached). The database is in WAL mode; answers
+are committed in small groups a few milliseconds apart, so a ``kill -9`` loses at most the requests in flight.
 
 Look-ups and writes are batched: every ``get`` issued in the same event-loop turn is answered by one ``SELECT``
 on the event loop's own thread, and writes are committed by one transaction at most ``commit_interval`` seconds

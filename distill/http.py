@@ -263,7 +263,6 @@ class HttpPool:
 
     def __init__(self, base_url: str, headers: dict[str, str], *, limit: int = 64) -> None:
         url = urlsplit(base_url)
-        self.scheme = url.scheme
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.prefix = url.path.rstrip("/")

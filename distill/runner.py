@@ -139,13 +139,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
     try:
         async with (
             Cache(job.cache) as cache,
-            TeacherClient(
-                job.settings.base_url,
-                job.api_key,
-                timeout=job.settings.request_timeout,
-                max_connections=job.settings.concurrency,
-                http_client=job.settings.http_client,
-            ) as client,
+            TeacherClient.for_settings(job.settings, job.api_key) as client,
         ):
             engine = Engine(
                 job.settings,

@@ -279,13 +279,7 @@ async def evaluate(
         raise UsageError("distill eval asks through the chat API; drop --api completions")
     async with (
         Cache(cache_path) as cache,
-        TeacherClient(
-            settings.base_url,
-            api_key,
-            timeout=settings.request_timeout,
-            max_connections=settings.concurrency,
-            http_client=settings.http_client,
-        ) as client,
+        TeacherClient.for_settings(settings, api_key) as client,
     ):
         engine = Engine(settings, cache, client)
         predictions = await predict(dialogues, engine_ask(engine, settings), history)
