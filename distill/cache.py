@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from . import learned_limits
 from .errors import CacheError
 from .requests import TeacherResponse
 
@@ -100,6 +101,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE conversations ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
     """,
+    # migration 4: learned rate limits and the observation windows that found them (issue 11)
+    learned_limits.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -445,6 +448,11 @@ class Cache:
                 "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
                 (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
             )
+
+    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        """One statement on the loop's own connection: for small, rare reads and writes (learned limits)."""
+        with reported(self.path):
+            return self._db.execute(sql, params)
 
     async def forget_failures(self) -> int:
         """Drop every recorded failure so the requests are tried again (``--retry-failed``)."""

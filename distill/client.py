@@ -14,7 +14,6 @@ applies to the teacher's URL.
 from __future__ import annotations
 
 import urllib.request
-from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -33,27 +32,13 @@ from .errors import (
     UsageError,
 )
 from .http import HttpPool, HttpResponse, header_lines
+from .ratelimit_headers import RateSignals, parse_rate_headers
 from .requests import TeacherRequest, TeacherResponse
 from .settings import RunSettings
 
 ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
 HttpClientKind = Literal["auto", "builtin", "aiohttp"]
 HTTP_CLIENTS: tuple[str, ...] = ("auto", "builtin", "aiohttp")
-
-
-@dataclass(frozen=True, slots=True)
-class RateHeaders:
-    """What the server said about its budget (``x-ratelimit-*``); None where it said nothing."""
-
-    remaining: float | None = None
-    reset_seconds: float | None = None
-    tokens_remaining: float | None = None
-
-    @property
-    def budget_left(self) -> float | None:
-        """The smaller of the request and token budgets left, where the server said either."""
-        known = [v for v in (self.remaining, self.tokens_remaining) if v is not None]
-        return min(known) if known else None
 
 
 class TeacherClient:
@@ -114,8 +99,8 @@ class TeacherClient:
             await self._session.close()
             self._session = None
 
-    async def send(self, request: TeacherRequest) -> tuple[TeacherResponse, RateHeaders]:
-        """One HTTP call for ``request``: the answer and the server's rate headers."""
+    async def send(self, request: TeacherRequest) -> tuple[TeacherResponse, RateSignals]:
+        """One HTTP call for ``request``: the answer and the server's rate signals (an error carries them too)."""
         path = ENDPOINTS[request.api]
         body = orjson.dumps(request.body())
         try:
@@ -131,7 +116,9 @@ class TeacherClient:
             raise ConnectionFailed(f"connection to {self.base_url + path} failed: {e}") from None
         rate = parse_rate_headers(answer.headers)
         if answer.status != 200:
-            raise self._redacted(error_for_status(answer.status, answer.body, answer.headers))
+            error = self._redacted(error_for_status(answer.status, answer.body, rate))
+            error.signals = rate
+            raise error
         return parse_answer(request.api, answer.body), rate
 
     async def _post_aiohttp(self, path: str, body: bytes) -> HttpResponse:
@@ -210,10 +197,10 @@ def parse_answer(api: str, body: bytes) -> TeacherResponse:
     )
 
 
-def error_for_status(status: int, body: bytes, headers) -> TeacherError:
+def error_for_status(status: int, body: bytes, signals: RateSignals) -> TeacherError:
     reason = _error_message(body)
     if status == 429:
-        return RateLimited(f"429 rate limited: {reason}", retry_after=_retry_after(headers))
+        return RateLimited(f"429 rate limited: {reason}", retry_after=signals.retry_after)
     if status in (401, 403):
         return AuthenticationError(
             f"{status} from the teacher: {reason}. Check the API key (TOGETHER_API_KEY, or the variable named by "
@@ -225,21 +212,6 @@ def error_for_status(status: int, body: bytes, headers) -> TeacherError:
     return PermanentError(f"{status} from the teacher: {reason}", status=status)
 
 
-def parse_rate_headers(headers) -> RateHeaders:
-    return RateHeaders(
-        remaining=_float_or_none(headers.get("x-ratelimit-remaining")),
-        reset_seconds=_float_or_none(headers.get("x-ratelimit-reset")),
-        tokens_remaining=_float_or_none(headers.get("x-tokenlimit-remaining")),
-    )
-
-
-def _retry_after(headers) -> float | None:
-    ms = _float_or_none(headers.get("retry-after-ms"))
-    if ms is not None:
-        return ms / 1000.0
-    return _float_or_none(headers.get("retry-after"))
-
-
 def _error_message(body: bytes) -> str:
     try:
         data = orjson.loads(body)
@@ -249,13 +221,6 @@ def _error_message(body: bytes) -> str:
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
         pass
     return body[:200].decode("utf-8", "replace") or "(empty body)"
-
-
-def _float_or_none(value) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _int_or_none(value) -> int | None:

@@ -10,6 +10,11 @@ rendered from the cache alone), and answers them with ``concurrency`` workers. E
 3. otherwise it is sent under the concurrency cap and the rate limiter, retried by the retry policy, and its
    answer queued for the next group commit.
 
+The limiter's rate is set by :class:`~distill.rate_watch.RateWatch` from what the server answers: it learns an
+unknown limit, obeys a stated one, and starts from the rate a previous run learned (kept in the cache). A
+rate-limit answer (a 429, or a 503 that is part of a burst of shedding) costs no attempt: the request goes back
+through the limiter for a new slot, until ``max_wait`` seconds of such refusals have passed.
+
 An authentication failure stops the whole run at once; any other request that fails for good fails only its
 conversation, which is recorded and reported.
 """
@@ -29,8 +34,18 @@ from .cache import Cache, Failure
 from .client import TeacherClient
 from .conversation import Conversation, Message, Reject
 from .cost import Budget, BudgetReached, expected_output_tokens
-from .errors import AuthenticationError, PermanentError, TeacherError, TransientError
+from . import learned_limits
+from .errors import (
+    AuthenticationError,
+    PermanentError,
+    RateLimited,
+    ServerError,
+    TeacherError,
+    TransientError,
+    WaitedTooLong,
+)
 from .limiter import RateLimiter
+from .rate_watch import SHED_STATUSES, RateWatch, WindowRecord
 from .requests import TeacherRequest, TeacherResponse
 from .retry import RetryPolicy, Sleep
 from .settings import RunSettings
@@ -71,9 +86,19 @@ class Engine:
         self.settings = settings
         self.cache = cache
         self.client = client
-        self.limiter = limiter or RateLimiter(settings.rpm, settings.tpm)
+        self.limiter = limiter or RateLimiter()
         self.policy = policy or RetryPolicy(attempts=settings.attempts)
         self.stats = stats or RunStats()
+        self.watch = RateWatch(
+            self.limiter,
+            rpm=settings.rpm,
+            tpm=settings.tpm,
+            stored_rpm=learned_limits.stored_rpm(cache, settings.base_url, settings.model),
+            on_window=self._on_window,
+        )
+        self.stats.learned_rpm = self.watch.state.per_minute
+        self.stats.rate_source = self.watch.state.source
+        self._run_id: str | None = None
         self.on_reject = on_reject
         self.budget = budget
         self.shard = shard
@@ -86,6 +111,7 @@ class Engine:
     async def run(self, records: Iterable[Conversation | Reject], run_id: str, input_path: str) -> RunStats:
         """Answer every conversation of ``records``; returns the counters (failures listed in ``stats``)."""
         await self.cache.record_run(run_id, input_path, self.settings.request_identity())
+        self._run_id = run_id
         queue: asyncio.Queue[tuple[int, Conversation, list[TeacherResponse]] | None] = asyncio.Queue(
             self.settings.concurrency * READ_AHEAD_PER_WORKER
         )
@@ -99,8 +125,27 @@ class Engine:
         except BaseExceptionGroup as group_error:
             raise first_error(group_error) from None
         finally:
+            self.remember_rate()
             await self.cache.flush()
         return self.stats
+
+    def remember_rate(self) -> None:
+        """Keep the rate learned so far in the cache, for the next run against this server and model."""
+        rpm = self.watch.learned_rpm()
+        if rpm is not None:
+            learned_limits.save(
+                self.cache, self.settings.base_url, self.settings.model, rpm, self.watch.state.source
+            )
+
+    def _on_window(self, window: WindowRecord) -> None:
+        self.stats.learned_rpm = self.watch.state.per_minute
+        self.stats.rate_source = self.watch.state.source
+        if window.sent or window.limited or window.shed:
+            learned_limits.record_window(
+                self.cache, self._run_id, self.settings.base_url, self.settings.model, window
+            )
+            if window.limited or window.shed:
+                self.remember_rate()
 
     async def _produce(self, records, run_id: str, queue: asyncio.Queue, workers: int) -> None:
         position = 0
@@ -278,7 +323,9 @@ class Engine:
         # request cost ~10% of the engine's CPU). A transient failure is replayed as the loop's first attempt,
         # so the policy waits, counts and stops exactly as if it had made that attempt itself.
         try:
-            return await self._attempt(request, estimate)
+            return await self._through_limits(request, estimate)
+        except WaitedTooLong:
+            raise
         except TransientError as error:
             first_failure: TransientError | None = error
         async for attempt in self.policy.retrying(self._sleep, self._count_retry):
@@ -286,12 +333,34 @@ class Engine:
                 if first_failure is not None:
                     failure, first_failure = first_failure, None
                     raise failure
-                response = await self._attempt(request, estimate)
+                response = await self._through_limits(request, estimate)
         return response
+
+    async def _through_limits(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
+        """One attempt, sent again through the limiter after every rate-limit answer, for up to ``max_wait`` s."""
+        refused_since: float | None = None
+        while True:
+            try:
+                return await self._attempt(request, estimate)
+            except RateLimited as refused:
+                now = asyncio.get_running_loop().time()
+                refused_since = now if refused_since is None else refused_since
+                if now - refused_since > self.settings.max_wait:
+                    raise WaitedTooLong(
+                        f"{refused} (refused for its rate for {now - refused_since:.0f} s; --max-wait "
+                        f"{self.settings.max_wait:g})",
+                        status=refused.status,
+                    ) from None
+                self.stats.retries += 1
 
     async def _attempt(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
         async with self._slots:
-            await self.limiter.acquire(estimate)
+            if self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
+                began = self.limiter.now()
+                await self.limiter.acquire(estimate)
+                self.stats.limiter_wait_seconds += self.limiter.now() - began
+            else:
+                await self.limiter.acquire(estimate)
             if self.budget is None:
                 return await self._send_once(request, estimate)
             with self.budget.reserving(request, expected_output_tokens(self.settings)):
@@ -299,19 +368,28 @@ class Engine:
 
     async def _send_once(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
         self.stats.requests_sent += 1
+        sent_at = self.watch.sent()
         try:
             response, rate = await self.client.send(request)
-        except TeacherError as e:
-            if e.status == 429:
-                self.stats.rate_limited += 1
-                self.limiter.on_rate_limited(getattr(e, "retry_after", None))
+        except RateLimited as e:
+            self.stats.rate_limited += 1
+            self.watch.limited(e.signals)
             raise
-        self.limiter.on_headers(rate.budget_left, rate.reset_seconds)
+        except ServerError as e:
+            if e.status in SHED_STATUSES and self.watch.unavailable(e.signals):
+                self.stats.shed += 1
+                raise RateLimited(str(e), retry_after=None, status=e.status) from None
+            if e.status not in SHED_STATUSES:
+                self.watch.fault()
+            raise
+        except TeacherError:
+            self.watch.fault()
+            raise
+        self.watch.accepted(sent_at, rate)
         if response.prompt_tokens is not None and response.completion_tokens is not None:
             self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
             self.stats.prompt_tokens += response.prompt_tokens
             self.stats.completion_tokens += response.completion_tokens
-        self.limiter.on_success()
         if self.budget is not None:
             self.budget.charge_answer(request, response)
         if response.finish_reason == "length":
@@ -319,7 +397,7 @@ class Engine:
         return response
 
     def _estimate_tokens(self, request: TeacherRequest) -> int:
-        if self.settings.tpm is None:
+        if self.limiter.token_rate is None:
             return 0
         output = self.settings.sampling.max_tokens or self.settings.estimated_output_tokens
         if request.messages is not None:

@@ -14,7 +14,8 @@ and an exit code; anything else is a bug and keeps its traceback.
     │   │   ├── ServerError     5xx
     │   │   ├── RequestTimeout  no answer within ``--request-timeout``
     │   │   ├── ConnectionFailed connection refused or reset
-    │   │   └── MalformedResponse a body that is not the JSON the API promises, or has no answer in it
+    │   │   ├── MalformedResponse a body that is not the JSON the API promises, or has no answer in it
+    │   │   └── WaitedTooLong   refused for its rate for longer than --max-wait (never retried in the run)
     │   └── PermanentError      4xx other than 429: retrying cannot help
     │       └── AuthenticationError 401/403: stops the whole run at once
     ├── CheckError              a fine-tuning file breaks the trainer's data rules
@@ -55,6 +56,8 @@ class CacheError(DistillError):
 class TeacherError(DistillError):
     """A teacher request failed. ``status`` is the HTTP status where there was one."""
 
+    signals = None  # the server's rate signals (distill.ratelimit_headers.RateSignals) when it answered
+
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -86,6 +89,10 @@ class ConnectionFailed(TransientError):
 
 class MalformedResponse(TransientError):
     """The body was not valid JSON of the expected shape, or carried no answer."""
+
+
+class WaitedTooLong(TransientError):
+    """The server kept refusing a request for its rate (429, 503 shedding) for longer than ``--max-wait``."""
 
 
 class PermanentError(TeacherError):

@@ -1,24 +1,26 @@
-"""Request and token budgets, paced evenly and scheduled exactly.
+"""Request and token budgets, paced evenly and scheduled exactly, at a rate that may change at any moment.
 
 Each budget is a generic cell rate algorithm (GCRA): a "theoretical arrival time" (TAT) moves forward by one
-emission interval per unit spent. A caller that arrives too early gets a reservation for the exact moment its
-units are free, and sleeps until then with ``loop.call_at``: no polling, and waiters are served in arrival order
-because each reservation pushes the TAT for the next.
+emission interval per unit spent. A caller that finds its units free goes at once; otherwise it joins a queue,
+and one timer (``loop.call_at``, no polling) releases the head of the queue at the exact moment its units are
+free. Because the moment is computed when the timer fires, a rate that changes (the controller of
+:mod:`distill.rate_watch` raises and lowers it) or a pause (a 429's ``Retry-After``) applies to everyone
+already waiting, and waiters are served in arrival order.
 
 Providers enforce limits over windows as short as one second, so the budget is spread evenly over the minute
-(``burst_seconds`` of slack, default none) and runs a hair under the nominal limit (``headroom``). The limiter
-also adapts to what the server says: a 429's ``Retry-After`` or an ``x-ratelimit-remaining: 0`` pauses everyone
-until the time given, and each 429 trims the rate a little; the trim recovers with every success.
+(``burst_seconds`` of slack, default none).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
+TIMER_LATENESS = 0.05  # seconds a release may be late and still count from its slot
 
 
 @dataclass(slots=True)
@@ -29,55 +31,62 @@ class Budget:
     burst: float = 1.0
     tat: float = -math.inf
 
-    def earliest(self, now: float, scale: float) -> float:
+    def earliest(self, now: float) -> float:
         """The first moment the next units may start: when the units already spent have flowed out.
 
-        A request's own cost is paid after it starts (it pushes the TAT for the next one), so a request larger
+        A request's own cost is paid when it starts (it pushes the TAT for the next one), so a request larger
         than the burst still goes when the cell is empty, and the flow over any window stays at the rate.
         """
-        tolerance = max(self.burst - 1.0, 0.0) / (self.rate * scale)
+        tolerance = max(self.burst - 1.0, 0.0) / self.rate
         return max(now, self.tat - tolerance)
 
-    def spend(self, at: float, cost: float, scale: float) -> None:
-        self.tat = max(self.tat, at) + cost / (self.rate * scale)
+    def spend(self, at: float, cost: float) -> None:
+        self.tat = max(self.tat, at) + cost / self.rate
 
-    def refund(self, cost: float, scale: float) -> None:
-        self.tat -= cost / (self.rate * scale)
+    def refund(self, cost: float) -> None:
+        self.tat -= cost / self.rate
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the rate; what is already spent flows out at the new rate from ``now``."""
+        if self.tat > now:
+            self.tat = now + (self.tat - now) * self.rate / rate
+        self.rate = rate
 
 
 class RateLimiter:
-    """Paces requests under ``rpm`` requests and ``tpm`` tokens per minute (either may be None: unlimited).
+    """Paces requests at ``rps`` requests and ``tps`` tokens per second (either may be None: unlimited).
 
     ``await limiter.acquire(tokens)`` returns when a request estimated at ``tokens`` may be sent. Afterwards call
-    ``settle(estimated, actual)`` with the usage the server reported, ``on_rate_limited(retry_after)`` on a 429,
-    ``on_headers(remaining, reset)`` with the server's rate headers, and ``on_success()``.
+    ``settle(estimated, actual)`` with the usage the server reported. ``set_request_rate`` and
+    ``set_token_rate`` change the rates, ``pause_until`` holds everyone back until a moment.
     """
-
-    MIN_SCALE = 0.5
-    TRIM_ON_429 = 0.95
-    RECOVER_PER_SUCCESS = 0.002
 
     def __init__(
         self,
-        rpm: float | None = None,
-        tpm: float | None = None,
+        rps: float | None = None,
+        tps: float | None = None,
         *,
-        headroom: float = 0.985,
         burst_seconds: float = 0.0,
         clock: Clock | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        for name, value in (("--rpm", rpm), ("--tpm", tpm)):
+        for name, value in (("request rate", rps), ("token rate", tps)):
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        self._requests = Budget(rpm / 60.0, 1.0 + burst_seconds * rpm / 60.0) if rpm else None
-        self._tokens = Budget(tpm / 60.0, 1.0 + burst_seconds * tpm / 60.0) if tpm else None
-        self.headroom = headroom
-        self.scale = 1.0
+                raise ValueError(f"the {name} must be positive, got {value}")
+        self.burst_seconds = burst_seconds
+        self._requests = Budget(rps, 1.0 + burst_seconds * rps) if rps else None
+        self._tokens = Budget(tps, 1.0 + burst_seconds * tps) if tps else None
         self.paused_until = -math.inf
         self._loop = loop
         self._clock = clock
-        self.waits = 0
+        self._queue: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self.waits = 0  # requests that had to wait
+        self.held_back = 0  # requests that had to wait because of the request rate (not a pause or tokens)
+
+    @classmethod
+    def per_minute(cls, rpm: float | None = None, tpm: float | None = None, **kwargs) -> RateLimiter:
+        return cls(rpm / 60.0 if rpm else None, tpm / 60.0 if tpm else None, **kwargs)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -88,55 +97,136 @@ class RateLimiter:
     def now(self) -> float:
         return self._clock() if self._clock else self.loop.time()
 
-    def reserve(self, tokens: int = 0) -> float:
-        """Book the next slot for one request of ``tokens`` and return its start time (maybe now)."""
-        now = self.now()
-        scale = self.scale * self.headroom
+    @property
+    def request_rate(self) -> float | None:
+        return self._requests.rate if self._requests else None
+
+    @property
+    def token_rate(self) -> float | None:
+        return self._tokens.rate if self._tokens else None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    # -- scheduling ---------------------------------------------------------------------------------------
+
+    def earliest(self, tokens: int = 0, now: float | None = None) -> float:
+        """The first moment a request of ``tokens`` could start, counting the pause and both budgets."""
+        now = self.now() if now is None else now
         start = max(now, self.paused_until)
         if self._requests:
-            start = max(start, self._requests.earliest(now, scale))
+            start = max(start, self._requests.earliest(now))
         if self._tokens and tokens:
-            start = max(start, self._tokens.earliest(now, scale))
-        if self._requests:
-            self._requests.spend(start, 1, scale)
-        if self._tokens and tokens:
-            self._tokens.spend(start, tokens, scale)
+            start = max(start, self._tokens.earliest(now))
         return start
 
+    def reserve(self, tokens: int = 0) -> float:
+        """Book the next slot for one request of ``tokens`` and return its start time (maybe now)."""
+        start = self.earliest(tokens)
+        self._spend(start, tokens)
+        return start
+
+    def _spend(self, start: float, tokens: int) -> None:
+        if self._requests:
+            self._requests.spend(start, 1)
+        if self._tokens and tokens:
+            self._tokens.spend(start, tokens)
+
     async def acquire(self, tokens: int = 0) -> None:
-        start = self.reserve(tokens)
-        delay = start - self.now()
-        if delay <= 0:
+        now = self.now()
+        if not self._queue and self.earliest(tokens, now) <= now:
+            self._spend(now, tokens)
             return
         self.waits += 1
+        if self._requests and self._requests.earliest(now) > max(now, self.paused_until):
+            self.held_back += 1
         waiter = self.loop.create_future()
-        handle = self.loop.call_at(self.loop.time() + delay, _wake, waiter)
+        self._queue.append((waiter, tokens))
+        self._arm()
         try:
             await waiter
-        finally:
-            handle.cancel()
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._refund_slot(tokens)  # released but never used: give the slot back
+            raise
+
+    def _refund_slot(self, tokens: int) -> None:
+        if self._requests:
+            self._requests.refund(1)
+        if self._tokens and tokens:
+            self._tokens.refund(tokens)
+
+    def _arm(self) -> None:
+        """Set the one timer for the head of the queue (again, when the rates or the pause changed)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue and self._queue[0][0].done():  # cancelled waiters
+            self._queue.popleft()
+        if not self._queue:
+            return
+        now = self.now()
+        delay = self.earliest(self._queue[0][1], now) - now
+        self._timer = self.loop.call_at(self.loop.time() + max(delay, 0.0), self._release)
+
+    def _release(self) -> None:
+        self._timer = None
+        now = self.now()
+        while self._queue:
+            waiter, tokens = self._queue[0]
+            if waiter.done():
+                self._queue.popleft()
+                continue
+            start = self.earliest(tokens, -math.inf)
+            if start > now:
+                break
+            self._queue.popleft()
+            # spent at its slot, not at the moment the timer ran (a little late): lateness never accumulates
+            self._spend(max(start, now - TIMER_LATENESS), tokens)
+            waiter.set_result(None)
+        self._arm()
+
+    # -- changes ------------------------------------------------------------------------------------------
+
+    def set_request_rate(self, rps: float | None) -> None:
+        """Pace requests at ``rps`` per second from now on (None: no request limit); waiters are re-timed."""
+        now = self.now()
+        if rps is None:
+            self._requests = None
+        elif self._requests is None:
+            self._requests = Budget(rps, 1.0 + self.burst_seconds * rps)
+        elif rps != self._requests.rate:
+            self._requests.set_rate(rps, now)
+            self._requests.burst = 1.0 + self.burst_seconds * rps
+        if self._queue:
+            self._arm()
+
+    def set_token_rate(self, tps: float | None) -> None:
+        now = self.now()
+        if tps is None:
+            self._tokens = None
+        elif self._tokens is None:
+            self._tokens = Budget(tps, 1.0 + self.burst_seconds * tps)
+        else:
+            self._tokens.set_rate(tps, now)
+        if self._queue:
+            self._arm()
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request back for ``seconds`` from now (a ``Retry-After``, a spent budget)."""
+        until = self.now() + seconds
+        if seconds > 0 and until > self.paused_until:
+            self.paused_until = until
+            if self._queue:
+                self._arm()
 
     def settle(self, estimated: int, actual: int | None) -> None:
         """Correct the token budget once the server has said what a request really cost."""
         if self._tokens and actual is not None and actual != estimated:
-            self._tokens.refund(estimated - actual, self.scale * self.headroom)
+            self._tokens.refund(estimated - actual)
 
-    def on_rate_limited(self, retry_after: float | None) -> None:
-        """A 429: pause everyone for ``retry_after`` seconds (when given) and trim the rate."""
-        if retry_after is not None and retry_after > 0:
-            self.paused_until = max(self.paused_until, self.now() + retry_after)
-        self.scale = max(self.MIN_SCALE, self.scale * self.TRIM_ON_429)
-
-    def on_headers(self, remaining: float | None, reset_seconds: float | None) -> None:
-        """The server says its budget is spent until ``reset_seconds`` from now."""
-        if remaining is not None and remaining <= 0 and reset_seconds is not None and reset_seconds > 0:
-            self.paused_until = max(self.paused_until, self.now() + reset_seconds)
-
-    def on_success(self) -> None:
-        if self.scale < 1.0:
-            self.scale = min(1.0, self.scale + self.RECOVER_PER_SUCCESS)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -32,8 +32,15 @@ def status_line(stats: RunStats) -> str:
         f"conversations {stats.conversations_done}{total}{failed} | turns {stats.turns_done} | "
         f"{stats.requests_per_second():.1f} req/s | cached {stats.cache_hits} | "
         f"tokens {_human(stats.prompt_tokens)} in {_human(stats.completion_tokens)} out | "
-        f"retries {stats.retries} | 429s {stats.rate_limited} | ETA {_duration(stats.eta_seconds())}"
+        f"retries {stats.retries} | {rate_part(stats)} | ETA {_duration(stats.eta_seconds())}"
     )
+
+
+def rate_part(stats: RunStats) -> str:
+    """The rate limiter's state: learned rate, refusals, time waited (shown live and in the summary)."""
+    rate = f"rate {_human(stats.learned_rpm)}/min ({stats.rate_source}) | " if stats.learned_rpm else ""
+    mean = stats.limiter_wait_seconds / stats.requests_sent if stats.requests_sent else 0.0
+    return f"{rate}429s {stats.rate_limited} | 503s {stats.shed} | wait {mean * 1000:.0f} ms/req"
 
 
 class Progress:
@@ -65,6 +72,15 @@ class Progress:
             self.stream.flush()
 
 
+def rate_summary(stats: RunStats) -> str:
+    rate = f"{stats.learned_rpm:,.0f} requests/min ({stats.rate_source})" if stats.learned_rpm else "none"
+    mean = stats.limiter_wait_seconds / stats.requests_sent if stats.requests_sent else 0.0
+    return (
+        f"{rate}, {stats.rate_limited} answered 429, {stats.shed} answered 503 while shedding, "
+        f"requests waited {stats.limiter_wait_seconds:.1f} s for a slot ({mean * 1000:.0f} ms each on average)"
+    )
+
+
 def summary(stats: RunStats) -> str:
     lines = [
         f"conversations: {stats.conversations_done} written, {stats.conversations_failed} failed, "
@@ -72,6 +88,7 @@ def summary(stats: RunStats) -> str:
         f"turns: {stats.turns_done} ({stats.finished_length} cut off at max_tokens)",
         f"requests: {stats.requests_sent} sent, {stats.cache_hits} from cache, {stats.shared_in_flight} shared "
         f"in flight, {stats.retries} retries, {stats.rate_limited} answered 429",
+        f"rate limit: {rate_summary(stats)}",
         f"tokens: {stats.prompt_tokens} prompt, {stats.completion_tokens} completion (as the server reported)",
         f"time: {_duration(stats.elapsed())} ({stats.requests_per_second():.1f} requests/s)",
     ]

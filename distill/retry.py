@@ -1,7 +1,9 @@
 """When and how long to retry a teacher request: small tenacity policies.
 
-Transient failures (429, 5xx, timeouts, connection errors, malformed bodies) are retried with exponential backoff
-and full jitter, up to ``attempts`` tries in all; a 429 that says ``Retry-After`` waits at least that long.
+Transient failures (5xx, timeouts, connection errors, malformed bodies) are retried with exponential backoff
+and full jitter, up to ``attempts`` tries in all. A rate-limit answer (429, a burst of 503s) never reaches this
+policy: the engine sends the request again through the limiter, for as long as ``--max-wait`` allows, and
+``WaitedTooLong`` (what ends that) is not retried.
 Permanent failures (400, 401, 403, 404, 422) are never retried. ``sleep`` is injectable so tests move time
 instead of waiting for it.
 """
@@ -13,10 +15,10 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
-from .errors import RateLimited, TransientError
+from .errors import RateLimited, TransientError, WaitedTooLong
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -33,13 +35,17 @@ class RetryPolicy:
         self, sleep: Sleep = asyncio.sleep, on_retry: Callable[[RetryCallState], None] | None = None
     ):
         return AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception(worth_retrying),
             stop=stop_after_attempt(self.attempts),
             wait=WaitRetryAfterOrJitter(self.initial, self.maximum),
             sleep=sleep,
             before_sleep=on_retry,
             reraise=True,
         )
+
+
+def worth_retrying(error: BaseException) -> bool:
+    return isinstance(error, TransientError) and not isinstance(error, WaitedTooLong)
 
 
 class WaitRetryAfterOrJitter(wait_base):

@@ -17,7 +17,11 @@ class RunStats:
     cache_hits: int = 0
     shared_in_flight: int = 0
     retries: int = 0
-    rate_limited: int = 0
+    rate_limited: int = 0  # answered 429
+    shed: int = 0  # answered 503 in a burst of shedding (a rate signal, like a 429)
+    limiter_wait_seconds: float = 0.0  # summed over requests: time spent waiting for a slot
+    learned_rpm: float | None = None  # the rate the limiter runs at now, per minute
+    rate_source: str | None = None  # where that rate comes from: probe, learned, stored, told, --rpm
     finished_length: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -23,37 +23,29 @@ def starts(limiter: RateLimiter, n: int, tokens: int = 0) -> list[float]:
 
 def test_requests_are_spread_evenly_from_the_first_one():
     clock = FakeClock()
-    limiter = RateLimiter(rpm=600, headroom=1.0, clock=clock)
+    limiter = RateLimiter.per_minute(rpm=600, clock=clock)
     times = starts(limiter, 5)
     assert times == pytest.approx([1000.0, 1000.1, 1000.2, 1000.3, 1000.4])
 
 
 def test_no_window_ever_holds_more_than_its_share():
     clock = FakeClock()
-    limiter = RateLimiter(rpm=6000, clock=clock)
+    limiter = RateLimiter.per_minute(rpm=6000 * 0.985, clock=clock)  # the headroom a stated limit gets
     times = starts(limiter, 2000)
     for i in range(len(times)):
         in_window = sum(1 for t in times[i : i + 200] if t < times[i] + 1.0)
         assert in_window <= 100
 
 
-def test_headroom_keeps_the_rate_just_under_the_limit():
-    clock = FakeClock()
-    limiter = RateLimiter(rpm=6000, clock=clock)  # default headroom 0.985
-    times = starts(limiter, 1001)
-    rate = 1000 / (times[-1] - times[0])
-    assert 0.98 * 100 < rate < 100
-
-
 def test_token_budget_paces_by_estimated_tokens():
     clock = FakeClock()
-    limiter = RateLimiter(tpm=60_000, headroom=1.0, clock=clock)  # 1000 tokens a second
+    limiter = RateLimiter.per_minute(tpm=60_000, clock=clock)  # 1000 tokens a second
     assert starts(limiter, 3, tokens=500) == pytest.approx([1000.0, 1000.5, 1001.0])
 
 
 def test_settling_with_the_real_usage_gives_back_the_overestimate():
     clock = FakeClock()
-    limiter = RateLimiter(tpm=60_000, headroom=1.0, clock=clock)
+    limiter = RateLimiter.per_minute(tpm=60_000, clock=clock)
     limiter.reserve(1000)
     limiter.settle(estimated=1000, actual=200)
     assert limiter.reserve(100) == pytest.approx(1000.2)
@@ -61,29 +53,28 @@ def test_settling_with_the_real_usage_gives_back_the_overestimate():
 
 def test_the_binding_budget_wins():
     clock = FakeClock()
-    limiter = RateLimiter(rpm=60, tpm=600_000, headroom=1.0, clock=clock)
+    limiter = RateLimiter.per_minute(rpm=60, tpm=600_000, clock=clock)
     assert starts(limiter, 3, tokens=10) == pytest.approx([1000.0, 1001.0, 1002.0])
 
 
-def test_a_429_pauses_everyone_for_retry_after_and_trims_the_rate():
+def test_a_pause_holds_everyone_back_until_its_end():
     clock = FakeClock()
-    limiter = RateLimiter(rpm=600, headroom=1.0, clock=clock)
+    limiter = RateLimiter.per_minute(rpm=600, clock=clock)
     limiter.reserve()
-    limiter.on_rate_limited(retry_after=2.0)
+    limiter.pause(2.0)
     assert limiter.reserve() == pytest.approx(1002.0)
-    assert limiter.scale < 1.0
-    for _ in range(1000):
-        limiter.on_success()
-    assert limiter.scale == 1.0
+    limiter.pause(0.5)  # a shorter pause does not shorten the longer one
+    assert limiter.paused_until == pytest.approx(1002.0)
 
 
-def test_headers_saying_the_budget_is_spent_pause_until_reset():
+def test_a_new_rate_applies_to_what_is_already_spent():
     clock = FakeClock()
-    limiter = RateLimiter(clock=clock)
-    limiter.on_headers(remaining=0, reset_seconds=3.0)
-    assert limiter.reserve() == pytest.approx(1003.0)
-    limiter.on_headers(remaining=5, reset_seconds=10.0)
-    assert limiter.reserve() == pytest.approx(1003.0)
+    limiter = RateLimiter(rps=10, clock=clock)
+    starts(limiter, 10)  # one second's worth booked, at 10 a second
+    limiter.set_request_rate(100)  # the rest flows out ten times faster
+    assert limiter.reserve() == pytest.approx(1000.1)
+    limiter.set_request_rate(None)
+    assert limiter.reserve() == pytest.approx(1000.0)
 
 
 def test_unlimited_never_waits():
@@ -93,13 +84,13 @@ def test_unlimited_never_waits():
 
 
 def test_bad_limits_are_refused():
-    with pytest.raises(ValueError, match="--rpm"):
-        RateLimiter(rpm=0)
+    with pytest.raises(ValueError, match="request rate"):
+        RateLimiter(rps=0)
 
 
 async def test_waiters_sleep_until_their_exact_slot():
     loop = asyncio.get_running_loop()
-    limiter = RateLimiter(rpm=60 * 50, headroom=1.0)  # one every 20 ms
+    limiter = RateLimiter(rps=50)  # one every 20 ms
     begin = loop.time()
     woke = []
 
@@ -111,12 +102,26 @@ async def test_waiters_sleep_until_their_exact_slot():
     assert woke[0] < 0.01
     for k in range(1, 6):
         assert woke[k] == pytest.approx(0.02 * k, abs=0.015)
-    assert limiter.waits == 5
+    assert limiter.waits == 5 and limiter.held_back == 5
 
 
-def test_either_spent_budget_in_the_headers_pauses():
-    from distill.client import RateHeaders
+async def test_waiters_are_retimed_when_the_rate_rises():
+    loop = asyncio.get_running_loop()
+    limiter = RateLimiter(rps=1)  # one a second: five waiters would need four seconds
+    begin = loop.time()
+    tasks = [asyncio.ensure_future(limiter.acquire()) for _ in range(5)]
+    await asyncio.sleep(0)
+    limiter.set_request_rate(200)
+    await asyncio.gather(*tasks)
+    assert loop.time() - begin < 0.5
 
-    assert RateHeaders(remaining=40, tokens_remaining=0).budget_left == 0
-    assert RateHeaders(tokens_remaining=900).budget_left == 900
-    assert RateHeaders().budget_left is None
+
+async def test_a_cancelled_waiter_gives_its_place_to_the_next():
+    limiter = RateLimiter(rps=20)
+    await limiter.acquire()
+    first = asyncio.ensure_future(limiter.acquire())
+    second = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.wait_for(second, 1.0)
+    assert limiter.waiting == 0

@@ -97,8 +97,10 @@ async def test_a_cache_from_before_the_marks_is_migrated_and_marked_by_its_first
     cache = tmp_path / "cache.sqlite"
     with sqlite3.connect(cache) as conn:  # the cache as schema 2 left it
         conn.execute("ALTER TABLE conversations DROP COLUMN finished")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
-    assert "finished" in MIGRATIONS[SCHEMA_VERSION - 1]
+        for table in ("rate_windows", "rate_limits"):  # migration 4 (issue 11)
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("PRAGMA user_version = 2")
+    assert "finished" in MIGRATIONS[2] and SCHEMA_VERSION >= 4
     sent = teacher.stats.requests
     again = await run_async(make_job(tmp_path, teacher.base_url, data))
     assert teacher.stats.requests == sent

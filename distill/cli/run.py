@@ -141,7 +141,22 @@ def add_teacher_options(p: argparse.ArgumentParser) -> None:
         help="builtin (lean HTTP/1.1, the fastest), aiohttp (honours HTTPS_PROXY), or auto: builtin unless a "
         "proxy variable applies to --base-url (default: auto)",
     )
-    option(p, "--attempts", type=int, default=6, help="tries per request, first included (default: 6)")
+    option(
+        p,
+        "--attempts",
+        type=int,
+        default=6,
+        help="tries per request, first included (default: 6); a 429 or a 503 burst costs none",
+    )
+    option(
+        p,
+        "--max-wait",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long a request may keep being refused for its rate (429, 503 shedding) before it fails "
+        "(default: 3600)",
+    )
     option(p, "--max-tokens", type=int, help="sampling: max_tokens")
     option(p, "--temperature", type=float, help="sampling: temperature")
     option(p, "--top-p", type=float, help="sampling: top_p")
@@ -166,6 +181,7 @@ def teacher_settings(args: argparse.Namespace) -> RunSettings:
         ("--rpm", args.rpm),
         ("--tpm", args.tpm),
         ("--request-timeout", args.request_timeout),
+        ("--max-wait", args.max_wait),
     ):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be positive, got {value:g}")
@@ -190,6 +206,7 @@ def teacher_settings(args: argparse.Namespace) -> RunSettings:
         request_timeout=args.request_timeout,
         http_client=args.http_client,
         attempts=args.attempts,
+        max_wait=args.max_wait,
         retry_failed=bool(getattr(args, "retry_failed", False)),
     )
 

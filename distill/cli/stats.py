@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from distill import learned_limits
 from distill.cache import connect_readonly, reported
 from distill.config import add_config_flag, option, resolve
 
@@ -57,6 +58,7 @@ def cache_stats(conn: sqlite3.Connection) -> dict:
         "finished_length": length,
         "failures": failures,
         "runs": runs,
+        "learned_limits": learned_limits.summary(conn),
     }
 
 
@@ -84,4 +86,15 @@ def main(args: argparse.Namespace) -> int:
             f"  {r['id']}  {r['model']} ({r['api']}, history {r['history']})  "
             f"{r['conversations']} conversations ({r['finished']} finished)  from {r['input']}"
         )
+    print_learned_limits(stats["learned_limits"])
     return 0
+
+
+def print_learned_limits(limits: list[dict]) -> None:
+    print(f"{len(limits)} learned rate limits" + (":" if limits else ""))
+    for lim in limits:
+        print(
+            f"  {lim['model']} at {lim['base_url']}: {lim['rpm']:,.0f} requests/min ({lim['source']}); "
+            f"{lim['windows']} windows seen, {lim['sent']} sent, {lim['limited']} answered 429, "
+            f"{lim['shed']} answered 503 while shedding"
+        )

@@ -41,9 +41,20 @@ class TeacherState:
         self.knobs = knobs
         self.faulty = faults.has_faults(knobs)
         self.stats.track_hashes = knobs.track_hashes
-        if old is None or (old.rpm, old.tpm, old.window) != (knobs.rpm, knobs.tpm, knobs.window):
+        if old is None or _limits(old) != _limits(knobs):
             limited = knobs.rpm is not None or knobs.tpm is not None
-            self.limiter = WindowLimiter(knobs.rpm, knobs.tpm, window_s=knobs.window) if limited else None
+            self.limiter = (
+                WindowLimiter(
+                    knobs.rpm,
+                    knobs.tpm,
+                    window_s=knobs.window,
+                    dialect=knobs.rate_headers,
+                    rpm_after=knobs.rpm_after,
+                    change_after=knobs.rpm_change_after,
+                )
+                if limited
+                else None
+            )
 
     async def handle(self, request: web.Request, kind: str) -> web.StreamResponse:
         stats = self.stats
@@ -103,13 +114,21 @@ class TeacherState:
         if admission.admitted:
             return None
         self.stats.rate_limited += 1
-        headers["retry-after-ms"] = str(max(1, round(admission.reset_s * 1000)))
         if knobs.retry_after:
+            headers["retry-after-ms"] = str(max(1, round(admission.reset_s * 1000)))
             headers["Retry-After"] = str(max(1, math.ceil(admission.reset_s)))
+        if knobs.limit_status == 503:
+            body = faults.error_body("the model is overloaded, try again later", "server_error")
+            return faults.json_response(503, body, headers)
         limited_by = admission.limited_by or "requests"
         message = f"You have been rate limited: the {limited_by} per minute limit is enforced per {knobs.window:g} s window"
         kind = "dynamic_request_limited" if limited_by == "requests" else "dynamic_token_limited"
         return faults.json_response(429, faults.error_body(message, kind), headers)
+
+
+def _limits(knobs: TeacherKnobs) -> tuple:
+    """The knobs that shape the rate limiter: when they change, its windows restart."""
+    return (knobs.rpm, knobs.tpm, knobs.window, knobs.rate_headers, knobs.rpm_after, knobs.rpm_change_after)
 
 
 def _error(status: int, message: str, headers: dict[str, str], **fields: str | None) -> web.Response:

@@ -16,9 +16,12 @@ import orjson
 
 from distill.errors import UsageError
 
+from .dialects import RATE_HEADER_DIALECTS
+
 FAULT_KINDS: tuple[str, ...] = ("server_error", "hang", "reset", "truncated", "empty", "throttle")
 TOKEN_COUNTERS: tuple[str, ...] = ("tiktoken", "words")
 KNOBS_ENV = "DISTILL_TEACHER_KNOBS"
+LIMIT_STATUSES: tuple[int, ...] = (429, 503)
 TPM_CHARGES: tuple[str, ...] = ("usage", "max_tokens")
 
 
@@ -46,6 +49,16 @@ class TeacherKnobs:
         "usage", "what a request costs under --tpm: 'usage' (prompt+answer) or 'max_tokens'"
     )
     window: float = _knob(1.0, "length of a rate-limit window in seconds")
+    rpm_after: float | None = _knob(None, "the requests per minute from --rpm-change-after seconds on")
+    rpm_change_after: float = _knob(
+        0.0, "seconds after the first request when --rpm-after replaces --rpm (a limit that changes mid-run)"
+    )
+    limit_status: int = _knob(
+        429, "the answer to a request over the limit: 429, or 503 (shed as 'overloaded')"
+    )
+    rate_headers: str = _knob(
+        "together", "rate-limit headers sent: together (per second), openai, anthropic, or none"
+    )
     retry_after: bool = _knob(True, "send Retry-After (whole seconds) and retry-after-ms on a 429")
     error_rate: float = _knob(0.0, "share of requests answered 500 or 503")
     hang_rate: float = _knob(0.0, "share of requests never answered (until the client gives up)")
@@ -91,6 +104,18 @@ class TeacherKnobs:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name} must be positive (leave it out for no limit), got {value}")
+        if self.rpm_after is not None and self.rpm_after <= 0:
+            raise UsageError(f"--rpm-after must be positive, got {self.rpm_after}")
+        if self.rpm_after is not None and self.rpm is None:
+            raise UsageError("--rpm-after changes a limit: give --rpm too")
+        if self.rpm_change_after < 0:
+            raise UsageError(f"--rpm-change-after must not be negative, got {self.rpm_change_after}")
+        if self.limit_status not in LIMIT_STATUSES:
+            raise UsageError(f"--limit-status must be 429 or 503, got {self.limit_status}")
+        if self.rate_headers not in RATE_HEADER_DIALECTS:
+            raise UsageError(
+                f"--rate-headers must be one of {', '.join(RATE_HEADER_DIALECTS)}, got {self.rate_headers!r}"
+            )
         if self.window <= 0:
             raise UsageError(f"--window must be positive, got {self.window}")
         if self.answer_words < 0 or self.fail_first_attempts < 0:

@@ -4,6 +4,9 @@ Real providers state a per-minute limit but enforce it in short windows, so a cl
 budget in one burst is refused most of it. Here window ``i`` (counted from the limiter's start) admits
 ``floor((i+1)*b) - floor(i*b)`` requests, with ``b = limit * window / 60``: the fractional part of a budget
 carries over, so over any whole minute exactly the per-minute limit is admitted.
+
+The request limit may change mid-run (``rpm_after`` from ``change_after`` seconds past the first request), and
+the headers speak any provider's dialect (:mod:`distill.teacher_server.dialects`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .dialects import Budgets, rate_headers
 
 
 @dataclass(slots=True)
@@ -39,8 +44,15 @@ class WindowLimiter:
         *,
         window_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        dialect: str = "together",
+        rpm_after: float | None = None,
+        change_after: float = 0.0,
     ) -> None:
         self.rpm = rpm
+        self.dialect = dialect
+        self.rpm_after = rpm_after
+        self.change_after = change_after
+        self._first: float | None = None
         self.tpm = tpm
         self.window_s = window_s
         self._clock = clock
@@ -54,6 +66,14 @@ class WindowLimiter:
     def _limit(self, per_minute: float | None, index: int) -> int:
         return 0 if per_minute is None else _window_budget(per_minute, self.window_s, index)
 
+    def _change_limit(self, now: float) -> None:
+        """Switch to ``rpm_after`` once ``change_after`` seconds have passed since the first request."""
+        if self._first is None:
+            self._first = now
+        if self.rpm_after is not None and now - self._first >= self.change_after:
+            self.rpm, self.rpm_after = self.rpm_after, None
+            self._request_limit = self._limit(self.rpm, self._index)  # what this window admitted still counts
+
     def _roll(self, now: float) -> None:
         index = int((now - self._start) / self.window_s)
         if index != self._index:
@@ -66,6 +86,7 @@ class WindowLimiter:
     def acquire(self, tokens: int) -> Admission:
         """Admit a request costing ``tokens`` if the current window has room for it, and charge it."""
         now = self._clock()
+        self._change_limit(now)
         self._roll(now)
         reset_s = (self._index + 1) * self.window_s - (now - self._start)
         limited_by = None
@@ -80,15 +101,6 @@ class WindowLimiter:
         return Admission(limited_by is None, limited_by, reset_s, self._headers(reset_s))
 
     def _headers(self, reset_s: float) -> dict[str, str]:
-        reset = f"{reset_s:.3f}"
-        headers: dict[str, str] = {}
-        if self.rpm is not None:
-            headers["x-ratelimit-limit"] = str(self._request_limit)
-            headers["x-ratelimit-remaining"] = str(max(0, self._request_limit - self._requests))
-            headers["x-ratelimit-reset"] = reset
-        if self.tpm is not None:
-            headers["x-tokenlimit-limit"] = str(self._token_limit)
-            headers["x-tokenlimit-remaining"] = str(max(0, self._token_limit - self._tokens))
-            if self.rpm is None:
-                headers["x-ratelimit-reset"] = reset
-        return headers
+        requests = (self._request_limit, self._request_limit - self._requests) if self.rpm is not None else None
+        tokens = (self._token_limit, self._token_limit - self._tokens) if self.tpm is not None else None
+        return rate_headers(self.dialect, Budgets(self.window_s, reset_s, requests, tokens))

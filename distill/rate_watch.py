@@ -1,0 +1,218 @@
+"""What the engine sees of the server's limits, fed to the policy of :mod:`distill.rate_policy`, applied to the limiter.
+
+The engine reports every request it sends and how it ended (accepted, 429, 503, another failure) and the rate
+headers of every answer. :class:`RateWatch` keeps the counts of the last observation window, asks the policy
+for the next state and sets the limiter's rate, and pauses the limiter when the server says to wait. At the end
+of each window it hands a :class:`WindowRecord` to ``on_window`` (the run stores them in the cache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import rate_policy as policy
+from .limiter import RateLimiter
+from .rate_policy import RateState, Window
+from .ratelimit_headers import RateSignals
+
+BUCKETS = 10  # the last window's sends and refusals, in tenths
+BARE_PAUSE = 0.1  # seconds everyone waits after a refusal that names no time, once the rate was already cut
+SHED_STATUSES = (503, 529)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRecord:
+    """One observation window, as stored in the cache's ``rate_windows`` table."""
+
+    at: float  # wall-clock (Unix) time of the window's end
+    seconds: float
+    sent: int
+    accepted: int
+    limited: int
+    shed: int
+    faults: int
+    rpm: float  # the rate in force at the window's end, per minute
+
+
+class RateWatch:
+    """One run's view of the server's limits; see the module docstring."""
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        stored_rpm: float | None = None,
+        window: float = policy.WINDOW,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        on_window: Callable[[WindowRecord], None] | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.window = window
+        self._clock = clock or limiter.now
+        self._wall = wall_clock
+        self.on_window = on_window
+        self.user_rate = rpm / 60.0 if rpm else None
+        self.user_tokens = tpm is not None
+        now = self._clock()
+        stored = stored_rpm / 60.0 if stored_rpm else None
+        self.state: RateState = policy.start(user_rate=self.user_rate, stored_rate=stored, now=now)
+        if tpm:
+            limiter.set_token_rate(tpm / 60.0 * policy.HEADROOM)
+        self._apply()
+        self._bucket_width = window / BUCKETS
+        self._sent = [0] * BUCKETS
+        self._refused = [0] * BUCKETS
+        self._bucket = int(now / self._bucket_width)
+        self._tally = _Tally()
+        self._window_start = now
+        self._held_back = limiter.held_back
+        self.waiting: Callable[[], int] = lambda: limiter.waiting  # requests held back now
+        self.limited_total = 0
+        self.shed_total = 0
+
+    # -- what the engine reports --------------------------------------------------------------------------
+
+    def sent(self) -> float:
+        """A request leaves now; returns the moment, for :meth:`accepted`."""
+        now = self._tick()
+        self._sent[self._bucket % BUCKETS] += 1
+        self._tally.sent += 1
+        return now
+
+    def accepted(self, sent_at: float, signals: RateSignals) -> None:
+        now = self._tick()
+        self._tally.accepted += 1
+        if signals.dialect is not None:
+            self._heed(signals)
+        if self.state.phase == "probe" and self.waiting():
+            self.state = policy.accepted_growth(self.state, now - sent_at)
+            self._apply()
+
+    def limited(self, signals: RateSignals | None) -> None:
+        """A 429."""
+        self._tick()
+        self._tally.limited += 1
+        self.limited_total += 1
+        self._refused[self._bucket % BUCKETS] += 1
+        self._rate_signal(signals)
+
+    def unavailable(self, signals: RateSignals | None) -> bool:
+        """A 503 (or 529): True when it is part of a burst of shedding (a rate signal), False for a fault."""
+        self._tick()
+        tally = self._tally
+        tally.shed += 1
+        self._refused[self._bucket % BUCKETS] += 1
+        if not policy.is_shedding(tally.shed, tally.answers, tally.accepted):
+            return False
+        self.shed_total += 1
+        self._rate_signal(signals)
+        return True
+
+    def fault(self) -> None:
+        self._tick()
+        self._tally.faults += 1
+
+    # -- decisions ----------------------------------------------------------------------------------------
+
+    def _rate_signal(self, signals: RateSignals | None) -> None:
+        now = self._clock()
+        cut_already = now < self.state.hold_until
+        before = self.state
+        self.state = policy.signal(self.state, self.accepted_rate(), now, self.window)
+        if self.state is not before:
+            self._tally.decreased = True
+            self._apply()
+        if signals is not None and signals.dialect is not None:
+            self._heed(signals)
+        wait = signals.retry_after if signals is not None else None
+        if wait is None and signals is not None:
+            wait = signals.spent_until
+        if wait is not None:
+            self.limiter.pause(wait)
+        elif cut_already:
+            self.limiter.pause(BARE_PAUSE)  # the server still refuses after the cut: its window is spent
+
+    def _heed(self, signals: RateSignals) -> None:
+        """Limits the server states, and a budget it says is spent."""
+        if signals.requests_per_second:
+            told = policy.told(self.state, signals.requests_per_second, self.user_rate)
+            if told is not self.state:
+                self.state = told
+                self._apply()
+        if signals.tokens_per_second and not self.user_tokens:
+            tps = signals.tokens_per_second * policy.HEADROOM
+            if self.limiter.token_rate != tps:
+                self.limiter.set_token_rate(tps)
+        spent = signals.spent_until
+        if spent is not None:
+            self.limiter.pause(spent)
+
+    def accepted_rate(self) -> float:
+        """Requests per second sent over the last window and not refused."""
+        return max(0, sum(self._sent) - sum(self._refused)) / self.window
+
+    def _apply(self) -> None:
+        if self.limiter.request_rate != self.state.rate:
+            self.limiter.set_request_rate(self.state.rate)
+
+    # -- time ---------------------------------------------------------------------------------------------
+
+    def _tick(self) -> float:
+        """Move the buckets and, when a window has passed, close it. Returns the time."""
+        now = self._clock()
+        bucket = int(now / self._bucket_width)
+        if bucket != self._bucket:
+            for b in range(self._bucket + 1, min(bucket, self._bucket + BUCKETS) + 1):
+                self._sent[b % BUCKETS] = 0
+                self._refused[b % BUCKETS] = 0
+            self._bucket = bucket
+        if now - self._window_start >= self.window:
+            self._close_window(now)
+        return now
+
+    def _close_window(self, now: float) -> None:
+        tally, self._tally = self._tally, _Tally()
+        busy = self.limiter.held_back > self._held_back or self.waiting() > 0
+        self._held_back = self.limiter.held_back
+        seen = Window(
+            tally.sent, tally.accepted, tally.limited, tally.shed, tally.faults, busy, tally.decreased
+        )
+        self.state = policy.window_end(self.state, seen)
+        self._apply()
+        seconds = now - self._window_start
+        self._window_start = now
+        if self.on_window is not None:
+            self.on_window(
+                WindowRecord(
+                    self._wall(), seconds, tally.sent, tally.accepted, tally.limited, tally.shed,
+                    tally.faults, self.state.per_minute,
+                )  # fmt: skip
+            )
+
+    def learned_rpm(self) -> float | None:
+        """The per-minute rate worth remembering for the next run: None while nothing was learned."""
+        state = self.state
+        if state.source == "probe" or state.source == "--rpm":
+            return None
+        if state.source == "told" and state.ceiling is not None:
+            return state.ceiling / policy.HEADROOM * 60.0
+        return (state.target if state.target is not None else state.rate) * 60.0
+
+
+@dataclass(slots=True)
+class _Tally:
+    sent: int = 0
+    accepted: int = 0
+    limited: int = 0
+    shed: int = 0
+    faults: int = 0
+    decreased: bool = False
+
+    @property
+    def answers(self) -> int:
+        return self.accepted + self.limited + self.shed + self.faults
