@@ -9,7 +9,7 @@ the policy is tested on plain numbers, without clocks or sleeps. :mod:`distill.r
   ``BETA`` times the rate the server actually *accepted* over the last window (not the rate that was asked);
 * **a clean window** in which the rate held requests back: increase. Below ``target`` (what was accepted before
   the last decrease, or the limit the server or ``--rpm`` states) the step halves the distance to it, like a
-  binary search; above it the step is additive (``ALPHA`` of the rate, at least ``ALPHA_MIN``). Right after the
+  binary search; near and above it the step is additive (``ALPHA`` of the rate, at least ``ALPHA_MIN``). Right after the
   probe, whose last window measured a rising rate, the rate grows by ``RECOVER_GROWTH`` a window instead;
 * a limit the server **tells** (headers) or the user gives (``--rpm``) is a ceiling: the rate never goes over it.
 
@@ -120,10 +120,11 @@ def window_end(state: RateState, seen: Window) -> RateState:
     rate = state.rate
     if state.phase == "recover":
         rate *= 1.0 + RECOVER_GROWTH
-    elif state.target is not None and rate < state.target:
-        rate += max(ALPHA_MIN * 0.2, (state.target - rate) / 2.0)
     else:
-        rate += max(ALPHA_MIN, ALPHA * rate)
+        step = max(ALPHA_MIN, ALPHA * rate)
+        if state.target is not None and rate < state.target:
+            step = max(step, (state.target - rate) / 2.0)
+        rate += step
     if state.ceiling is not None:
         rate = min(rate, state.ceiling)
     return replace(state, rate=_bounded(rate))

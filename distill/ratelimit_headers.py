@@ -75,7 +75,7 @@ def parse_rate_headers(
     if not any(name.startswith(_PREFIXES) for name in h):
         return NO_SIGNALS
     now = wall_clock()
-    fields = _openai(h) or _anthropic(h, now) or _together(h) or {}
+    fields = _openai(h) or _anthropic(h, now) or _together(h, now) or {}
     return RateSignals(retry_after=retry_after_seconds(h, now), **fields)
 
 
@@ -121,8 +121,8 @@ def _openai(h: Mapping[str, str]) -> dict | None:
         "tokens_per_second": _per_minute(h.get("x-ratelimit-limit-tokens")),
         "requests_remaining": _number(h.get("x-ratelimit-remaining-requests")),
         "tokens_remaining": _number(h.get("x-ratelimit-remaining-tokens")),
-        "requests_reset": parse_duration(h.get("x-ratelimit-reset-requests")),
-        "tokens_reset": parse_duration(h.get("x-ratelimit-reset-tokens")),
+        "requests_reset": _reset_duration(h.get("x-ratelimit-reset-requests")),
+        "tokens_reset": _reset_duration(h.get("x-ratelimit-reset-tokens")),
         "dialect": "openai",
     }
 
@@ -143,18 +143,18 @@ def _anthropic(h: Mapping[str, str], now: float) -> dict | None:
     }
 
 
-def _together(h: Mapping[str, str]) -> dict | None:
+def _together(h: Mapping[str, str], now: float) -> dict | None:
     if not any(k in h for k in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-tokenlimit-limit",
                                 "x-tokenlimit-remaining", "x-ratelimit-reset")):  # fmt: skip
         return None
-    reset = _reset_seconds(h.get("x-ratelimit-reset"))
+    reset = _reset_seconds(h.get("x-ratelimit-reset"), now)
     return {
         "requests_per_second": _positive(_number(h.get("x-ratelimit-limit"))),
         "tokens_per_second": _positive(_number(h.get("x-tokenlimit-limit"))),
         "requests_remaining": _number(h.get("x-ratelimit-remaining")),
         "tokens_remaining": _number(h.get("x-tokenlimit-remaining")),
         "requests_reset": reset,
-        "tokens_reset": _reset_seconds(h.get("x-tokenlimit-reset")) or reset,
+        "tokens_reset": _reset_seconds(h.get("x-tokenlimit-reset"), now) or reset,
         "dialect": "together",
     }
 
@@ -166,21 +166,26 @@ def parse_duration(text: str | None) -> float | None:
     text = text.strip().lower()
     plain = _number(text)
     if plain is not None:
-        return _bounded_reset(plain)
+        return plain
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-    return _bounded_reset(sum(float(n) * scale[u] for n, u in parts))
+    return sum(float(n) * scale[u] for n, u in parts)
 
 
-def _reset_seconds(text: str | None) -> float | None:
+def _reset_duration(text: str | None) -> float | None:
+    seconds = parse_duration(text)
+    return None if seconds is None else _bounded_reset(seconds)
+
+
+def _reset_seconds(text: str | None, now: float) -> float | None:
     """A reset in seconds; a value that looks like a Unix time (some servers send one) is made relative."""
     value = _number(text)
     if value is None:
-        return parse_duration(text)
+        return _reset_duration(text)
     if value > 1e9:
-        value -= time.time()
+        value -= now
     return _bounded_reset(value)
 
 

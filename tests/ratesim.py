@@ -54,6 +54,7 @@ def simulate(
     told: bool = False,
     phase: float = 0.37,
     fault_rate: float = 0.0,
+    throttle_rate: float = 0.0,
     seed: int = 0,
     rpm: float | None = None,
     stored_rpm: float | None = None,
@@ -99,6 +100,8 @@ def simulate(
             sent_at = watch.sent()
             result.sent += 1
             ok, reset, budget = admit(t)
+            if ok and throttle_rate and rng.random() < throttle_rate:
+                ok, reset = False, 0.05
             if ok and fault_rate and rng.random() < fault_rate:
                 push(t + latency, "fault", (worker, sent_at, 500 if rng.random() < 0.5 else 503))
             elif ok:
