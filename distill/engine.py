@@ -61,6 +61,10 @@ YIELD_EVERY = 256
 GC_YOUNG_THRESHOLD = 20_000
 
 
+class NoSlotInTime(Exception):
+    """A request refused for its rate found no slot in the limiter before its ``max_wait`` ran out."""
+
+
 @dataclass(frozen=True, slots=True)
 class TurnFailed(Exception):
     """A conversation's turn could not be answered; carries the reason for the report."""
@@ -125,6 +129,7 @@ class Engine:
         except BaseExceptionGroup as group_error:
             raise first_error(group_error) from None
         finally:
+            self.watch.finish()
             self.remember_rate()
             await self.cache.flush()
         return self.stats
@@ -338,33 +343,50 @@ class Engine:
 
     async def _through_limits(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
         """One attempt, sent again through the limiter after every rate-limit answer, for up to ``max_wait`` s."""
-        refused_since: float | None = None
+        deadline: float | None = None
         while True:
             try:
-                return await self._attempt(request, estimate)
+                return await self._attempt(request, estimate, deadline)
             except RateLimited as refused:
-                now = asyncio.get_running_loop().time()
-                refused_since = now if refused_since is None else refused_since
-                if now - refused_since > self.settings.max_wait:
-                    raise WaitedTooLong(
-                        f"{refused} (refused for its rate for {now - refused_since:.0f} s; --max-wait "
-                        f"{self.settings.max_wait:g})",
-                        status=refused.status,
-                    ) from None
+                last = refused
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self.settings.max_wait
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise self._waited_too_long(last) from None
                 self.stats.retries += 1
+            except NoSlotInTime:
+                raise self._waited_too_long(last) from None
 
-    async def _attempt(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
+    def _waited_too_long(self, refused: RateLimited) -> WaitedTooLong:
+        wait = self.settings.max_wait
+        return WaitedTooLong(
+            f"{refused} (refused for its rate for {wait:g} s: --max-wait {wait:g})", status=refused.status
+        )
+
+    async def _attempt(
+        self, request: TeacherRequest, estimate: int, deadline: float | None = None
+    ) -> TeacherResponse:
         async with self._slots:
-            if self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
-                began = self.limiter.now()
-                await self.limiter.acquire(estimate)
-                self.stats.limiter_wait_seconds += self.limiter.now() - began
+            if deadline is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._wait_for_slot(estimate)
+                except TimeoutError:
+                    raise NoSlotInTime from None
             else:
-                await self.limiter.acquire(estimate)
+                await self._wait_for_slot(estimate)
             if self.budget is None:
                 return await self._send_once(request, estimate)
             with self.budget.reserving(request, expected_output_tokens(self.settings)):
                 return await self._send_once(request, estimate)
+
+    async def _wait_for_slot(self, estimate: int) -> None:
+        if self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
+            began = self.limiter.now()
+            await self.limiter.acquire(estimate)
+            self.stats.limiter_wait_seconds += self.limiter.now() - began
+        else:
+            await self.limiter.acquire(estimate)
 
     async def _send_once(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
         self.stats.requests_sent += 1
@@ -373,10 +395,10 @@ class Engine:
             response, rate = await self.client.send(request)
         except RateLimited as e:
             self.stats.rate_limited += 1
-            self.watch.limited(e.signals)
+            self.watch.limited(sent_at, e.signals)
             raise
         except ServerError as e:
-            if e.status in SHED_STATUSES and self.watch.unavailable(e.signals):
+            if e.status in SHED_STATUSES and self.watch.unavailable(sent_at, e.signals):
                 self.stats.shed += 1
                 raise RateLimited(str(e), retry_after=None, status=e.status) from None
             if e.status not in SHED_STATUSES:

@@ -6,7 +6,8 @@ the policy is tested on plain numbers, without clocks or sleeps. :mod:`distill.r
 * **probe** (nothing known): start slow and grow by ``1 / latency`` per accepted answer, which doubles the rate
   every round trip (TCP's slow start, on a rate), while the rate is what holds requests back;
 * **a rate signal** (a 429, or a burst of 503s): decrease at once, at most once per observation window, to
-  ``BETA`` times the rate the server actually *accepted* over the last window (not the rate that was asked);
+  ``BETA`` times the rate the server actually *accepted* over the last window (not the rate that was asked),
+  but never below ``BETA * MAX_CUT`` of the rate sent, in one step (a window refused whole tells little);
 * **a clean window** in which the rate held requests back: increase. Below ``target`` (what was accepted before
   the last decrease, or the limit the server or ``--rpm`` states) the step halves the distance to it, like a
   binary search; near and above it the step is additive (``ALPHA`` of the rate, at least ``ALPHA_MIN``). Right after the
@@ -27,9 +28,11 @@ START_RATE = 4.0  # requests/s before anything is known
 MIN_RATE = 1 / 60  # one request a minute: the rate never falls below this
 MAX_RATE = 1e6
 BETA = 0.9
+MAX_CUT = 0.5  # one decrease goes at most this far below the rate (then BETA)
 ALPHA = 0.01
 ALPHA_MIN = 0.5
 RECOVER_GROWTH = 0.1
+STORED_START = 0.9  # a run starts at this share of the rate a run before it learned
 HEADROOM = 0.985  # a stated limit is paced a hair under, as a clock drift and window edges need
 SHED_SHARE = 0.1  # 503s are shedding (a rate signal) when this share of a window's answers or more...
 SHED_MIN = 3  # ...and at least this many, and the server still answered some: else they are faults
@@ -73,11 +76,13 @@ class Window:
 def start(
     *, user_rate: float | None = None, stored_rate: float | None = None, now: float = 0.0
 ) -> RateState:
-    """The first state: under ``--rpm`` (``user_rate``, per second) if given, else from a learned rate, else probing."""
+    """The first state: under ``--rpm`` (``user_rate``, per second) if given, else from a learned rate (one below
+    ``START_RATE`` is not worth starting from), else probing."""
     ceiling = user_rate * HEADROOM if user_rate else None
-    if stored_rate and (ceiling is None or stored_rate < ceiling):
-        level = stored_rate
-        return RateState(rate=_bounded(level * 0.97), phase="steady", source="stored", ceiling=ceiling, target=level)
+    if stored_rate and stored_rate >= START_RATE and (ceiling is None or stored_rate < ceiling):
+        # just under what was learned: the limit may have moved since, and a clean start costs little
+        rate = stored_rate * STORED_START
+        return RateState(rate=rate, phase="steady", source="stored", ceiling=ceiling, target=stored_rate)
     if ceiling is not None:
         return RateState(rate=ceiling, phase="steady", source="--rpm", ceiling=ceiling, target=ceiling)
     return RateState(rate=START_RATE)
@@ -101,12 +106,19 @@ def accepted_growth(state: RateState, latency: float) -> RateState:
     return replace(state, rate=_bounded(state.rate + 1.0 / max(latency, 1e-3)))
 
 
-def signal(state: RateState, accepted_rate: float, now: float, window: float = WINDOW) -> RateState:
-    """A rate-limit answer: decrease to ``BETA`` of what was accepted, once per window (else unchanged)."""
+def signal(
+    state: RateState, accepted_rate: float, now: float, window: float = WINDOW, sent_rate: float = 0.0
+) -> RateState:
+    """A rate-limit answer: decrease to ``BETA`` of what was accepted, once per window (else unchanged).
+
+    A window in which (nearly) everything was refused says little about the limit: one decrease goes no lower
+    than ``MAX_CUT`` of the rate actually sent (``sent_rate``; not the rate allowed, which a probe may have
+    raised far above it).
+    """
     if now < state.hold_until:
         return state
     level = max(accepted_rate, MIN_RATE)
-    rate = _bounded(min(state.rate, level) * BETA)
+    rate = _bounded(min(state.rate, max(level, sent_rate * MAX_CUT)) * BETA)
     phase: Phase = "recover" if state.phase == "probe" else "steady"
     target = state.ceiling if state.source in ("told", "--rpm") else level
     source = state.source if state.source in ("told", "--rpm") else "learned"

@@ -17,9 +17,10 @@ from .limiter import RateLimiter
 from .rate_policy import RateState, Window
 from .ratelimit_headers import RateSignals
 
-BUCKETS = 10  # the last window's sends and refusals, in tenths
+BUCKETS = 20  # the last window's counts, in twentieths
 BARE_PAUSE = 0.1  # seconds everyone waits after a refusal that names no time, once the rate was already cut
 SHED_STATUSES = (503, 529)
+MIN_EVIDENCE = 20  # accepted answers a run needs before what it learned is worth keeping
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +66,12 @@ class RateWatch:
             limiter.set_token_rate(tpm / 60.0 * policy.HEADROOM)
         self._apply()
         self._bucket_width = window / BUCKETS
-        self._sent = [0] * BUCKETS
-        self._refused = [0] * BUCKETS
+        self._seq = 0  # requests sent so far
+        self._starts = [0] * BUCKETS  # the value of _seq when each bucket began
+        self._refused = [0] * BUCKETS  # 429s and 503s, by arrival
+        self._ok = [0] * BUCKETS  # accepted answers, by arrival
+        self._unavailable = [0] * BUCKETS  # 503s, by arrival
+        self._answers = [0] * BUCKETS
         self._bucket = int(now / self._bucket_width)
         self._tally = _Tally()
         self._window_start = now
@@ -74,56 +79,66 @@ class RateWatch:
         self.waiting: Callable[[], int] = lambda: limiter.waiting  # requests held back now
         self.limited_total = 0
         self.shed_total = 0
+        self.accepted_total = 0
 
     # -- what the engine reports --------------------------------------------------------------------------
 
-    def sent(self) -> float:
-        """A request leaves now; returns the moment, for :meth:`accepted`."""
+    def sent(self) -> Sent:
+        """A request leaves now; returns its ticket, for :meth:`accepted`, :meth:`limited` and :meth:`unavailable`."""
         now = self._tick()
-        self._sent[self._bucket % BUCKETS] += 1
+        self._seq += 1
         self._tally.sent += 1
-        return now
+        return Sent(now, self._seq)
 
-    def accepted(self, sent_at: float, signals: RateSignals) -> None:
+    def accepted(self, ticket: Sent, signals: RateSignals) -> None:
         now = self._tick()
+        sent_at = ticket.at
+        self.accepted_total += 1
         self._tally.accepted += 1
+        self._ok[self._bucket % BUCKETS] += 1
+        self._answers[self._bucket % BUCKETS] += 1
         if signals.dialect is not None:
             self._heed(signals)
         if self.state.phase == "probe" and self.waiting():
             self.state = policy.accepted_growth(self.state, now - sent_at)
             self._apply()
 
-    def limited(self, signals: RateSignals | None) -> None:
+    def limited(self, ticket: Sent, signals: RateSignals | None) -> None:
         """A 429."""
         self._tick()
         self._tally.limited += 1
         self.limited_total += 1
         self._refused[self._bucket % BUCKETS] += 1
-        self._rate_signal(signals)
+        self._answers[self._bucket % BUCKETS] += 1
+        self._rate_signal(ticket, signals)
 
-    def unavailable(self, signals: RateSignals | None) -> bool:
+    def unavailable(self, ticket: Sent, signals: RateSignals | None) -> bool:
         """A 503 (or 529): True when it is part of a burst of shedding (a rate signal), False for a fault."""
         self._tick()
-        tally = self._tally
-        tally.shed += 1
-        self._refused[self._bucket % BUCKETS] += 1
-        if not policy.is_shedding(tally.shed, tally.answers, tally.accepted):
+        self._tally.shed += 1
+        b = self._bucket % BUCKETS
+        self._refused[b] += 1
+        self._unavailable[b] += 1
+        self._answers[b] += 1
+        if not policy.is_shedding(sum(self._unavailable), sum(self._answers), sum(self._ok)):
             return False
         self.shed_total += 1
-        self._rate_signal(signals)
+        self._rate_signal(ticket, signals)
         return True
 
     def fault(self) -> None:
         self._tick()
         self._tally.faults += 1
+        self._answers[self._bucket % BUCKETS] += 1
 
     # -- decisions ----------------------------------------------------------------------------------------
 
-    def _rate_signal(self, signals: RateSignals | None) -> None:
+    def _rate_signal(self, ticket: Sent, signals: RateSignals | None) -> None:
         now = self._clock()
         cut_already = now < self.state.hold_until
         before = self.state
-        self.state = policy.signal(self.state, self.accepted_rate(), now, self.window)
+        sent_rate = (self._seq - self._seq_at(now - self.window)) / self.window
+        self.state = policy.signal(self.state, self.accepted_rate(ticket), now, self.window, sent_rate)
         if self.state is not before:
             self._tally.decreased = True
             self._apply()
@@ -152,9 +167,20 @@ class RateWatch:
         if spent is not None:
             self.limiter.pause(spent)
 
-    def accepted_rate(self) -> float:
-        """Requests per second sent over the last window and not refused."""
-        return max(0, sum(self._sent) - sum(self._refused)) / self.window
+    def accepted_rate(self, refused: Sent) -> float:
+        """Requests per second the server accepted over the window up to the ``refused`` request's departure.
+
+        Requests sent after a refused one are likely refused too (a window's budget is spent in order), and
+        their refusals may still be on their way: so what counts is what left in the window before it, less the
+        refusals that came back over the last window.
+        """
+        before = refused.seq - self._seq_at(refused.at - self.window)
+        return max(0, before - sum(self._refused)) / self.window
+
+    def _seq_at(self, moment: float) -> int:
+        """How many requests had left at ``moment`` (to a bucket; the oldest bucket kept when it is older)."""
+        bucket = max(int(moment / self._bucket_width), self._bucket - BUCKETS + 1)
+        return self._starts[bucket % BUCKETS] if bucket <= self._bucket else self._seq
 
     def _apply(self) -> None:
         if self.limiter.request_rate != self.state.rate:
@@ -168,8 +194,9 @@ class RateWatch:
         bucket = int(now / self._bucket_width)
         if bucket != self._bucket:
             for b in range(self._bucket + 1, min(bucket, self._bucket + BUCKETS) + 1):
-                self._sent[b % BUCKETS] = 0
-                self._refused[b % BUCKETS] = 0
+                for counts in (self._refused, self._ok, self._unavailable, self._answers):
+                    counts[b % BUCKETS] = 0
+                self._starts[b % BUCKETS] = self._seq
             self._bucket = bucket
         if now - self._window_start >= self.window:
             self._close_window(now)
@@ -194,14 +221,28 @@ class RateWatch:
                 )  # fmt: skip
             )
 
+    def finish(self) -> None:
+        """Close the window in progress (the end of a run), so that its counts are recorded too."""
+        tally = self._tally
+        if tally.sent or tally.answers:
+            self._close_window(self._clock())
+
     def learned_rpm(self) -> float | None:
         """The per-minute rate worth remembering for the next run: None while nothing was learned."""
         state = self.state
-        if state.source == "probe" or state.source == "--rpm":
+        if state.source in ("probe", "--rpm") or self.accepted_total < MIN_EVIDENCE:
             return None
         if state.source == "told" and state.ceiling is not None:
             return state.ceiling / policy.HEADROOM * 60.0
         return (state.target if state.target is not None else state.rate) * 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A request's departure: when, and its number in the run."""
+
+    at: float
+    seq: int
 
 
 @dataclass(slots=True)

@@ -135,7 +135,7 @@ def simulate(
             worker, sent_at, code = data
             result.faults += 1
             if code == 503:
-                watch.unavailable(RateSignals())
+                watch.unavailable(sent_at, RateSignals())
             else:
                 watch.fault()
             queue.append(worker)
@@ -145,9 +145,9 @@ def simulate(
             result.refused_at.append(t)
             signals = RateSignals(retry_after=reset) if retry_after else RateSignals()
             if status == 429:
-                watch.limited(signals)
+                watch.limited(sent_at, signals)
             else:
-                watch.unavailable(signals)
+                watch.unavailable(sent_at, signals)
             queue.append(worker)
         pump()
     steps = 1000

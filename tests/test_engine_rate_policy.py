@@ -34,7 +34,8 @@ def test_rpm_is_a_ceiling_under_headroom():
 
 def test_a_stored_rate_starts_just_under_it():
     state = policy.start(stored_rate=50.0)
-    assert state.source == "stored" and state.rate == pytest.approx(48.5) and state.target == 50.0
+    assert state.source == "stored" and state.rate == pytest.approx(45.0) and state.target == 50.0
+    assert policy.start(stored_rate=policy.START_RATE / 2).phase == "probe"  # too low to be worth it
     assert policy.start(user_rate=40.0, stored_rate=50.0).source == "--rpm"  # --rpm below it wins
 
 
@@ -159,11 +160,11 @@ def test_retry_after_pauses_and_a_second_bare_refusal_pauses_briefly():
     clock = Clock()
     limiter = RateLimiter(clock=clock)
     watch = RateWatch(limiter, clock=clock, wall_clock=clock)
-    watch.sent()
-    watch.limited(RateSignals(retry_after=0.7))
+    ticket = watch.sent()
+    watch.limited(ticket, RateSignals(retry_after=0.7))
     assert limiter.paused_until == pytest.approx(0.7)
     clock.now = 0.8
-    watch.limited(RateSignals())  # refused again within the window of the cut
+    watch.limited(watch.sent(), RateSignals())  # refused again within the window of the cut
     assert limiter.paused_until == pytest.approx(0.9)
 
 
@@ -171,9 +172,12 @@ def test_told_headers_set_the_rate_and_a_token_budget():
     clock = Clock()
     limiter = RateLimiter(clock=clock)
     watch = RateWatch(limiter, clock=clock, wall_clock=clock)
-    at = watch.sent()
-    watch.accepted(at, RateSignals(requests_per_second=10.0, tokens_per_second=1000.0, dialect="together"))
+    told = RateSignals(requests_per_second=10.0, tokens_per_second=1000.0, dialect="together")
+    watch.accepted(watch.sent(), told)
     assert limiter.request_rate == pytest.approx(9.85) and limiter.token_rate == pytest.approx(985.0)
+    assert watch.learned_rpm() is None  # one answer is too little to keep
+    for _ in range(30):
+        watch.accepted(watch.sent(), told)
     assert watch.learned_rpm() == pytest.approx(600.0)
 
 
@@ -182,9 +186,8 @@ def test_each_window_is_handed_over_for_the_record():
     limiter = RateLimiter(clock=clock)
     windows = []
     watch = RateWatch(limiter, clock=clock, wall_clock=lambda: 1e9, on_window=windows.append)
-    for _ in range(3):
-        watch.sent()
-    watch.limited(RateSignals())
+    tickets = [watch.sent() for _ in range(3)]
+    watch.limited(tickets[-1], RateSignals())
     clock.now = 1.5
     watch.fault()
     (record,) = windows
