@@ -19,7 +19,9 @@ import orjson
 
 from bench.common import REPO, machine
 
-SCRIPTS = ("throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator")
+SCRIPTS = (
+    "throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator", "adaptive_rate",
+)  # fmt: skip
 
 METHOD = """\
 ## How the figures are taken
@@ -39,6 +41,10 @@ METHOD = """\
   output check, manifest) is in the details.
 * Peak RSS is the kernel's `ru_maxrss` of the `distill run` process, read with `wait4`.
 * Inputs are generated into a temporary directory and removed; nothing large is committed.
+* Target 7 (adaptive rate, issue 11): `distill run` is told nothing (no `--rpm`); the teacher enforces its limit
+  over one-second windows with the knobs each case names (`--rate-headers`, `--limit-status`, `--retry-after`,
+  `--rpm-after`). "Of the limit" is the teacher's admitted count over the time the run was sending, divided by
+  what the limit allowed over that time; refusal shares are the teacher's own counts over all it received.
 """
 
 

@@ -77,7 +77,7 @@ def rate_summary(stats: RunStats) -> str:
     mean = stats.limiter_wait_seconds / stats.requests_sent if stats.requests_sent else 0.0
     return (
         f"{rate}, {stats.rate_limited} answered 429, {stats.shed} answered 503 while shedding, "
-        f"requests waited {stats.limiter_wait_seconds:.1f} s for a slot ({mean * 1000:.0f} ms each on average)"
+        f"a request waited {mean:.2f} s on average for its slot"
     )
 
 

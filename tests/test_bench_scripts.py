@@ -14,7 +14,17 @@ import orjson
 import pytest
 
 # bench/ is not an installed package: pytest puts the repository root on the path (pyproject's pythonpath)
-from bench import curator, export_speed, latency, memory, rate_limit, resume, run_all, throughput
+from bench import (
+    adaptive_rate,
+    curator,
+    export_speed,
+    latency,
+    memory,
+    rate_limit,
+    resume,
+    run_all,
+    throughput,
+)
 
 
 def rows_of(module, tmp_path: Path, *extra: str) -> list[dict]:
@@ -77,3 +87,11 @@ def test_run_all_writes_the_table(tmp_path):
     text = out.read_text()
     assert "| 6 export |" in text and "nproc" not in text and "cores" in text
     assert "Command: `python -m bench.run_all --tiny`" in text
+
+
+@pytest.mark.slow  # eight runs, each with its own teacher process: about 35 s
+def test_adaptive_rate_answers_everything_in_every_case(tmp_path):
+    rows = rows_of(adaptive_rate, tmp_path)
+    assert len(rows) == 8
+    for row in rows:
+        assert row["detail"].get("answered", 1) > 0 and row["figure"] >= 0
