@@ -57,7 +57,9 @@ def _run(root: Path, served, name: str, count: int, *extra: str, start: int = 0,
     return command, clock, served.stats(with_hashes=False), done
 
 
-def _limited_row(case: str, command, clock, stats, done, allowed, goal_share, goal_refused, what="429") -> Result:
+def _limited_row(
+    case: str, command, clock, stats, done, allowed, goal_share, goal_refused, what="429"
+) -> Result:
     seconds, _ = clock.window()
     admitted = max(stats["answered"] - 1, 0)  # n requests evenly spaced span n - 1 gaps
     share = admitted / allowed(seconds) if seconds else 0.0
@@ -90,9 +92,7 @@ def steady(per_minute: float):
 def unknown(root: Path, count: int) -> Result:
     with teacher(latency=LATENCY, rpm=RPM, rate_headers="none") as served:
         ran = _run(root, served, "unknown", count)
-    return _limited_row(
-        f"unknown {RPM:,} RPM, 429 + Retry-After, nothing told", *ran, steady(RPM), 0.9, 0.03
-    )
+    return _limited_row(f"unknown {RPM:,} RPM, 429 + Retry-After, nothing told", *ran, steady(RPM), 0.9, 0.03)
 
 
 def falling(root: Path, count: int) -> Result:
@@ -103,9 +103,7 @@ def falling(root: Path, count: int) -> Result:
     def allowed(seconds: float) -> float:
         return RPM / 60 * min(seconds, 6.0) + RPM / 120 * max(seconds - 6.0, 0.0)
 
-    return _limited_row(
-        f"{RPM:,} RPM falling to {RPM // 2:,} at 6 s, bare 429s", *ran, allowed, 0.85, 0.05
-    )
+    return _limited_row(f"{RPM:,} RPM falling to {RPM // 2:,} at 6 s, bare 429s", *ran, allowed, 0.85, 0.05)
 
 
 def shed(root: Path, count: int) -> Result:
@@ -154,9 +152,7 @@ def faults(root: Path, count: int) -> Result:
 def told(root: Path, count: int, dialect: str) -> Result:
     with teacher(latency=LATENCY, rpm=RPM, rate_headers=dialect) as served:
         ran = _run(root, served, f"told-{dialect}", count)
-    return _limited_row(
-        f"{RPM:,} RPM told in {dialect} headers", *ran, steady(RPM), 0.97, 0.005
-    )
+    return _limited_row(f"{RPM:,} RPM told in {dialect} headers", *ran, steady(RPM), 0.97, 0.005)
 
 
 def rerun(root: Path, count: int, first_seconds: float = 10.0) -> Result:

@@ -29,12 +29,11 @@ from dataclasses import dataclass
 
 import orjson
 
-from . import plan
+from . import learned_limits, plan
 from .cache import Cache, Failure
 from .client import TeacherClient
 from .conversation import Conversation, Message, Reject
 from .cost import Budget, BudgetReached, expected_output_tokens
-from . import learned_limits
 from .errors import (
     AuthenticationError,
     PermanentError,

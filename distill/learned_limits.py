@@ -63,7 +63,19 @@ def record_window(cache: Cache, run_id: str | None, base_url: str, model: str, w
     cache.execute(
         "INSERT INTO rate_windows (run_id, base_url, model, at, seconds, sent, accepted, limited, shed, faults, "
         "rpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (run_id, _url(base_url), model, w.at, w.seconds, w.sent, w.accepted, w.limited, w.shed, w.faults, w.rpm),
+        (
+            run_id,
+            _url(base_url),
+            model,
+            w.at,
+            w.seconds,
+            w.sent,
+            w.accepted,
+            w.limited,
+            w.shed,
+            w.faults,
+            w.rpm,
+        ),
     )
 
 

@@ -73,9 +73,7 @@ class Window:
         return self.accepted + self.limited + self.shed + self.faults
 
 
-def start(
-    *, user_rate: float | None = None, stored_rate: float | None = None, now: float = 0.0
-) -> RateState:
+def start(*, user_rate: float | None = None, stored_rate: float | None = None, now: float = 0.0) -> RateState:
     """The first state: under ``--rpm`` (``user_rate``, per second) if given, else from a learned rate (one below
     ``START_RATE`` is not worth starting from), else probing."""
     ceiling = user_rate * HEADROOM if user_rate else None

@@ -216,8 +216,14 @@ class RateWatch:
         if self.on_window is not None:
             self.on_window(
                 WindowRecord(
-                    self._wall(), seconds, tally.sent, tally.accepted, tally.limited, tally.shed,
-                    tally.faults, self.state.per_minute,
+                    self._wall(),
+                    seconds,
+                    tally.sent,
+                    tally.accepted,
+                    tally.limited,
+                    tally.shed,
+                    tally.faults,
+                    self.state.per_minute,
                 )  # fmt: skip
             )
 

@@ -126,7 +126,11 @@ def simulate(
                 pump_at[0] = None
         elif kind == "ok":
             worker, sent_at, budget = data
-            signals = RateSignals(requests_per_second=budget, dialect="together") if told and budget else RateSignals()
+            signals = (
+                RateSignals(requests_per_second=budget, dialect="together")
+                if told and budget
+                else RateSignals()
+            )
             watch.accepted(sent_at, signals)
             result.admitted += 1
             result.admitted_at.append(t)

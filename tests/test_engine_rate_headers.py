@@ -136,7 +136,10 @@ def test_anthropic_limits_are_per_minute_and_resets_rfc3339():
 
 def test_anthropic_input_token_limits_stand_in_for_tokens():
     signals = parse(
-        {"anthropic-ratelimit-input-tokens-limit": "120000", "anthropic-ratelimit-input-tokens-remaining": "5"}
+        {
+            "anthropic-ratelimit-input-tokens-limit": "120000",
+            "anthropic-ratelimit-input-tokens-remaining": "5",
+        }
     )
     assert signals.tokens_per_second == pytest.approx(2000.0) and signals.tokens_remaining == 5
 

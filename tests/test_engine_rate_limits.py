@@ -53,7 +53,9 @@ async def test_an_unknown_limit_with_bare_429s_is_learned_and_kept_in_the_cache(
     assert sent == teacher.stats.requests and limited == teacher.stats.rate_limited
 
     # the next run over new conversations starts from what was learned instead of probing again
-    await asyncio.sleep(1.05)  # a server window, so that what the first run spent of it is not charged to this one
+    await asyncio.sleep(
+        1.05
+    )  # a server window, so that what the first run spent of it is not charged to this one
     teacher.stats.reset()
     more = write_sharegpt(tmp_path / "more.json", questions(40, start=60))
     again = await run_async(make_job(tmp_path, teacher.base_url, more, output_name="more.jsonl"))
@@ -88,8 +90,12 @@ async def test_a_limit_told_in_each_dialect_is_obeyed_from_the_first_answer(tmp_
         data = write_sharegpt(tmp_path / f"{dialect}.json", questions(30))
         report = await run_async(
             make_job(
-                tmp_path, teacher.base_url, data, cache=tmp_path / f"{dialect}.sqlite",
-                output_name=f"{dialect}.jsonl", concurrency=32,
+                tmp_path,
+                teacher.base_url,
+                data,
+                cache=tmp_path / f"{dialect}.sqlite",
+                output_name=f"{dialect}.jsonl",
+                concurrency=32,
             )  # fmt: skip
         )
         assert report.exit_code == 0 and report.stats.rate_source == "told"
@@ -134,6 +140,8 @@ def test_run_shows_the_rate_and_stats_shows_the_learned_limits(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "1 learned rate limits:" in shown.stdout
     assert f"teacher at {server.base_url}: " in shown.stdout and "requests/min (learned)" in shown.stdout
-    as_json = subprocess.run([*DISTILL, "stats", "--cache", str(cache), "--json"], capture_output=True, text=True)
+    as_json = subprocess.run(
+        [*DISTILL, "stats", "--cache", str(cache), "--json"], capture_output=True, text=True
+    )
     (limit,) = json.loads(as_json.stdout)["learned_limits"]
     assert limit["model"] == "teacher" and 600 <= limit["rpm"] <= 1500 and limit["windows"] >= 1

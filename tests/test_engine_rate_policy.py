@@ -6,13 +6,13 @@ No test here sleeps or opens a socket: :mod:`tests.ratesim` moves time from even
 from __future__ import annotations
 
 import pytest
+from ratesim import simulate
 
 from distill import rate_policy as policy
 from distill.limiter import RateLimiter
 from distill.rate_policy import RateState, Window
 from distill.rate_watch import RateWatch
 from distill.ratelimit_headers import RateSignals
-from ratesim import simulate
 
 PHASES = (0.0, 0.37, 0.81)  # where the server's windows fall against the run's start
 

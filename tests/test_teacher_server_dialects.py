@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from distill.errors import UsageError
 from distill.ratelimit_headers import parse_rate_headers
 from distill.teacher_server import TeacherKnobs
 from distill.teacher_server.ratelimit import WindowLimiter
-from distill.errors import UsageError
 
 
 class FakeClock:

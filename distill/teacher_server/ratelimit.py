@@ -101,6 +101,8 @@ class WindowLimiter:
         return Admission(limited_by is None, limited_by, reset_s, self._headers(reset_s))
 
     def _headers(self, reset_s: float) -> dict[str, str]:
-        requests = (self._request_limit, self._request_limit - self._requests) if self.rpm is not None else None
+        requests = (
+            (self._request_limit, self._request_limit - self._requests) if self.rpm is not None else None
+        )
         tokens = (self._token_limit, self._token_limit - self._tokens) if self.tpm is not None else None
         return rate_headers(self.dialect, Budgets(self.window_s, reset_s, requests, tokens))
