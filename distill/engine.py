@@ -33,24 +33,20 @@ from . import learned_limits, plan
 from .cache import Cache, Failure
 from .client import TeacherClient
 from .conversation import Conversation, Message, Reject
-from .cost import Budget, BudgetReached, expected_output_tokens
+from .cost import Budget, BudgetReached
 from .errors import (
     AuthenticationError,
     PermanentError,
-    RateLimited,
-    ServerError,
-    TeacherError,
     TransientError,
-    WaitedTooLong,
 )
 from .limiter import RateLimiter
-from .rate_watch import SHED_STATUSES, RateWatch, WindowRecord
+from .rate_watch import RateWatch, WindowRecord
 from .requests import TeacherRequest, TeacherResponse
 from .retry import RetryPolicy, Sleep
+from .sender import Sender
 from .settings import RunSettings
 from .shard import Shard
 from .stats import RunStats
-from .tokens import count, count_messages
 
 READ_AHEAD_PER_WORKER = 4
 YIELD_EVERY = 256
@@ -58,10 +54,6 @@ YIELD_EVERY = 256
 # allocates a few hundred short-lived objects, so the default collects every few requests, scanning everything
 # in flight; reference counting frees almost all of it anyway. Measured: 10% less CPU per request.
 GC_YOUNG_THRESHOLD = 20_000
-
-
-class NoSlotInTime(Exception):
-    """A request refused for its rate found no slot in the limiter before its ``max_wait`` ran out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +82,6 @@ class Engine:
         self.cache = cache
         self.client = client
         self.limiter = limiter or RateLimiter()
-        self.policy = policy or RetryPolicy(attempts=settings.attempts)
         self.stats = stats or RunStats()
         self.watch = RateWatch(
             self.limiter,
@@ -101,12 +92,20 @@ class Engine:
         )
         self.stats.learned_rpm = self.watch.state.per_minute
         self.stats.rate_source = self.watch.state.source
+        self.sender = Sender(
+            settings,
+            client,
+            self.limiter,
+            self.watch,
+            self.stats,
+            policy=policy or RetryPolicy(attempts=settings.attempts),
+            sleep=sleep,
+            budget=budget,
+        )
         self._run_id: str | None = None
         self.on_reject = on_reject
         self.budget = budget
         self.shard = shard
-        self._sleep = sleep
-        self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: dict[str, asyncio.Future[TeacherResponse | Failure]] = {}
 
     # -- the run -------------------------------------------------------------------------------------------
@@ -311,7 +310,7 @@ class Engine:
 
     async def _fetch_and_store(self, request: TeacherRequest) -> TeacherResponse | Failure:
         try:
-            response = await self._fetch(request)
+            response = await self.sender.fetch(request)
         except AuthenticationError:
             raise
         except (PermanentError, TransientError) as e:
@@ -320,113 +319,6 @@ class Engine:
             return failure
         self.cache.put(request.key, request.identity_json, response)
         return response
-
-    async def _fetch(self, request: TeacherRequest) -> TeacherResponse:
-        estimate = self._estimate_tokens(request)
-        # Most requests succeed at once: try once before building the retry machinery (a tenacity loop per
-        # request cost ~10% of the engine's CPU). A transient failure is replayed as the loop's first attempt,
-        # so the policy waits, counts and stops exactly as if it had made that attempt itself.
-        try:
-            return await self._through_limits(request, estimate)
-        except WaitedTooLong:
-            raise
-        except TransientError as error:
-            first_failure: TransientError | None = error
-        async for attempt in self.policy.retrying(self._sleep, self._count_retry):
-            with attempt:
-                if first_failure is not None:
-                    failure, first_failure = first_failure, None
-                    raise failure
-                response = await self._through_limits(request, estimate)
-        return response
-
-    async def _through_limits(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
-        """One attempt, sent again through the limiter after every rate-limit answer, for up to ``max_wait`` s."""
-        deadline: float | None = None
-        while True:
-            try:
-                return await self._attempt(request, estimate, deadline)
-            except RateLimited as refused:
-                last = refused
-                if deadline is None:
-                    deadline = asyncio.get_running_loop().time() + self.settings.max_wait
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise self._waited_too_long(last) from None
-                self.stats.retries += 1
-            except NoSlotInTime:
-                raise self._waited_too_long(last) from None
-
-    def _waited_too_long(self, refused: RateLimited) -> WaitedTooLong:
-        wait = self.settings.max_wait
-        return WaitedTooLong(
-            f"{refused} (refused for its rate for {wait:g} s: --max-wait {wait:g})", status=refused.status
-        )
-
-    async def _attempt(
-        self, request: TeacherRequest, estimate: int, deadline: float | None = None
-    ) -> TeacherResponse:
-        async with self._slots:
-            if deadline is not None:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        await self._wait_for_slot(estimate)
-                except TimeoutError:
-                    raise NoSlotInTime from None
-            else:
-                await self._wait_for_slot(estimate)
-            if self.budget is None:
-                return await self._send_once(request, estimate)
-            with self.budget.reserving(request, expected_output_tokens(self.settings)):
-                return await self._send_once(request, estimate)
-
-    async def _wait_for_slot(self, estimate: int) -> None:
-        if self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
-            began = self.limiter.now()
-            await self.limiter.acquire(estimate)
-            self.stats.limiter_wait_seconds += self.limiter.now() - began
-        else:
-            await self.limiter.acquire(estimate)
-
-    async def _send_once(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
-        self.stats.requests_sent += 1
-        sent_at = self.watch.sent()
-        try:
-            response, rate = await self.client.send(request)
-        except RateLimited as e:
-            self.stats.rate_limited += 1
-            self.watch.limited(sent_at, e.signals)
-            raise
-        except ServerError as e:
-            if e.status in SHED_STATUSES and self.watch.unavailable(sent_at, e.signals):
-                self.stats.shed += 1
-                raise RateLimited(str(e), retry_after=None, status=e.status) from None
-            if e.status not in SHED_STATUSES:
-                self.watch.fault()
-            raise
-        except TeacherError:
-            self.watch.fault()
-            raise
-        self.watch.accepted(sent_at, rate)
-        if response.prompt_tokens is not None and response.completion_tokens is not None:
-            self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
-            self.stats.prompt_tokens += response.prompt_tokens
-            self.stats.completion_tokens += response.completion_tokens
-        if self.budget is not None:
-            self.budget.charge_answer(request, response)
-        if response.finish_reason == "length":
-            self.stats.finished_length += 1
-        return response
-
-    def _estimate_tokens(self, request: TeacherRequest) -> int:
-        if self.limiter.token_rate is None:
-            return 0
-        output = self.settings.sampling.max_tokens or self.settings.estimated_output_tokens
-        if request.messages is not None:
-            return count_messages([{"content": c} for _, c in request.messages]) + output
-        return count(request.prompt or "") + output
-
-    def _count_retry(self, _state) -> None:
-        self.stats.retries += 1
 
 
 @contextmanager

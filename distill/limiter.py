@@ -191,25 +191,25 @@ class RateLimiter:
 
     def set_request_rate(self, rps: float | None) -> None:
         """Pace requests at ``rps`` per second from now on (None: no request limit); waiters are re-timed."""
-        now = self.now()
-        if rps is None:
-            self._requests = None
-        elif self._requests is None:
-            self._requests = Budget(rps, 1.0 + self.burst_seconds * rps)
-        elif rps != self._requests.rate:
-            self._requests.set_rate(rps, now)
-            self._requests.burst = 1.0 + self.burst_seconds * rps
-        if self._queue:
-            self._arm()
+        self._requests = self._changed(self._requests, rps)
+        self._retime()
 
     def set_token_rate(self, tps: float | None) -> None:
-        now = self.now()
-        if tps is None:
-            self._tokens = None
-        elif self._tokens is None:
-            self._tokens = Budget(tps, 1.0 + self.burst_seconds * tps)
-        else:
-            self._tokens.set_rate(tps, now)
+        """Pace tokens at ``tps`` per second from now on (None: no token limit); waiters are re-timed."""
+        self._tokens = self._changed(self._tokens, tps)
+        self._retime()
+
+    def _changed(self, budget: Budget | None, rate: float | None) -> Budget | None:
+        if rate is None:
+            budget = None
+        elif budget is None:
+            budget = Budget(rate, 1.0 + self.burst_seconds * rate)
+        elif rate != budget.rate:
+            budget.set_rate(rate, self.now())
+            budget.burst = 1.0 + self.burst_seconds * rate
+        return budget
+
+    def _retime(self) -> None:
         if self._queue:
             self._arm()
 
@@ -218,8 +218,7 @@ class RateLimiter:
         until = self.now() + seconds
         if seconds > 0 and until > self.paused_until:
             self.paused_until = until
-            if self._queue:
-                self._arm()
+            self._retime()
 
     def settle(self, estimated: int, actual: int | None) -> None:
         """Correct the token budget once the server has said what a request really cost."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from ratesim import simulate
+from support import FakeClock
 
 from distill import rate_policy as policy
 from distill.limiter import RateLimiter
@@ -148,16 +149,8 @@ def test_random_429s_slow_the_run_but_never_stop_it():
 # -- what the watch does with the answers ------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_retry_after_pauses_and_a_second_bare_refusal_pauses_briefly():
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(clock=clock)
     watch = RateWatch(limiter, clock=clock, wall_clock=clock)
     ticket = watch.sent()
@@ -169,7 +162,7 @@ def test_retry_after_pauses_and_a_second_bare_refusal_pauses_briefly():
 
 
 def test_told_headers_set_the_rate_and_a_token_budget():
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(clock=clock)
     watch = RateWatch(limiter, clock=clock, wall_clock=clock)
     told = RateSignals(requests_per_second=10.0, tokens_per_second=1000.0, dialect="together")
@@ -182,7 +175,7 @@ def test_told_headers_set_the_rate_and_a_token_budget():
 
 
 def test_each_window_is_handed_over_for_the_record():
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(clock=clock)
     windows = []
     watch = RateWatch(limiter, clock=clock, wall_clock=lambda: 1e9, on_window=windows.append)

@@ -4,6 +4,7 @@ changes mid-run. Each dialect's headers are read back by distill's own parser.""
 from __future__ import annotations
 
 import pytest
+from support import FakeClock
 
 from distill.errors import UsageError
 from distill.ratelimit_headers import parse_rate_headers
@@ -11,17 +12,9 @@ from distill.teacher_server import TeacherKnobs
 from distill.teacher_server.ratelimit import WindowLimiter
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize("dialect", ["together", "openai", "anthropic"])
 def test_every_dialect_tells_the_same_limit(dialect):
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limiter = WindowLimiter(rpm=600, tpm=6000, clock=clock, dialect=dialect)
     admission = limiter.acquire(30)
     signals = parse_rate_headers(admission.headers)
@@ -33,12 +26,12 @@ def test_every_dialect_tells_the_same_limit(dialect):
 
 
 def test_no_headers_at_all_under_none():
-    limiter = WindowLimiter(rpm=600, tpm=None, clock=FakeClock(), dialect="none")
+    limiter = WindowLimiter(rpm=600, tpm=None, clock=FakeClock(100.0), dialect="none")
     assert limiter.acquire(1).headers == {}
 
 
 def test_the_limit_changes_after_the_given_seconds_from_the_first_request():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limiter = WindowLimiter(rpm=600, tpm=None, clock=clock, rpm_after=300, change_after=6.0)
     clock.now += 3.0  # the clock starts at the first request, not at the server's start
     assert sum(limiter.acquire(1).admitted for _ in range(20)) == 10

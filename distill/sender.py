@@ -1,0 +1,158 @@
+"""Sending one request: under the concurrency cap and the rate limiter, retried, and reported to the rate watch.
+
+``Sender.fetch(request)`` returns the teacher's answer or raises the error that ended it. A transient failure
+(5xx, a timeout, a broken connection, a malformed body) uses up one of ``--attempts``, with backoff. A rate-limit
+answer (a 429, or a 503 that :class:`~distill.rate_watch.RateWatch` judges part of a burst of shedding) uses up
+none: the request goes back through the limiter for a new slot, until ``--max-wait`` seconds have passed since
+its first such refusal (its wait for a slot included), when it fails with :class:`WaitedTooLong`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .client import TeacherClient
+from .cost import Budget, expected_output_tokens
+from .errors import RateLimited, ServerError, TeacherError, TransientError, WaitedTooLong
+from .limiter import RateLimiter
+from .rate_watch import SHED_STATUSES, RateWatch
+from .requests import TeacherRequest, TeacherResponse
+from .retry import RetryPolicy, Sleep
+from .settings import RunSettings
+from .stats import RunStats
+from .tokens import count, count_messages
+
+
+class NoSlotInTime(Exception):
+    """A request refused for its rate found no slot in the limiter before its ``max_wait`` ran out."""
+
+
+class Sender:
+    def __init__(
+        self,
+        settings: RunSettings,
+        client: TeacherClient,
+        limiter: RateLimiter,
+        watch: RateWatch,
+        stats: RunStats,
+        *,
+        policy: RetryPolicy,
+        sleep: Sleep = asyncio.sleep,
+        budget: Budget | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.limiter = limiter
+        self.watch = watch
+        self.stats = stats
+        self.policy = policy
+        self.budget = budget
+        self._sleep = sleep
+        self._slots = asyncio.Semaphore(settings.concurrency)
+
+    async def fetch(self, request: TeacherRequest) -> TeacherResponse:
+        estimate = self._estimate_tokens(request)
+        # Most requests succeed at once: try once before building the retry machinery (a tenacity loop per
+        # request cost ~10% of the engine's CPU). A transient failure is replayed as the loop's first attempt,
+        # so the policy waits, counts and stops exactly as if it had made that attempt itself.
+        try:
+            return await self._through_limits(request, estimate)
+        except WaitedTooLong:
+            raise
+        except TransientError as error:
+            first_failure: TransientError | None = error
+        async for attempt in self.policy.retrying(self._sleep, self._count_retry):
+            with attempt:
+                if first_failure is not None:
+                    failure, first_failure = first_failure, None
+                    raise failure
+                response = await self._through_limits(request, estimate)
+        return response
+
+    async def _through_limits(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
+        """One attempt, sent again through the limiter after every rate-limit answer, for up to ``max_wait`` s."""
+        deadline: float | None = None
+        while True:
+            try:
+                return await self._attempt(request, estimate, deadline)
+            except RateLimited as refused:
+                last = refused
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self.settings.max_wait
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise self._waited_too_long(last) from None
+                self.stats.retries += 1
+            except NoSlotInTime:
+                raise self._waited_too_long(last) from None
+
+    def _waited_too_long(self, refused: RateLimited) -> WaitedTooLong:
+        wait = self.settings.max_wait
+        return WaitedTooLong(
+            f"{refused} (refused for its rate for {wait:g} s: --max-wait {wait:g})", status=refused.status
+        )
+
+    async def _attempt(
+        self, request: TeacherRequest, estimate: int, deadline: float | None = None
+    ) -> TeacherResponse:
+        async with self._slots:
+            if deadline is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._wait_for_slot(estimate)
+                except TimeoutError:
+                    raise NoSlotInTime from None
+            else:
+                await self._wait_for_slot(estimate)
+            if self.budget is None:
+                return await self._send_once(request, estimate)
+            with self.budget.reserving(request, expected_output_tokens(self.settings)):
+                return await self._send_once(request, estimate)
+
+    async def _wait_for_slot(self, estimate: int) -> None:
+        if self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
+            began = self.limiter.now()
+            await self.limiter.acquire(estimate)
+            self.stats.limiter_wait_seconds += self.limiter.now() - began
+        else:
+            await self.limiter.acquire(estimate)
+
+    async def _send_once(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
+        self.stats.requests_sent += 1
+        sent_at = self.watch.sent()
+        try:
+            response, rate = await self.client.send(request)
+        except RateLimited as e:
+            self.stats.rate_limited += 1
+            self.watch.limited(sent_at, e.signals)
+            raise
+        except ServerError as e:
+            if e.status in SHED_STATUSES and self.watch.unavailable(sent_at, e.signals):
+                self.stats.shed += 1
+                raise RateLimited(str(e), retry_after=None, status=e.status) from None
+            if e.status not in SHED_STATUSES:
+                self.watch.fault()
+            raise
+        except TeacherError:
+            self.watch.fault()
+            raise
+        self.watch.accepted(sent_at, rate)
+        if response.prompt_tokens is not None and response.completion_tokens is not None:
+            self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
+            self.stats.prompt_tokens += response.prompt_tokens
+            self.stats.completion_tokens += response.completion_tokens
+        if self.budget is not None:
+            self.budget.charge_answer(request, response)
+        if response.finish_reason == "length":
+            self.stats.finished_length += 1
+        return response
+
+    def _estimate_tokens(self, request: TeacherRequest) -> int:
+        if self.limiter.token_rate is None:
+            return 0
+        output = self.settings.sampling.max_tokens or self.settings.estimated_output_tokens
+        if request.messages is not None:
+            return count_messages([{"content": c} for _, c in request.messages]) + output
+        return count(request.prompt or "") + output
+
+    def _count_retry(self, _state) -> None:
+        self.stats.retries += 1
