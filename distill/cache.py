@@ -100,6 +100,22 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE conversations ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
     """,
+    # migration 5: what each run's settings have spent, so --budget caps the total over invocations (issue 13)
+    """
+    CREATE TABLE spending (
+        run_id TEXT PRIMARY KEY,
+        usd REAL NOT NULL,
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
+)
+SPEND_UPSERT = (
+    "INSERT INTO spending VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
+    "usd = usd + excluded.usd, requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens, updated = excluded.updated"
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -254,6 +270,7 @@ class Cache:
         self._failure_rows: list[tuple[Any, ...]] = []
         self._conversation_rows: list[tuple[Any, ...]] = []
         self._finished_rows: list[tuple[str, int]] = []
+        self._spend_rows: list[tuple[str, float, int, int, float]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
@@ -420,6 +437,17 @@ class Cache:
         self._finished_rows.append((run_id, position))
         self._schedule_flush()
 
+    def add_spend(self, run_id: str, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
+        """Queue the cost of one answer paid for by ``run_id`` (committed with the answers of its group)."""
+        self._spend_rows.append((run_id, usd, prompt_tokens, completion_tokens, time.time()))
+        self._schedule_flush()
+
+    def spent(self, run_id: str) -> float:
+        """US dollars the cache records as spent on ``run_id`` (every invocation of its settings), committed."""
+        with reported(self.path):
+            row = self._db.execute("SELECT usd FROM spending WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else 0.0
+
     def stored_inputs(self, run_id: str, first: int, last: int) -> dict[int, tuple[bytes, bool]]:
         """The stored conversation data and finished mark of each position from ``first`` to ``last``."""
         with reported(self.path):
@@ -491,13 +519,14 @@ class Cache:
         failures, self._failure_rows = self._failure_rows, []
         conversations, self._conversation_rows = self._conversation_rows, []
         finished, self._finished_rows = self._finished_rows, []
-        if not (responses or failures or conversations or finished):
+        spend, self._spend_rows = self._spend_rows, []
+        if not (responses or failures or conversations or finished or spend):
             return
         with reported(self.path):
             # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
             # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
             await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write, responses, failures, conversations, finished
+                self._writer, self._write, responses, failures, conversations, finished, spend
             )
         self.commits += 1
         for row in responses:
@@ -537,7 +566,9 @@ class Cache:
                 )
         return found
 
-    def _write(self, responses: list, failures: list, conversations: list, finished: list) -> None:
+    def _write(
+        self, responses: list, failures: list, conversations: list, finished: list, spend: list = ()
+    ) -> None:
         db = self._writer_db()
         db.execute("BEGIN")
         try:
@@ -557,6 +588,8 @@ class Cache:
                 db.executemany(
                     "UPDATE conversations SET finished = 1 WHERE run_id = ? AND position = ?", finished
                 )
+            if spend:
+                db.executemany(SPEND_UPSERT, spend)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

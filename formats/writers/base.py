@@ -42,6 +42,14 @@ class Writer(ABC):
     def render(self, conversation: Conversation) -> dict[str, Any]:
         """The JSON object for one line of the output file."""
 
+    def refusal(self, conversation: Conversation) -> str | None:
+        """Why this writer cannot write ``conversation`` whatever the teacher answers, else None.
+
+        Asked of every conversation as it is read, so one the output format cannot hold is rejected before any
+        request is paid for.
+        """
+        return None
+
 
 def open_writer(spec: str) -> Writer:
     """The writer for ``--output-format`` ``spec`` (``NAME`` or ``NAME:ARG``)."""
