@@ -154,6 +154,27 @@ def check_file(path: Path) -> None:
         )
 
 
+def check_cache_writable(path: Path) -> None:
+    """A CacheError saying the cache is read-only when it (or its directory, where SQLite keeps its journal and
+    distill its lock) cannot be written."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not writable(path):
+        raise CacheError(
+            f"cache {path} is read-only: a run writes every answer to it; make it writable (chmod u+w) or pass "
+            "another --cache ('distill export' and 'distill stats' only read it)"
+        )
+    if directory.is_dir() and not writable(directory):
+        raise CacheError(
+            f"the directory of cache {path} is read-only: a run keeps its journal and lock file beside the cache; "
+            "pass a --cache in a writable directory"
+        )
+
+
+def writable(path: Path) -> bool:
+    """Whether ``path`` may be written, and is not marked read-only (no write bit: root could, but must not)."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
 def prepare(conn: sqlite3.Connection, path: Path) -> None:
     """Check identity and version, then create or migrate the schema (synchronous: runs on any connection)."""
     try:
@@ -184,11 +205,19 @@ def reported(path: Path) -> Iterator[None]:
     """Turn an SQLite failure met mid-run (a damaged page, a full disk) into a CacheError naming the file."""
     try:
         yield
+    except sqlite3.OperationalError as e:
+        if "readonly" in str(e):  # a read-only file system, where permissions did not say so
+            raise CacheError(f"cache {path} is read-only ({e}); pass a --cache on a writable disk") from None
+        raise _failed(path, e) from None
     except sqlite3.DatabaseError as e:
-        raise CacheError(
-            f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
-            "and pass another --cache; if the disk is full, free space and run the same command again"
-        ) from None
+        raise _failed(path, e) from None
+
+
+def _failed(path: Path, e: sqlite3.DatabaseError) -> CacheError:
+    return CacheError(
+        f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
+        "and pass another --cache; if the disk is full, free space and run the same command again"
+    )
 
 
 def check_whole(conn: sqlite3.Connection, path: Path) -> None:
@@ -288,6 +317,7 @@ class Cache:
 
     async def open(self) -> None:
         check_file(self.path)
+        check_cache_writable(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()

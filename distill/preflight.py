@@ -192,6 +192,6 @@ class CheckedClient:
         guess = with_v1(base_url)
         hint = f"; did you mean --base-url {guess[0]}?" if guess else " (check --base-url and --model)"
         return EndpointNotFound(
-            f"{base_url}{ENDPOINTS[request.api]} answered {error} before any request succeeded: the URL or the "
-            f"model is wrong, so the run stopped and recorded nothing against the conversations{hint}"
+            f"POST {base_url}{ENDPOINTS[request.api]} failed before any request succeeded ({error}): the URL or "
+            f"the model is wrong, so the run stopped and recorded nothing against the conversations{hint}"
         )

@@ -7,18 +7,18 @@ registers the sub-command and sets ``func`` on its parser) and the function it s
 
 from __future__ import annotations
 
-import argparse
 import sys
 from importlib import import_module
 
 from distill import __version__
+from distill.cli.parser import DistillParser
 from distill.errors import DistillError
 
 COMMANDS = ("run", "export", "check", "stats", "merge", "train", "eval", "pipeline", "demo", "teacher")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> DistillParser:
+    parser = DistillParser(
         prog="distill",
         description="Turn conversations into fine-tuning data with a teacher model, then train and evaluate.",
     )
