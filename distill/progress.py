@@ -98,16 +98,22 @@ class Eta:
 
 
 class LimitWatch:
-    """Which limit made requests wait most since the last reading (None when none did)."""
+    """Which limit held requests back since the last reading: the one that made most of them wait, else
+    ``concurrency`` while requests go out unhindered (the cap in flight and the server's latency set the pace),
+    else None."""
 
     def __init__(self) -> None:
         self._seen: dict[str, int] = {}
+        self._sent = 0
 
     def update(self, stats: RunStats) -> str | None:
         grown = {name: count - self._seen.get(name, 0) for name, count in stats.waits.items()}
-        self._seen = dict(stats.waits)
+        sent = stats.requests_sent - self._sent
+        self._seen, self._sent = dict(stats.waits), stats.requests_sent
         name, most = max(grown.items(), key=lambda item: item[1], default=(None, 0))
-        return LIMIT_NAMES.get(name, name) if most > 0 else None
+        if most > 0:
+            return LIMIT_NAMES.get(name, name)
+        return LIMIT_NAMES["concurrency"] if sent > 0 else None
 
 
 def binding_limit(stats: RunStats) -> str | None:
@@ -152,15 +158,15 @@ def dollars(amount: float) -> str:
 
 
 def cost_text(stats: RunStats) -> str | None:
-    """``$0.0123`` (and the total on these settings and the budget, where known); None when no price is known."""
+    """``$0.0123 this run, $0.0456 in all of $1.00 budget`` (the total over every invocation of these settings, and
+    the budget, where known); None when no price is known."""
     if stats.cost_usd is None:
         return None
-    text = dollars(stats.cost_usd)
-    before = stats.cost_before_usd or 0.0
-    if before:
-        text += f" ({dollars(before + stats.cost_usd)} in all)"
+    text = f"{dollars(stats.cost_usd)} this run"
+    if stats.cost_before_usd:
+        text += f", {dollars(stats.cost_before_usd + stats.cost_usd)} in all"
     if stats.budget_usd is not None:
-        text += f" of {dollars(stats.budget_usd)}"
+        text += f" of {dollars(stats.budget_usd)} budget"
     return text
 
 

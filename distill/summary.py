@@ -61,9 +61,7 @@ def activity(stats: RunStats) -> list[str]:
     ]
     cost = cost_text(stats)
     if cost is not None:
-        lines.append(
-            f"cost     {cost} (this run{', all runs of these settings' if stats.cost_before_usd else ''})"
-        )
+        lines.append(f"cost     {cost}")
     lines.append(f"time     {duration(stats.elapsed())} ({stats.requests_per_second():.1f} requests/s)")
     return lines
 
