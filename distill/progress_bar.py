@@ -21,7 +21,7 @@ from .progress import Eta, LimitWatch, RunObserver, cost_text, duration, human, 
 from .stats import RunStats
 
 REFRESH_PER_SECOND = 4
-BAR_WIDTH = 40
+BAR_WIDTH = 30
 
 
 class ProgressBar(RunObserver):
@@ -33,7 +33,7 @@ class ProgressBar(RunObserver):
     def __init__(
         self, stream: TextIO = sys.stderr, *, force_terminal: bool | None = None, quiet: bool = False
     ) -> None:
-        self.console = Console(file=stream, force_terminal=force_terminal, highlight=False, soft_wrap=True)
+        self.console = Console(file=stream, force_terminal=force_terminal, highlight=False)
         self.quiet = quiet  # warnings only: no bar, no notes
         self.live = self.console.is_terminal and not quiet
         self._view: _View | None = None
@@ -86,7 +86,7 @@ class _View:
         )
         row = Table.grid()
         row.add_column(width=BAR_WIDTH)
-        row.add_column()
+        row.add_column(no_wrap=True, overflow="ellipsis")
         row.add_row(Bar(total=float(total) if total else None, completed=finished, width=BAR_WIDTH), head)
         details = (
             [Text(f"{stats.conversations_failed} failed", style="red")] if stats.conversations_failed else []
