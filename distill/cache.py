@@ -192,9 +192,12 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     if tables and version < SCHEMA_VERSION:
         check_whole(conn, path)  # a migration writes: never into a damaged file
     for number in range(version, SCHEMA_VERSION):
-        with conn:
-            conn.executescript(MIGRATIONS[number])
-            conn.execute(f"PRAGMA user_version = {number + 1}")
+        # One transaction for the tables, the version and the mark: a process killed while creating the cache
+        # leaves an empty file (used again), never tables without the mark (refused as a foreign database).
+        conn.executescript(
+            f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; "
+            f"PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
+        )
     if app_id != APPLICATION_ID:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.commit()

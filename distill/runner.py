@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from formats.intake import format_hint, screened
+from formats.intake import check_not_blank, format_hint, screened
 from formats.rejects import RejectsWriter, rejects_path_for
 
 from .cache import Cache, check_file
@@ -138,6 +138,7 @@ async def run_async(
             f"--budget-scope must be one of {', '.join(BUDGET_SCOPES)}, got {job.budget_scope!r}"
         )
     check_key(job.settings.base_url, job.api_key, job.api_key_env)
+    check_not_blank(job.input)
     reader = open_reader(
         job.input,
         job.input_format,

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from distill.conversation import Conversation, Record, Reject
-from distill.errors import DistillError
+from distill.errors import DistillError, InputError
 
+from .readers.base import SNIFF_BYTES
 from .writers.base import Writer
 
 
@@ -36,3 +37,17 @@ def format_hint(path: Path, given: str | None) -> str | None:
     if detected == given:
         return None
     return f"the file looks like {detected}: pass --format {detected} (or leave --format out to detect it)"
+
+
+def check_not_blank(path: Path) -> None:
+    """An InputError saying the input ``is empty`` when it holds nothing but whitespace (or a byte-order mark)."""
+    if path.is_file() and _is_blank(path):
+        raise InputError(f"input file {path} is empty: there is nothing to distil")
+
+
+def _is_blank(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+        if head.removeprefix(b"\xef\xbb\xbf").strip():
+            return False
+        return not f.read(1)

@@ -86,20 +86,9 @@ def detect(path: Path) -> str:
     raise UsageError(f"{path} could be any of {', '.join(matches)}; pass --format to choose")
 
 
-def is_blank(path: Path) -> bool:
-    """True when ``path`` holds nothing but whitespace (or a byte-order mark), looking at its start only."""
-    with open(path, "rb") as f:
-        head = f.read(SNIFF_BYTES)
-        if head.removeprefix(b"\xef\xbb\xbf").strip():
-            return False
-        return not f.read(1)
-
-
 def open_reader(path: Path, fmt: str | None = None, options: ReaderOptions | None = None) -> Reader:
     """The reader for ``path``: ``fmt`` when given, else the detected one."""
     if not Path(path).exists() and fmt != "hf":  # hf also takes hub dataset names
         raise InputError(f"input file {path} does not exist")
-    if Path(path).is_file() and is_blank(Path(path)):
-        raise InputError(f"input file {path} is empty: there is nothing to distil")
     name = fmt or detect(path)
     return READERS.get(name)(options)
