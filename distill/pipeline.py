@@ -41,6 +41,7 @@ import orjson
 from .errors import ConfigError, TrainerError, UsageError
 
 STEPS = ("run", "train", "eval")
+OPTIONAL_STEPS = ("deploy",)  # distill/pipeline_deploy.py
 PIPELINE_KEYS = {"run": {"input"}, "train": set(), "eval": {"base-model"}}
 
 
@@ -59,16 +60,18 @@ def load_config(path: Path) -> PipelineConfig:
         raise ConfigError(f"pipeline config {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"pipeline config {path} is not valid TOML: {e}") from None
-    unknown = set(data) - {"pipeline", *STEPS}
+    unknown = set(data) - {"pipeline", *STEPS, *OPTIONAL_STEPS}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown table(s) {', '.join(sorted(unknown))}; use [pipeline], [run], [train], [eval]"
+            f"{path}: unknown table(s) {', '.join(sorted(unknown))}; use [pipeline], [run], [train], [eval], "
+            "[deploy]"
         )
     for step in STEPS:
         if not isinstance(data.get(step), dict):
             raise ConfigError(f"{path} needs a [{step}] table (the flags of 'distill {step}')")
     directory = Path(data.get("pipeline", {}).get("dir") or path.parent / "pipeline-out")
-    return PipelineConfig(path, directory, {step: data[step] for step in STEPS})
+    tables = {step: data[step] for step in (*STEPS, *OPTIONAL_STEPS) if step in data}
+    return PipelineConfig(path, directory, tables)
 
 
 def argv_for(command: str, table: dict[str, Any], skip: set[str] = frozenset()) -> list[str]:
@@ -138,12 +141,17 @@ def train_step(config: PipelineConfig, training_file: Path, validation_file: Pat
     return result, args.model
 
 
-def eval_step(config: PipelineConfig, model: str, label: str) -> dict[str, Any]:
+def eval_step(
+    config: PipelineConfig, model: str, label: str, base_url: str | None = None, deployed: str | None = None
+) -> dict[str, Any]:
+    """Evaluate ``model`` with the ``[eval]`` flags (at ``base_url`` instead of its base-url when given)."""
     from trainers import eval as evaluation
 
     from .cli.run import api_key, teacher_settings
 
-    table = config.tables["eval"]
+    table = dict(config.tables["eval"])
+    if base_url is not None:
+        table["base-url"] = base_url
     args = parse([*argv_for("eval", table, PIPELINE_KEYS["eval"]), "--model", model])
     settings = evaluation.eval_settings(args.task, teacher_settings(args))
     dialogues = evaluation.load_dialogues(args.task, args.input, args.limit)
@@ -154,6 +162,8 @@ def eval_step(config: PipelineConfig, model: str, label: str) -> dict[str, Any]:
         raise UsageError(
             f"{len(predictions.failures)} evaluation items of {label} model {model} got no answer"
         )
+    if deployed is not None:
+        report["deployed_model"] = deployed
     evaluation.write_report(report, config.directory / f"eval.{label}.json")
     return report
 
@@ -173,7 +183,13 @@ def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
     base_model = config.tables["eval"].get("base-model", base_model)
     print(f"[3/4] evaluate the base model {base_model} and the student {trained.model}", file=stream)
     base = eval_step(config, base_model, "base")
-    tuned = eval_step(config, trained.model, "tuned")
+    endpoint = None
+    if "deploy" in config.tables:
+        from .pipeline_deploy import deployed_eval
+
+        tuned, endpoint = deployed_eval(config, trained.model, stream)
+    else:
+        tuned = eval_step(config, trained.model, "tuned")
     comparison = evaluation.compare(base, tuned)
     summary = {
         "dataset": {
@@ -191,6 +207,8 @@ def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
         },
         "eval": {"task": tuned["task"], "base": strip_items(base), "tuned": strip_items(tuned)},
     }
+    if endpoint is not None:
+        summary["endpoint"] = endpoint
     (config.directory / "report.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     (config.directory / "report.md").write_text(markdown(summary, comparison))
     print(f"[4/4] report: {config.directory / 'report.md'}\n\n{comparison}", file=stream)
@@ -206,6 +224,8 @@ def strip_items(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any], comparison: str) -> str:
+    from .pipeline_deploy import endpoint_line
+
     d, j, e = summary["dataset"], summary["job"], summary["eval"]
     return "\n".join(
         [
@@ -214,7 +234,9 @@ def markdown(summary: dict[str, Any], comparison: str) -> str:
             f"- dataset: `{d['path']}` ({d['conversations']} conversations, teacher `{d['teacher']}`), "
             f"sha256 `{d['sha256']}`",
             f"- fine-tune: job `{j['id']}` ({j['status']}), `{j['base_model']}` -> `{j['model']}`",
-            f"- evaluation: {e['task']}, base `{e['base']['model']}` vs student `{e['tuned']['model']}`",
+            f"- evaluation: {e['task']}, base `{e['base']['model']}` vs student `{e['tuned']['model']}`"
+            + (f" (serving `{e['tuned']['deployed_model']}`)" if e["tuned"].get("deployed_model") else ""),
+            *endpoint_line(summary.get("endpoint")),
             "",
             "```",
             comparison,

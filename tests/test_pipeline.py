@@ -37,8 +37,8 @@ def test_missing_or_unknown_tables_are_config_errors(tmp_path):
     config.write_text("[run]\n[train]\n")
     with pytest.raises(ConfigError, match=r"\[eval\]"):
         load_config(config)
-    config.write_text("[run]\n[train]\n[eval]\n[deploy]\n")
-    with pytest.raises(ConfigError, match="deploy"):
+    config.write_text("[run]\n[train]\n[eval]\n[serve]\n")
+    with pytest.raises(ConfigError, match="serve"):
         load_config(config)
 
 

@@ -146,6 +146,7 @@ class EndpointStore:
         replicas: int,
         owner: str,
         owner_pid: int | None,
+        created_at: float | None = None,
     ) -> int:
         """Record an endpoint about to be created; returns its record id."""
         with self._connect() as conn:
@@ -153,7 +154,7 @@ class EndpointStore:
                 "INSERT INTO endpoints (base_url, project_id, name, model, hardware, price_cents_per_hour, "
                 "replicas, owner, owner_host, owner_pid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (base_url, project_id, name, model, hardware, price_cents_per_hour, replicas, owner,
-                 socket.gethostname(), owner_pid, time.time()),
+                 socket.gethostname(), owner_pid, created_at if created_at is not None else time.time()),
             )  # fmt: skip
             return int(cursor.lastrowid or 0)
 

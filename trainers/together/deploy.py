@@ -152,6 +152,7 @@ class Deployer:
             replicas=request.max_replicas,
             owner=owner,
             owner_pid=owner_pid,
+            created_at=self.now(),
         )
         try:
             self._create(record_id, name, target, option, request)
