@@ -220,7 +220,7 @@ def trained_base(config: PipelineConfig) -> str:
 
 
 def strip_items(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k != "items"}
+    return {k: v for k, v in report.items() if k not in ("items", "endpoint", "evaluation_key")}
 
 
 def markdown(summary: dict[str, Any], comparison: str) -> str:
