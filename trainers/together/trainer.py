@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TextIO
 from together import Together
 
 from distill.errors import CheckError, UsageError
+from formats.masking import prompt_loss_warning
 from trainers.base import TRAINERS, Trainer, TrainResult, TrainSpec
 from trainers.jobs import JobRecord, JobStore, UploadRecord, file_sha256, request_key
 
@@ -51,13 +52,15 @@ def default_confirm() -> Confirm | None:
     return ask_on_terminal if sys.stdin is not None and sys.stdin.isatty() else None
 
 
-def run_file_check(path: Path) -> None:
-    """``distill check`` on ``path`` before anything is uploaded; a broken rule is a :class:`CheckError`."""
+def run_file_check(path: Path) -> str | None:
+    """``distill check`` on ``path`` before anything is uploaded; a broken rule is a :class:`CheckError`.
+    Returns the file's data format."""
     from formats.check import check_file
 
     report = check_file(path)
     if not report.ok:
         raise CheckError(f"{path} breaks the fine-tuning data rules:\n{report.format()}")
+    return report.data_format
 
 
 def job_options(spec: TrainSpec) -> dict[str, Any]:
@@ -203,7 +206,10 @@ class TogetherTrainer(Trainer):
         """Check, upload, start (or re-attach to) the job ``spec`` describes and follow it to its end."""
         options = job_options(spec)
         key_value = wandb_key(spec)
-        run_file_check(spec.training_file)
+        data_format = run_file_check(spec.training_file)
+        masking = prompt_loss_warning(data_format, spec.train_on_inputs)
+        if masking is not None:
+            print(f"distill train: warning: {spec.training_file}: {masking}", file=self.out, flush=True)
         if spec.validation_file is not None:
             run_file_check(spec.validation_file)
         training_sha = file_sha256(spec.training_file)
