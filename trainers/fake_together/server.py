@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from . import endpoint_routes
+from .checkpoints import resolve_checkpoint
 from .clock import Clock
 from .endpoints import EndpointState
 from .limits import BadRequest, check_job_body, model_limits
@@ -352,6 +353,7 @@ class FakeTogether:
         body = await request.json()
         self.create_bodies.append(body)
         try:
+            resolve_checkpoint(body, self.jobs)
             limits = self._limits_or_error(body.get("model"))
             training = self._usable_file(body.get("training_file"), "training_file")
             if body.get("validation_file"):

@@ -30,6 +30,7 @@ from trainers.jobs import JobRecord, JobStore, UploadRecord, file_sha256, reques
 
 from .client import NotOnService, make_client, sdk_errors
 from .follow import JobFollower, JobView, job_dict
+from .options import check_price, create_arguments, extra_options
 
 PURPOSE = "fine-tune"
 FILE_DONE = frozenset({"COMPLETED", "FAILED", "INVALID_FORMAT"})
@@ -84,6 +85,7 @@ def job_options(spec: TrainSpec) -> dict[str, Any]:
     }
     if spec.lora:
         options.update(lora_r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout)
+    options.update(extra_options(spec))
     return options
 
 
@@ -186,6 +188,10 @@ class TogetherTrainer(Trainer):
         if not self.quiet:
             print(line, file=self.out, flush=True)
 
+    def warn(self, line: str) -> None:
+        """Shown even with ``quiet``: warnings."""
+        print(line, file=self.out, flush=True)
+
     def _follower(self) -> JobFollower:
         base_url = self.base_url
         return JobFollower(
@@ -209,7 +215,7 @@ class TogetherTrainer(Trainer):
         data_format = run_file_check(spec.training_file)
         masking = prompt_loss_warning(data_format, spec.train_on_inputs)
         if masking is not None:
-            print(f"distill train: warning: {spec.training_file}: {masking}", file=self.out, flush=True)
+            self.warn(f"distill train: warning: {spec.training_file}: {masking}")
         if spec.validation_file is not None:
             run_file_check(spec.validation_file)
         training_sha = file_sha256(spec.training_file)
@@ -229,6 +235,7 @@ class TogetherTrainer(Trainer):
             return self._attach(*previous)
         training_id = self._upload(spec.training_file, training_sha)
         validation_id = self._upload(spec.validation_file, validation_sha) if spec.validation_file else ""
+        check_price(self.client, base_url, spec, options, training_id, validation_id, self.say, self.warn)
         with interrupts_held() as held:  # a job created but not recorded would be paid for twice
             job = self._create(spec, options, training_id, validation_id, key_value)
             record = self._record(spec, options, job, key, training_sha, validation_sha)
@@ -358,6 +365,7 @@ class TogetherTrainer(Trainer):
         }
         if spec.lora:
             arguments.update(lora_r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout)
+        arguments.update(create_arguments(spec, options))
         try:
             with sdk_errors(f"start a fine-tune of {spec.model}", self.base_url):
                 return job_dict(self.client.fine_tuning.create(**arguments))
