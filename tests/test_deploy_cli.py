@@ -54,7 +54,9 @@ def answered(fake: FakeTogether) -> int:
     return fake.count("POST", "/v1/chat/completions")
 
 
-def start_and_wait_for_answers(argv: list[str], env: dict[str, str], fake: FakeTogether, n: int) -> subprocess.Popen:
+def start_and_wait_for_answers(
+    argv: list[str], env: dict[str, str], fake: FakeTogether, n: int
+) -> subprocess.Popen:
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while answered(fake) < n:
@@ -75,7 +77,11 @@ def test_deploy_prints_the_name_and_status_stop_delete_act_on_it(fake, env, tmp_
     name = done.stdout.strip()
     assert name.startswith("proj-cli/distill-meta-llama-3-1-8b-instruct-turbo-")
     (deployment,) = fake.endpoint_state.deployments.values()
-    assert (deployment.hardware, deployment.min_replicas, deployment.max_replicas) == ("1xnvidia-h100-80gb", 1, 2)
+    assert (deployment.hardware, deployment.min_replicas, deployment.max_replicas) == (
+        "1xnvidia-h100-80gb",
+        1,
+        2,
+    )
     assert deployment.inactive_timeout == 60
     status = distill(env, "deploy", "--status", "--together-url", fake.url)
     assert name in status.stdout and "ready" in status.stdout

@@ -65,7 +65,9 @@ def test_the_pipeline_ties_dataset_job_and_scores_together(tmp_path, monkeypatch
     assert summary["endpoint"]["billed_replica_minutes"] == 1
     report = json.loads((tmp_path / "pipeline" / "report.json").read_text())
     assert report["dataset"]["conversations"] == 5 and len(report["dataset"]["sha256"]) == 64
-    with open(report["dataset"]["path"], encoding="utf-8") as trained_on:  # messages by default: prompts masked
+    with open(
+        report["dataset"]["path"], encoding="utf-8"
+    ) as trained_on:  # messages by default: prompts masked
         assert list(json.loads(trained_on.readline())) == ["messages"]
     assert report["job"]["status"] == "completed" and report["job"]["id"].startswith("ft-")
     assert report["eval"]["base"]["n"] == report["eval"]["tuned"]["n"] == 12

@@ -55,7 +55,9 @@ def test_training_a_text_file_with_auto_warns_and_names_the_fix(fake, text_file,
 
 
 @pytest.mark.parametrize("case", ["messages file", "text on purpose"])
-def test_no_warning_when_the_prompts_are_masked_or_trained_on_purpose(fake, text_file, tmp_path, capsys, monkeypatch, case):
+def test_no_warning_when_the_prompts_are_masked_or_trained_on_purpose(
+    fake, text_file, tmp_path, capsys, monkeypatch, case
+):
     monkeypatch.setenv("TOGETHER_API_KEY", "test-key")
     argv = (
         train_argv(fake, MESSAGES, tmp_path)

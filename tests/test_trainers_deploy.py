@@ -77,14 +77,18 @@ def test_a_reference_base_cannot_be_deployed_and_the_error_says_what_to_do(deplo
 def test_the_whole_cycle_deploy_serve_stop_delete_and_its_bill(
     deployer: Deployer, fake: FakeTogether, clock: ManualClock
 ) -> None:
-    record = deployer.deploy(DeployRequest(TURBO, hardware="1xnvidia-h100-80gb", min_replicas=2, max_replicas=2))
+    record = deployer.deploy(
+        DeployRequest(TURBO, hardware="1xnvidia-h100-80gb", min_replicas=2, max_replicas=2)
+    )
     client = sdk(fake)
     assert record.inference_name == f"{PROJECT}/{record.name}"
     (endpoint,) = client.endpoints.list()
     (deployment,) = client.endpoints.deployments.list(endpoint.id)
     assert deployment.status.state == "DEPLOYMENT_STATE_READY" and deployment.hardware == "1xnvidia-h100-80gb"
     assert endpoint.traffic_split[0].deployment_id == deployment.id
-    answer = client.chat.completions.create(model=record.inference_name, messages=[{"role": "user", "content": "hi"}])
+    answer = client.chat.completions.create(
+        model=record.inference_name, messages=[{"role": "user", "content": "hi"}]
+    )
     assert answer.choices[0].message.content.startswith("Answer to: hi")
     clock.advance(85)  # 5 s provisioning + 85 s: two started minutes, two replicas
     assert fake.endpoint_state.billed_minutes() == 4
@@ -111,15 +115,20 @@ def test_a_stopped_endpoint_refuses_inference_and_an_idle_one_stops_by_itself(
     clock.advance(30 * 60 + 1)
     assert deployer.state(record) == "DEPLOYMENT_STATE_STOPPED"
     with pytest.raises(together.InternalServerError, match="no ready deployment"):
-        sdk(fake).chat.completions.create(model=str(record.inference_name), messages=[{"role": "user", "content": "x"}])
+        sdk(fake).chat.completions.create(
+            model=str(record.inference_name), messages=[{"role": "user", "content": "x"}]
+        )
     deployer.teardown(record)
 
 
 @pytest.mark.parametrize("stop", [RuntimeError("evaluation failed"), KeyboardInterrupt()])
 def test_serving_always_tears_down(deployer: Deployer, fake: FakeTogether, stop: BaseException) -> None:
-    with pytest.raises(type(stop)), serving(deployer, DeployRequest(TURBO, name=eval_endpoint_name(TURBO))) as (
-        record,
-        usage,
+    with (
+        pytest.raises(type(stop)),
+        serving(deployer, DeployRequest(TURBO, name=eval_endpoint_name(TURBO))) as (
+            record,
+            usage,
+        ),
     ):
         assert deployer.state(record) == "DEPLOYMENT_STATE_READY"
         raise stop

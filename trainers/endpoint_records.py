@@ -177,7 +177,9 @@ class EndpointStore:
         """Every recorded endpoint, oldest first (none when there is no database yet: nothing is created)."""
         if not self.path.exists():
             return []
-        query = "SELECT * FROM endpoints" + (" WHERE deleted_at IS NULL" if alive_only else "") + " ORDER BY id"
+        query = (
+            "SELECT * FROM endpoints" + (" WHERE deleted_at IS NULL" if alive_only else "") + " ORDER BY id"
+        )
         with self._connect() as conn:
             return [EndpointRecord(**dict(row)) for row in conn.execute(query).fetchall()]
 

@@ -22,7 +22,9 @@ from distill.errors import UsageError
 
 def add_deploy_options(p: argparse.ArgumentParser) -> None:
     """The flags that say where and how to deploy (shared with ``distill eval --deploy``)."""
-    option(p, "--hardware", help="hardware to run on, e.g. 1xnvidia-h100-80gb (default: the cheapest offered)")
+    option(
+        p, "--hardware", help="hardware to run on, e.g. 1xnvidia-h100-80gb (default: the cheapest offered)"
+    )
     option(p, "--min-replicas", type=int, default=1, help="replicas always running (default: 1)")
     option(p, "--max-replicas", type=int, help="replicas at most under load (default: --min-replicas)")
     option(
@@ -37,8 +39,19 @@ def add_deploy_options(p: argparse.ArgumentParser) -> None:
         "--together-url",
         help="Together API base without /v1 (default: TOGETHER_BASE_URL, else https://api.together.ai)",
     )
-    option(p, "--jobs-db", type=Path, help="the record of jobs and endpoints (default: DISTILL_JOBS_DB or ~/.local/state)")
-    option(p, "--deploy-poll-interval", type=float, default=10.0, help="seconds between state checks (default: 10)")
+    option(
+        p,
+        "--jobs-db",
+        type=Path,
+        help="the record of jobs and endpoints (default: DISTILL_JOBS_DB or ~/.local/state)",
+    )
+    option(
+        p,
+        "--deploy-poll-interval",
+        type=float,
+        default=10.0,
+        help="seconds between state checks (default: 10)",
+    )
 
 
 def make_deployer(args: argparse.Namespace, *, quiet: bool = False):
@@ -77,11 +90,15 @@ def add_parser(subparsers) -> None:
     add_deploy_options(p)
     option(p, "--quiet", "-q", action="store_true", default=False, help="no progress display")
     actions = p.add_mutually_exclusive_group()
-    actions.add_argument("--list-hardware", action="store_true", help="list the hardware the model can run on")
+    actions.add_argument(
+        "--list-hardware", action="store_true", help="list the hardware the model can run on"
+    )
     actions.add_argument("--status", action="store_true", help="list the recorded endpoints and their state")
     actions.add_argument("--stop", metavar="NAME", help="stop a recorded endpoint (it stops billing)")
     actions.add_argument("--delete", metavar="NAME", help="stop and delete a recorded endpoint")
-    actions.add_argument("--cleanup", action="store_true", help="stop and delete every endpoint still recorded")
+    actions.add_argument(
+        "--cleanup", action="store_true", help="stop and delete every endpoint still recorded"
+    )
     p.set_defaults(func=main)
 
 
@@ -107,7 +124,9 @@ def main(args: argparse.Namespace) -> int:
     if args.stop or args.delete:
         record = deployer.store.find(args.stop or args.delete)
         if record is None:
-            raise UsageError(f"no live endpoint named {args.stop or args.delete} is recorded; see distill deploy --status")
+            raise UsageError(
+                f"no live endpoint named {args.stop or args.delete} is recorded; see distill deploy --status"
+            )
         if args.stop:
             deployer.stop(record)
             print(f"stopped {record.inference_name or record.name} (delete it with --delete {record.name})")
@@ -134,6 +153,15 @@ def format_status(deployer) -> str:
     rows = [("ENDPOINT", "MODEL", "HARDWARE", "STATE", "MINUTES", "COST")]
     for r in records:
         state = "deleted" if not r.alive else deployer.state(r).removeprefix("DEPLOYMENT_STATE_").lower()
-        rows.append((r.inference_name or r.name, r.model, r.hardware, state, f"{r.minutes(now):.1f}", f"${r.cost(now):.2f}"))
+        rows.append(
+            (
+                r.inference_name or r.name,
+                r.model,
+                r.hardware,
+                state,
+                f"{r.minutes(now):.1f}",
+                f"${r.cost(now):.2f}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

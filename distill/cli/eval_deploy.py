@@ -52,7 +52,9 @@ def evaluate_deployed(args: argparse.Namespace, dialogues: list[Any]) -> tuple[d
     base = None
     if args.base_model:
         if not args.base_url:
-            raise_usage("--base-model needs --base-url: where the base model is served (e.g. serverless Together)")
+            raise_usage(
+                "--base-model needs --base-url: where the base model is served (e.g. serverless Together)"
+            )
         base, failed = ask(args, dialogues, args.base_model, args.base_url)
         report_failures(failed)
     deployer = make_deployer(args, quiet=args.quiet)

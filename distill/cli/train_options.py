@@ -10,7 +10,12 @@ from distill.errors import UsageError
 
 
 def add_together_options(p: argparse.ArgumentParser) -> None:
-    option(p, "--from-checkpoint", metavar="JOB[:STEP]", help="together: continue from a job's (or model's) checkpoint")
+    option(
+        p,
+        "--from-checkpoint",
+        metavar="JOB[:STEP]",
+        help="together: continue from a job's (or model's) checkpoint",
+    )
     option(
         p,
         "--early-stopping-patience",
@@ -18,7 +23,9 @@ def add_together_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="together: stop after N evaluations without improvement (needs --validation-file and --n-evals)",
     )
-    option(p, "--early-stopping-min-delta", type=float, help="together: the loss drop that counts as improvement")
+    option(
+        p, "--early-stopping-min-delta", type=float, help="together: the loss drop that counts as improvement"
+    )
     option(p, "--early-stopping-warmup-evals", type=int, help="together: evaluations before patience counts")
     option(
         p,

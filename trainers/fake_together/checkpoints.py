@@ -17,7 +17,9 @@ def resolve_checkpoint(body: dict[str, Any], jobs: dict[str, FakeJob]) -> None:
     for job in jobs.values():
         if name in (job.id, job.output_name):
             if job.status != "completed":
-                raise BadRequest(f"from_checkpoint {reference}: job {job.id} is {job.status}", "from_checkpoint")
+                raise BadRequest(
+                    f"from_checkpoint {reference}: job {job.id} is {job.status}", "from_checkpoint"
+                )
             body["model"] = job.body["model"]
             return
     raise BadRequest(f"from_checkpoint {reference}: no such job or model", "from_checkpoint")

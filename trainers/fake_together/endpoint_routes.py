@@ -34,7 +34,9 @@ DEPLOYMENT = ENDPOINT + "/deployments/{deployment}"
 
 
 def _error(e: ApiError) -> web.Response:
-    kind = {404: "not_found", 409: "conflict", 503: "service_unavailable"}.get(e.status, "invalid_request_error")
+    kind = {404: "not_found", 409: "conflict", 503: "service_unavailable"}.get(
+        e.status, "invalid_request_error"
+    )
     body = {"error": {"message": str(e), "type": kind, "param": e.param, "code": None}}
     return web.json_response(body, status=e.status)
 
@@ -153,7 +155,9 @@ class EndpointRoutes:
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
         project = request.match_info["project"]
-        return _page([self.endpoint_json(e) for e in self.state.endpoints.values() if e.project_id == project])
+        return _page(
+            [self.endpoint_json(e) for e in self.state.endpoints.values() if e.project_id == project]
+        )
 
     async def retrieve_endpoint(self, request: web.Request) -> web.Response:
         return web.json_response(self.endpoint_json(self._endpoint(request)))

@@ -159,7 +159,8 @@ class FakeTogether:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._record, self._authenticate, endpoint_routes.api_errors], client_max_size=1 << 30
+            middlewares=[self._record, self._authenticate, endpoint_routes.api_errors],
+            client_max_size=1 << 30,
         )
         app.router.add_post("/v1/files", self.create_upload)
         app.router.add_get("/v1/files", self.list_files)

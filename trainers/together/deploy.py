@@ -112,7 +112,9 @@ class Deployer:
                     "its id is on https://api.together.ai/settings)"
                 )
             client = make_client(self._base_url, self._api_key, max_retries=self.max_retries)
-            self._client = client.with_options(project_id=self.project_id) if client.project_id is None else client
+            self._client = (
+                client.with_options(project_id=self.project_id) if client.project_id is None else client
+            )
         return self._client
 
     @property
@@ -135,7 +137,9 @@ class Deployer:
 
     # deploying
 
-    def deploy(self, request: DeployRequest, *, owner: str = "deploy", owner_pid: int | None = None) -> EndpointRecord:
+    def deploy(
+        self, request: DeployRequest, *, owner: str = "deploy", owner_pid: int | None = None
+    ) -> EndpointRecord:
         """Create the endpoint and its deployment, wait until it serves; the record of the running endpoint."""
         request.check()
         target = self.hardware(request.model)
@@ -215,7 +219,9 @@ class Deployer:
                 self.say(f"endpoint {record.inference_name} is serving")
                 return self.store.get(record.id)
             if state in (FAILED, STOPPED, "GONE"):
-                raise TrainerError(f"endpoint {record.name} did not start ({state}); see the Together console")
+                raise TrainerError(
+                    f"endpoint {record.name} did not start ({state}); see the Together console"
+                )
             if self.now() - started > self.ready_timeout:
                 raise TrainerError(
                     f"endpoint {record.name} was not serving after {self.ready_timeout:.0f} s; it was torn down"

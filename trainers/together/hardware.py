@@ -16,7 +16,7 @@ from together import Together
 
 from distill.errors import TrainerError, UsageError
 
-from .client import server_message, sdk_errors
+from .client import sdk_errors, server_message
 
 
 class NotDeployable(TrainerError):

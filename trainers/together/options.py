@@ -89,7 +89,10 @@ def check_price(
         return None
     price = float(estimate.estimated_total_price)
     tokens = estimate.estimated_train_token_count
-    say(f"Together estimates this fine-tune at ${price:.2f}" + (f" ({tokens:,.0f} training tokens)" if tokens else ""))
+    say(
+        f"Together estimates this fine-tune at ${price:.2f}"
+        + (f" ({tokens:,.0f} training tokens)" if tokens else "")
+    )
     if estimate.allowed_to_proceed is False:
         warn("distill train: warning: Together says the account's credit does not cover this estimate")
     if budget is not None and price > budget:

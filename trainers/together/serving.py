@@ -78,7 +78,9 @@ def signals_held() -> Iterator[list[int]]:
 
 
 @contextmanager
-def serving(deployer: Deployer, request: DeployRequest, *, owner: str = "eval") -> Iterator[tuple[EndpointRecord, Usage]]:
+def serving(
+    deployer: Deployer, request: DeployRequest, *, owner: str = "eval"
+) -> Iterator[tuple[EndpointRecord, Usage]]:
     """Deploy ``request`` for the block and tear it down after, whatever happens; yields the endpoint and the
     :class:`Usage` that is filled in on the way out."""
     usage = Usage()
@@ -91,5 +93,13 @@ def serving(deployer: Deployer, request: DeployRequest, *, owner: str = "eval") 
             with signals_held():
                 final = deployer.teardown(deployer.store.get(record.id))
             now = deployer.now()
-            usage.name, usage.hardware, usage.summary = final.inference_name or final.name, final.hardware, final.usage(now)
-            usage.minutes, usage.billed_minutes, usage.cost = final.minutes(now), final.billed_minutes(now), final.cost(now)
+            usage.name, usage.hardware, usage.summary = (
+                final.inference_name or final.name,
+                final.hardware,
+                final.usage(now),
+            )
+            usage.minutes, usage.billed_minutes, usage.cost = (
+                final.minutes(now),
+                final.billed_minutes(now),
+                final.cost(now),
+            )
