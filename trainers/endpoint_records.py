@@ -16,13 +16,11 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from distill.errors import CacheError
-from trainers.jobs import default_jobs_path
+from trainers.jobs import default_jobs_path, open_record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -115,24 +113,8 @@ class EndpointStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_jobs_path()
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30)
-        except (OSError, sqlite3.Error) as e:
-            raise CacheError(f"cannot open the jobs record {self.path}: {e}; pass --jobs-db PATH") from None
-        try:
-            conn.row_factory = sqlite3.Row
-            with conn:
-                conn.executescript(_SCHEMA)
-                yield conn
-        except sqlite3.DatabaseError as e:
-            raise CacheError(
-                f"the jobs record {self.path} is unusable ({e}); move it away or pass --jobs-db PATH"
-            ) from None
-        finally:
-            conn.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return open_record(self.path, lambda conn: conn.executescript(_SCHEMA))
 
     def add(
         self,
