@@ -24,10 +24,10 @@ SCRIPTS = ("throughput", "rate_limit", "latency", "resume", "memory", "export_sp
 METHOD = """\
 ## How the figures are taken
 
-* The local teacher (`distill.teacher_server`) runs in its own process and counts every request it receives;
+* The local teacher (`distill.servers.teacher`) runs in its own process and counts every request it receives;
   a rerun that sent anything twice would show in its counts. Usage is counted in words (fast) except in the
   tokens-bind case, which counts cl100k_base tokens as the engine does.
-* The baseline of target 1 is a plain aiohttp client loop (`distill.teacher_server.loadgen`): one session,
+* The baseline of target 1 is a plain aiohttp client loop (`distill.servers.teacher.loadgen`): one session,
   64 requests always in flight, no cache, against the same teacher process, measured before and after each
   run; a run's ratio divides its figure by the mean of the two baselines around it, and the table shows the
   median over runs. The machine is shared and noisy: ratios hold, absolute figures move. distill sends through

@@ -10,8 +10,8 @@ import pytest
 from distill.conversation import Message
 from distill.errors import AuthenticationError
 from distill.runner import RunJob, run_async
+from distill.servers.teacher import chat_answer, prompt_answer
 from distill.settings import RunSettings, Sampling
-from distill.teacher_server import chat_answer, prompt_answer
 from formats.readers import open_reader
 from formats.writers.llama2 import render_llama2
 

@@ -35,7 +35,7 @@ from distill.errors import (
 )
 from distill.http import HttpPool, HttpResponse
 from distill.requests import TeacherRequest, sampling_params
-from distill.teacher_server import TeacherKnobs, TeacherServer
+from distill.servers.teacher import TeacherKnobs, TeacherServer
 
 HOST = "127.0.0.1"
 LARGE = random.Random(0).randbytes(6 * 1024 * 1024)  # asyncio reads at most 256 KiB at a time: 24+ reads

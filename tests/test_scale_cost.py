@@ -14,9 +14,9 @@ from distill import cost, tokens
 from distill.cost import BudgetReached, Price, estimate, resolve_price
 from distill.errors import UsageError
 from distill.runner import RunJob, run_async
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings, Sampling
 from distill.shard import Shard
-from distill.teacher_server import TeacherKnobs, start_teacher_process
 from formats.readers import open_reader
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scale"

@@ -3,7 +3,7 @@
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /stats``
 (``?hashes=0`` leaves out the per-request tables), ``POST /stats/reset``, ``GET /knobs`` and ``POST /knobs``
 (a JSON object of knobs to change). Use :class:`TeacherServer` in-process or
-:func:`~distill.teacher_server.process.start_teacher_process` for a server in its own process.
+:func:`~distill.servers.teacher.process.start_teacher_process` for a server in its own process.
 """
 
 from __future__ import annotations
