@@ -31,9 +31,8 @@ METHOD = """\
   64 requests always in flight, no cache, against the same teacher process, measured before and after each
   run; a run's ratio divides its figure by the mean of the two baselines around it, and the table shows the
   median over runs. The machine is shared and noisy: ratios hold, absolute figures move. distill sends through
-  its own HTTP client (`distill/http.py`, the default); one more single-turn run with `--http-client aiohttp`
-  shows, in the details, the engine over the same aiohttp client as the baseline. The teacher runs on asyncio's
-  own event loop unless uvloop is installed (it is not among distill's dependencies).
+  the same aiohttp client as the baseline, so a ratio is what the engine costs on top. The teacher runs on
+  asyncio's own event loop unless uvloop is installed (it is not among distill's dependencies).
 * "Sending" rates are the teacher's count over the time from the run's first request to its last, polled
   from the teacher every 10 ms; the whole command's rate (interpreter start, reading, answering, export,
   output check, manifest) is in the details.
