@@ -9,7 +9,8 @@ from pathlib import Path
 
 from distill.batch import BatchOptions
 from distill.config import add_config_flag, option, resolve
-from distill.cost import dry_run, resolve_price
+from distill.cost import resolve_price
+from distill.dry_run import dry_run
 from distill.errors import UsageError
 from distill.runner import RunJob, run
 from distill.settings import RunSettings, Sampling
