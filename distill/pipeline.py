@@ -24,6 +24,9 @@ The configuration has one table per step, and each table's keys are exactly the 
     base-url = "https://api.together.xyz/v1"
     base-model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"   # default: [train] model
 
+    [deploy]                        # optional: distill deploy's flags; the student is evaluated on a dedicated
+    hardware = "1xnvidia-h100-80gb" # endpoint, stopped and deleted after (the base model first, via [eval])
+
 Every step is idempotent (the run resumes from its cache, the trainer re-attaches to its recorded job, the
 evaluations are cached), so a pipeline that stopped is finished by running it again.
 """
@@ -31,6 +34,8 @@ evaluations are cached), so a pipeline that stopped is finished by running it ag
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +46,7 @@ import orjson
 from .errors import ConfigError, TrainerError, UsageError
 
 STEPS = ("run", "train", "eval")
-OPTIONAL_STEPS = ("deploy",)  # distill/pipeline_deploy.py
+OPTIONAL_STEPS = ("deploy",)
 PIPELINE_KEYS = {"run": {"input"}, "train": set(), "eval": {"base-model"}}
 
 
@@ -185,8 +190,6 @@ def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
     base = eval_step(config, base_model, "base")
     endpoint = None
     if "deploy" in config.tables:
-        from .pipeline_deploy import deployed_eval
-
         tuned, endpoint = deployed_eval(config, trained.model, stream)
     else:
         tuned = eval_step(config, trained.model, "tuned")
@@ -224,8 +227,6 @@ def strip_items(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any], comparison: str) -> str:
-    from .pipeline_deploy import endpoint_line
-
     d, j, e = summary["dataset"], summary["job"], summary["eval"]
     return "\n".join(
         [
@@ -244,3 +245,60 @@ def markdown(summary: dict[str, Any], comparison: str) -> str:
             "",
         ]
     )
+
+
+# The [deploy] step: serve the student on a dedicated Together endpoint for its evaluation.
+
+
+def evaluation_key(config: Any, model: str) -> str:
+    """What decides the student's scores: the ``[eval]`` table and the model (not the endpoint it ran on)."""
+    identity = json.dumps({"eval": config.tables["eval"], "model": model}, sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def finished_before(config: Any, model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The report and endpoint usage of an earlier run that evaluated the same model the same way: a rerun of a
+    finished pipeline deploys nothing (an endpoint bills from the minute it starts)."""
+    path = config.directory / "eval.tuned.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if report.get("evaluation_key") != evaluation_key(config, model) or "endpoint" not in report:
+        return None
+    return report, report["endpoint"]
+
+
+def deployed_eval(config: Any, model: str, stream: TextIO) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The student's evaluation report through its endpoint, and the endpoint's usage."""
+    from distill.cli.deploy import make_deployer
+    from distill.cli.eval_deploy import eval_deploy_request
+    from trainers import eval as evaluation
+    from trainers.together.serving import serving
+
+    earlier = finished_before(config, model)
+    if earlier is not None:
+        print(f"      {model} was already evaluated on an endpoint (nothing deployed)", file=stream)
+        return earlier
+    args = parse([*argv_for("deploy", config.tables["deploy"]), "--model", model])
+    deployer = make_deployer(args)
+    print(f"      deploy {model} on a dedicated endpoint", file=stream)
+    with serving(deployer, eval_deploy_request(args, model), owner="pipeline") as (record, usage):
+        tuned = eval_step(
+            config, str(record.inference_name), "tuned", base_url=deployer.inference_url, deployed=model
+        )
+    print(f"      {usage.line()}", file=stream)
+    tuned.update(endpoint=usage.to_dict(), evaluation_key=evaluation_key(config, model))
+    evaluation.write_report(tuned, config.directory / "eval.tuned.json")
+    return tuned, usage.to_dict()
+
+
+def endpoint_line(endpoint: dict[str, Any] | None) -> list[str]:
+    """The report's line about the endpoint, when there was one."""
+    if not endpoint:
+        return []
+    return [
+        f"- endpoint: `{endpoint['name']}` on {endpoint['hardware']}, {endpoint['minutes']:.2f} min "
+        f"({endpoint['billed_replica_minutes']} replica-minutes billed, estimated "
+        f"${endpoint['estimated_cost_usd']:.2f}); stopped and deleted"
+    ]

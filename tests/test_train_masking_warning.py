@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from distill.cli import main
+from distill.servers.together import FakeTogether
 from tests.support import DISTILL
-from trainers.fake_together import FakeTogether
 
 MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
 MESSAGES = Path(__file__).parent / "fixtures" / "trainers" / "small_coqa_3.jsonl"

@@ -11,8 +11,8 @@ import pytest
 from together import Together
 
 from distill.errors import UsageError
+from distill.servers.together import FakeTogether, ManualClock
 from trainers.endpoint_records import EndpointStore
-from trainers.fake_together import FakeTogether, ManualClock
 from trainers.together.deploy import Deployer, DeployRequest, eval_endpoint_name
 from trainers.together.hardware import NotDeployable
 from trainers.together.serving import serving

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distill.cli import main
-from trainers.fake_together import FakeTogether
+from distill.servers.together import FakeTogether
 
 MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
 TRAIN = Path(__file__).parent / "fixtures" / "trainers" / "small_coqa_3.jsonl"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from distill.pipeline import run_pipeline
 from distill.runner import RunJob, run
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings
-from distill.teacher_server import TeacherKnobs, start_teacher_process
 
 DEMO_KEY = "demo-key-for-the-local-fakes"
 
@@ -103,7 +103,7 @@ jobs-db = "{directory / "jobs.sqlite3"}"
 
 
 def main(args: argparse.Namespace) -> int:
-    from trainers.fake_together import FakeTogether
+    from distill.servers.together import FakeTogether
 
     directory = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)

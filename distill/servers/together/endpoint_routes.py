@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from distill.teacher_server.answers import chat_answer
+from distill.servers.teacher.answers import chat_answer
 
+from .clock import Clock
 from .endpoints import (
     PUBLIC_PROJECT,
     ApiError,
@@ -24,9 +25,17 @@ from .endpoints import (
     public_model_id,
     short_id,
 )
+from .store import FakeJob
 
-if TYPE_CHECKING:
-    from .server import FakeTogether
+
+class FakeService(Protocol):
+    """What the routes need of the fake (``FakeTogether``): its clock, jobs, endpoint state and latency knob."""
+
+    clock: Clock
+    jobs: dict[str, FakeJob]
+    endpoint_state: EndpointState
+    inference_seconds: float
+
 
 PROJECT = "/v2/projects/{project}"
 ENDPOINT = PROJECT + "/endpoints/{endpoint}"
@@ -48,7 +57,7 @@ def _page(items: list[dict[str, Any]]) -> web.Response:
 class EndpointRoutes:
     """The handlers, over the fake's :class:`EndpointState` and its completed fine-tune jobs (the models)."""
 
-    def __init__(self, fake: FakeTogether) -> None:
+    def __init__(self, fake: FakeService) -> None:
         self.fake = fake
         self.state: EndpointState = fake.endpoint_state
 
@@ -354,7 +363,7 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(e)
 
 
-def register(app: web.Application, fake: FakeTogether) -> None:
+def register(app: web.Application, fake: FakeService) -> None:
     """Add the endpoint, deployment, hardware, model, config and inference routes to ``app``."""
     routes = EndpointRoutes(fake)
     router = app.router
