@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -28,6 +31,7 @@ from .client import NotOnService, make_client, sdk_errors
 from .hardware import Deployable, HardwareOption, deployable
 
 PROJECT_ENV = "TOGETHER_PROJECT_ID"
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 READY = "DEPLOYMENT_STATE_READY"
 STOPPED = "DEPLOYMENT_STATE_STOPPED"
 FAILED = "DEPLOYMENT_STATE_FAILED"
@@ -54,6 +58,24 @@ class DeployRequest:
         timeout = self.inactive_timeout
         if timeout not in (None, 0) and not 30 <= timeout <= 1440:  # type: ignore[operator]
             raise UsageError(f"--inactive-timeout takes 0 (never) or 30 to 1440 minutes, got {timeout}")
+
+
+@contextmanager
+def signals_held() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM until the block is over (a tear-down must not be cut short); yields the signals
+    that came."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {sig: signal.getsignal(sig) for sig in HELD_SIGNALS}
+    for sig in HELD_SIGNALS:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def eval_endpoint_name(model: str) -> str:
@@ -163,7 +185,8 @@ class Deployer:
             return self.wait_until_ready(self.store.get(record_id))
         except BaseException:
             self.say(f"deploying {name} did not finish: tearing it down")
-            self.teardown(self.store.get(record_id))
+            with signals_held():
+                self.teardown(self.store.get(record_id))
             raise
 
     def _create(

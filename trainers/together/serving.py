@@ -17,9 +17,7 @@ from dataclasses import dataclass
 
 from trainers.endpoint_records import EndpointRecord
 
-from .deploy import Deployer, DeployRequest
-
-HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from .deploy import Deployer, DeployRequest, signals_held
 
 
 @dataclass(slots=True)
@@ -57,24 +55,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def signals_held() -> Iterator[list[int]]:
-    """Hold SIGINT and SIGTERM until the block is over; yields the signals that came (re-raised as
-    KeyboardInterrupt after the block by the caller if it wants)."""
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    previous = {sig: signal.getsignal(sig) for sig in HELD_SIGNALS}
-    for sig in HELD_SIGNALS:
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
-    try:
-        yield caught
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextmanager
