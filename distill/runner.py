@@ -189,7 +189,7 @@ async def run_async(
     judged = {"input_path": job.input, "rejects_path": rejects.path, "max_share": job.max_reject_share}
     if stats.conversations_read == 0 and (job.shard is None or tally.rejected):
         judge(tally, 0, hint=format_hint(job.input, job.input_format), **judged)  # raises: nothing to write
-    result = export(job.cache, job.output, job.output_format, run_id, job.val_fraction)
+    result = export(job.cache, job.output, writer.line, run_id, job.val_fraction)
     if job.check_output and result.written > result.validation_written:  # an empty file has nothing to check
         check_output(job.output)
     if job.check_output and result.validation_written:
@@ -221,7 +221,7 @@ def _check_paths(job: RunJob) -> None:
         check_writable(beside, what, "--output")  # written at the end: a directory there fails now, unpaid
     check_writable(Path(f"{job.output}.tmp"), "temporary output", "--output")
     if job.val_fraction:
-        from formats.split import check_fraction, validation_path
+        from .split import check_fraction, validation_path
 
         check_fraction(job.val_fraction)
         check_writable(validation_path(job.output), "validation file", "--output")

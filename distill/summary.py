@@ -9,13 +9,23 @@ manifest out.jsonl.manifest.json
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
+from .export import ExportResult
 from .progress import cost_text, duration
 from .stats import RunStats
 
-if TYPE_CHECKING:
-    from .runner import RunReport
+
+class RunReport(Protocol):
+    """What the summary reads of :class:`distill.runner.RunReport`."""
+
+    stats: RunStats
+    export: ExportResult
+    manifest: Path
+    rejects: Path | None
+    input: Path | None
+
 
 MAX_FAILURES_LISTED = 20
 

@@ -69,7 +69,9 @@ def test_the_summary_lists_failures_and_counts_that_add_up(tmp_path):
         failures=[("c9", "in.json#9", "422 from the teacher")],
     )
     result = ExportResult(tmp_path / "out.jsonl", "run", written=2, failed=1)
-    text = describe(RunReport("run", stats, result, tmp_path / "out.jsonl.manifest.json", None, tmp_path / "in"))
+    text = describe(
+        RunReport("run", stats, result, tmp_path / "out.jsonl.manifest.json", None, tmp_path / "in")
+    )
     assert "c9 (in.json#9): 422 from the teacher" in text
     assert "out.jsonl: 2 conversations" in text
     assert "3 conversations = 2 written + 1 failed + 0 not answered" in text

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support import DISTILL, run_command, write_multi_turn
 
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 SHAREGPT = Path(__file__).parent / "fixtures" / "engine" / "fastchat_dummy_60.json"
 
@@ -80,7 +80,9 @@ def test_the_budget_caps_the_total_over_invocations_and_stats_show_the_spend(tmp
     assert done.returncode == 0, done.stderr
     last = manifest(tmp_path, "b")["cost_usd"]
     total = last["before"] + last["this_run"]
-    assert f"${last['this_run']:.4f} this run, ${total:.4f} in all of $10.00 budget" in done.stderr  # the summary's cost line
+    assert (
+        f"${last['this_run']:.4f} this run, ${total:.4f} in all of $10.00 budget" in done.stderr
+    )  # the summary's cost line
     stats = json.loads(distill("stats", "--cache", str(tmp_path / "b.sqlite"), "--json").stdout)
     assert stats["cost_usd"] == pytest.approx(total) and stats["runs"][0]["cost_usd"] == pytest.approx(total)
     text = distill("stats", "--cache", str(tmp_path / "b.sqlite")).stdout

@@ -18,9 +18,9 @@ from support import run_command, write_multi_turn
 from distill.progress import Eta, LimitWatch, RunObserver, other_counters, status_line
 from distill.progress_bar import ProgressBar, _View
 from distill.runner import RunJob, run_async
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings
 from distill.stats import RunStats
-from distill.teacher_server import TeacherKnobs, start_teacher_process
 
 
 class Clock:

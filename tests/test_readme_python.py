@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAREGPT = Path(__file__).parent / "fixtures" / "engine" / "fastchat_dummy_60.json"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from distill.conversation import Conversation, Reject
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from formats.readers import READERS
 
 DISTILL = [sys.executable, "-m", "distill"]
@@ -212,7 +212,10 @@ def test_a_json_list_rejects_bad_items_by_index_and_fails_at_a_syntax_error(tmp_
     out = tmp_path / "out.jsonl"
     result = distill_run(teacher, data, out, "--format", "sharegpt")
     assert result.returncode == 1, result.stderr  # the rest of the file is lost: never a silent success
-    assert "cannot be read past list.json#6" in result.stderr and "every record after it is lost" in result.stderr
+    assert (
+        "cannot be read past list.json#6" in result.stderr
+        and "every record after it is lost" in result.stderr
+    )
     assert user_turns(out) == ["good record 0", "good record 1"]  # what came before is written all the same
     rejects = read_jsonl(tmp_path / "out.jsonl.rejects.jsonl")
     assert [r["source"] for r in rejects] == [f"list.json#{i}" for i in (1, 2, 3, 4, 6)]

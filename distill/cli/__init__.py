@@ -18,7 +18,19 @@ from distill import __version__
 from distill.cli.parser import DistillParser
 from distill.errors import DistillError
 
-COMMANDS = ("run", "export", "check", "stats", "merge", "train", "eval", "pipeline", "demo", "teacher")
+COMMANDS = (
+    "run",
+    "export",
+    "check",
+    "stats",
+    "merge",
+    "train",
+    "eval",
+    "deploy",
+    "pipeline",
+    "demo",
+    "teacher",
+)
 
 
 def build_parser() -> DistillParser:
