@@ -113,8 +113,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SPEND_UPSERT = (
-    "INSERT INTO spending VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
-    "usd = usd + excluded.usd, requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "INSERT INTO spending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
+    "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
     "completion_tokens = completion_tokens + excluded.completion_tokens, updated = excluded.updated"
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -302,7 +302,9 @@ class Cache:
         self._failure_rows: list[tuple[Any, ...]] = []
         self._conversation_rows: list[tuple[Any, ...]] = []
         self._finished_rows: list[tuple[str, int]] = []
-        self._spend_rows: list[tuple[str, float, int, int, float]] = []
+        self._spend: dict[
+            str, list[float]
+        ] = {}  # run id -> [usd, requests, prompt, completion] not committed
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
@@ -472,7 +474,11 @@ class Cache:
 
     def add_spend(self, run_id: str, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
         """Queue the cost of one answer paid for by ``run_id`` (committed with the answers of its group)."""
-        self._spend_rows.append((run_id, usd, prompt_tokens, completion_tokens, time.time()))
+        total = self._spend.setdefault(run_id, [0.0, 0, 0, 0])
+        total[0] += usd
+        total[1] += 1
+        total[2] += prompt_tokens
+        total[3] += completion_tokens
         self._schedule_flush()
 
     def spent(self, run_id: str) -> float:
@@ -552,7 +558,8 @@ class Cache:
         failures, self._failure_rows = self._failure_rows, []
         conversations, self._conversation_rows = self._conversation_rows, []
         finished, self._finished_rows = self._finished_rows, []
-        spend, self._spend_rows = self._spend_rows, []
+        spend = [(run_id, *total, time.time()) for run_id, total in self._spend.items()]
+        self._spend = {}
         if not (responses or failures or conversations or finished or spend):
             return
         with reported(self.path):

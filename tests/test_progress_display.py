@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 
-from support import run_command, write_multi_turn
+from support import FakeClock, run_command, write_multi_turn
 
 from distill.progress import Eta, LimitWatch, RunObserver, other_counters, status_line
 from distill.progress_bar import ProgressBar, _View
@@ -23,16 +23,8 @@ from distill.settings import RunSettings
 from distill.stats import RunStats
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_eta_leaves_out_cached_conversations_and_does_not_jump():
-    clock = Clock()
+    clock = FakeClock()
     eta = Eta(clock, time_constant=30.0)
     stats = RunStats(total_expected=1000)
     assert eta.update(stats) is None
@@ -178,3 +170,21 @@ def _read_until(fd: int, proc: subprocess.Popen, done, timeout: float = 60.0) ->
         elif proc.poll() is not None:
             break
     return text.decode("utf-8", "replace")
+
+
+def test_the_limiter_says_which_limit_made_a_request_wait():
+    from distill.limiter import RateLimiter
+
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=60, tpm=600, headroom=1.0, clock=clock)
+    limiter.reserve(5)
+    assert limiter.held_by is None  # the first request goes at once
+    limiter.reserve(5)
+    assert limiter.held_by == "rpm"  # one a second: the next waits for the request budget
+    clock.now = 10.0
+    limiter.reserve(500)
+    limiter.reserve(5)
+    assert limiter.held_by == "tpm"  # 500 tokens at 10 a second outlast the one-second request spacing
+    limiter.on_rate_limited(retry_after=100.0)
+    limiter.reserve(5)
+    assert limiter.held_by == "pause"

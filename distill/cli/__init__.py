@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import import_module
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         command = f"distill {args.command}"
         if held:
             raise KeyboardInterrupt
-        if args.command == "run":  # until the run's own handlers: a SIGTERM stops it as Ctrl-C does
-            signal.signal(signal.SIGTERM, _interrupt)
+        if args.command == "run" and _main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # until the run's own handlers: stops it as Ctrl-C does
         return int(args.func(args) or 0)
     except DistillError as e:
         print(f"{command}: error: {e}", file=sys.stderr)
@@ -72,6 +73,9 @@ def signals_held() -> Iterator[list[int]]:
     even when the exception was handled (Python 3.11), and a SIGTERM would kill without a word.
     """
     received: list[int] = []
+    if not _main_thread():  # only the main thread may set handlers (main() called from a thread)
+        yield received
+        return
     previous = {
         sig: signal.signal(sig, lambda signum, _: received.append(signum)) for sig in (SIGINT, SIGTERM)
     }
@@ -80,6 +84,10 @@ def signals_held() -> Iterator[list[int]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _interrupt(signum: int, frame: object) -> None:
