@@ -23,26 +23,25 @@ prices of a few common teachers as published on :data:`PRICES_AS_OF`; they chang
 and the expected output), with everything already spent or in flight, fits in the budget; under ``--batch`` the
 same holds for each batch file. Once a request does not fit, no new one is sent; requests in flight finish and
 are saved, the answered conversations are written, and the run stops with :class:`BudgetReached` (exit code
-75). The budget is per invocation: the same command with a new ``--budget`` resumes where the run stopped,
-paying nothing twice.
+75). The budget covers everything spent on the cache for the run's settings (``--budget-scope total``, the
+default): every answer paid for is recorded in the cache with its cost, so the same command run again counts what
+the earlier invocations spent, and continues only under a higher ``--budget``. ``--budget-scope run`` caps each
+invocation alone. Without ``--budget`` a :class:`Budget` with no limit still meters the spend, whenever the
+price is known.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
 
 from . import plan, tokens
 from .conversation import Conversation, Message, Reject
-from .errors import CacheError, DistillError, UsageError
+from .errors import DistillError, UsageError
+from .llama2 import render_llama2
 from .requests import TeacherRequest, TeacherResponse
 from .settings import RunSettings
-
-if TYPE_CHECKING:
-    from .runner import RunJob
 
 PRICES_AS_OF = "2025-06"
 BATCH_DISCOUNT = 0.5
@@ -177,8 +176,6 @@ def _prompt_tokens(conversation: Conversation, settings: RunSettings, turn: int,
     messages = plan.history_for(conversation, settings, turn, answers)
     if settings.api == "chat":
         return tokens.count_messages([{"content": content} for _, content in messages])
-    from formats.writers.llama2 import render_llama2
-
     return tokens.count(render_llama2([Message(role, content) for role, content in messages]))
 
 
@@ -207,29 +204,50 @@ class BudgetReached(DistillError):
     exit_code = BUDGET_EXIT_CODE
 
 
+BUDGET_SCOPES = ("total", "run")
+
+
 class Budget:
-    """A spending cap in US dollars, charged from the usage of every answer the server sends.
+    """A spending meter in US dollars, charged from the usage of every answer the server sends; a cap when
+    ``limit`` is set.
 
     A request about to go out first reserves its estimated cost (its prompt, counted, and the expected output);
     a request whose reservation would take the spend plus what is in flight over the limit is refused with
     :class:`BudgetReached`. So the cap holds up to the estimate's error instead of overshooting by everything
     the run keeps in flight; the reservation is released when the request ends and the answer charged at the
-    usage the server reported.
+    usage the server reported. ``spent_before`` is what earlier invocations spent on the same settings
+    (``--budget-scope total``); it counts against the limit. ``on_charge(usd, prompt, completion)`` hears of
+    every answer charged (the run records it in the cache).
     """
 
-    def __init__(self, limit: float, price: Price, discount: float = 1.0) -> None:
-        if limit <= 0:
+    def __init__(
+        self,
+        limit: float | None,
+        price: Price,
+        discount: float = 1.0,
+        *,
+        spent_before: float = 0.0,
+        on_charge: Callable[[float, int, int], None] | None = None,
+    ) -> None:
+        if limit is not None and limit <= 0:
             raise UsageError(f"--budget must be a positive amount of US dollars, got {limit:g}")
         self.limit = limit
         self.price = price
         self.discount = discount
+        self.spent_before = spent_before
+        self.on_charge = on_charge
         self.spent = 0.0
         self.reserved = 0.0
         self.refused = 0
 
     @property
+    def total(self) -> float:
+        """Everything spent on these settings: before this invocation and in it."""
+        return self.spent_before + self.spent
+
+    @property
     def reached(self) -> bool:
-        return self.spent >= self.limit
+        return self.limit is not None and self.total >= self.limit
 
     def estimate(self, request: TeacherRequest, output_tokens: int) -> float:
         """The expected cost of sending ``request``."""
@@ -237,7 +255,7 @@ class Budget:
 
     def reserve(self, amount: float) -> None:
         """Hold ``amount`` for a request about to go out; :class:`BudgetReached` if it does not fit."""
-        if self.spent + self.reserved + amount > self.limit:
+        if self.limit is not None and self.total + self.reserved + amount > self.limit:
             self.refused += 1
             raise BudgetReached(f"{self.summary()}; the next request would go over it")
         self.reserved += amount
@@ -257,119 +275,42 @@ class Budget:
 
     def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Add the cost of one answer."""
-        self.spent += self.price.cost(prompt_tokens, completion_tokens, self.discount)
+        usd = self.price.cost(prompt_tokens, completion_tokens, self.discount)
+        self.spent += usd
+        if self.on_charge is not None:
+            self.on_charge(usd, prompt_tokens, completion_tokens)
 
     def charge_answer(self, request: TeacherRequest, response: TeacherResponse) -> None:
         self.charge(*request_cost_tokens(request, response))
 
     def summary(self) -> str:
-        return f"spent ${self.spent:,.4f} of --budget ${self.limit:,.2f}"
+        spent = f"spent ${self.spent:,.4f} in this run"
+        if self.spent_before:
+            spent += f" and ${self.total:,.4f} in all on these settings"
+        return spent if self.limit is None else f"{spent}, of --budget ${self.limit:,.2f}"
 
 
-def budget_for(limit: float | None, model: str, price: Price | None, *, batch: bool = False) -> Budget | None:
-    """The run's :class:`Budget`, or None without ``--budget``; a budget needs a known price."""
-    if limit is None:
+def budget_for(
+    limit: float | None,
+    model: str,
+    price: Price | None,
+    *,
+    batch: bool = False,
+    spent_before: float = 0.0,
+    on_charge: Callable[[float, int, int], None] | None = None,
+) -> Budget | None:
+    """The run's :class:`Budget`: a cap with ``--budget``, else a meter where the price is known, else None.
+
+    ``spent_before`` (what the cache says earlier invocations spent, under ``--budget-scope total``) counts
+    against the cap.
+    """
+    if limit is None and price is None:
         return None
     if price is None:
         raise UsageError(
             f"--budget needs the teacher's price and there is no default for {model!r}: pass --price-in and "
             "--price-out (US dollars per million tokens)"
         )
-    return Budget(limit, price, BATCH_DISCOUNT if batch else 1.0)
-
-
-# -- the dry run ---------------------------------------------------------------------------------------------
-
-
-def dry_run(job: RunJob, price: Price | None, stream: TextIO = sys.stdout) -> Estimate:
-    """Read ``job``'s input as the run would (``--limit``, ``--shard``), estimate, print the bill; send nothing."""
-    from formats.readers import ReaderOptions, open_reader
-
-    from .runner import limited
-
-    reader = open_reader(
-        job.input,
-        job.input_format,
-        ReaderOptions(system_prompt=job.settings.system_prompt, extra=dict(job.reader_options)),
+    return Budget(
+        limit, price, BATCH_DISCOUNT if batch else 1.0, spent_before=spent_before, on_charge=on_charge
     )
-    records = limited(reader.read(job.input), job.limit)
-    if job.shard is not None:
-        shard = job.shard
-        records = (
-            r for r in records if (shard.owns_reject(r) if isinstance(r, Reject) else shard.owns(r.id))
-        )
-    conn, note = _open_cache(job)
-    try:
-        lookup = _cache_lookup(conn) if conn is not None else None
-        result = estimate(records, job.settings, lookup)
-    finally:
-        if conn is not None:
-            conn.close()
-    print(format_estimate(result, job, price, note), file=stream)
-    return result
-
-
-def _open_cache(job: RunJob):
-    from .cache import connect_readonly
-
-    if not job.cache.exists():
-        return None, "no cache yet: every request is priced"
-    try:
-        return connect_readonly(job.cache), f"answers already in {job.cache} are free"
-    except CacheError as e:
-        return None, f"cache not read ({e}): every request is priced"
-
-
-def _cache_lookup(conn) -> Lookup:
-    def lookup(key: str) -> TeacherResponse | None:
-        row = conn.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
-            (key,),
-        ).fetchone()
-        return TeacherResponse(*row) if row is not None else None
-
-    return lookup
-
-
-def format_estimate(result: Estimate, job: RunJob, price: Price | None, cache_note: str) -> str:
-    """The dry run's report, one figure a line."""
-    settings = job.settings
-    shard = f", shard {job.shard}" if job.shard is not None else ""
-    lines = [
-        f"dry run: nothing was sent ({job.input}{shard}; model {settings.model}; history {settings.history})",
-        f"conversations       {result.conversations:>14,}   ({result.rejects:,} input records rejected)",
-        f"requests (turns)    {result.requests:>14,}   ({result.cached_requests:,} already answered; "
-        f"{cache_note})",
-        f"prompt tokens       {result.prompt_tokens:>14,}   (each request's whole history counted)",
-        f"output tokens       {result.output_tokens:>14,}   ({result.expected_output:,} expected a request; "
-        "--expected-output-tokens)",
-    ]
-    if result.estimated_history_answers:
-        lines.append(
-            f"  of the prompt tokens, {result.estimated_history_answers:,} teacher answers in the history are not "
-            f"known yet and count {result.expected_output:,} tokens each"
-        )
-    if price is None:
-        lines.append(
-            f"cost                unknown: no default price for {settings.model!r}; pass --price-in and "
-            "--price-out (US dollars per million tokens)"
-        )
-        return "\n".join(lines)
-    lines.append(
-        f"price               ${price.input:.2f} in, ${price.output:.2f} out per million tokens ({price.source})"
-    )
-    discounted = result.cost(price, BATCH_DISCOUNT)
-    lines.append(
-        f"cost                {_dollars(result.cost(price)):>14}   (with --batch: {_dollars(discounted)}, "
-        f"{BATCH_DISCOUNT:.0%} of list price)"
-    )
-    worst = result.worst_cost(price)
-    if worst is not None:
-        lines.append(
-            f"worst case          {_dollars(worst):>14}   (every answer {result.max_tokens:,} tokens, --max-tokens)"
-        )
-    return "\n".join(lines)
-
-
-def _dollars(amount: float) -> str:
-    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4f}"

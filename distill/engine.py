@@ -17,6 +17,9 @@ through the limiter for a new slot, until ``max_wait`` seconds of such refusals 
 
 An authentication failure stops the whole run at once; any other request that fails for good fails only its
 conversation, which is recorded and reported.
+
+An authentication failure stops the whole run at once; any other request that fails for good fails only its
+conversation, which is recorded and reported.
 """
 
 from __future__ import annotations
@@ -27,18 +30,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import orjson
-
 from . import learned_limits, plan
 from .cache import Cache, Failure
 from .client import TeacherClient
-from .conversation import Conversation, Message, Reject
+from .conversation import Conversation, Reject
 from .cost import Budget, BudgetReached
-from .errors import (
-    AuthenticationError,
-    PermanentError,
-    TransientError,
-)
+from .errors import AuthenticationError, PermanentError, TransientError
 from .limiter import RateLimiter
 from .rate_watch import RateWatch, WindowRecord
 from .requests import TeacherRequest, TeacherResponse
@@ -47,6 +44,7 @@ from .sender import Sender
 from .settings import RunSettings
 from .shard import Shard
 from .stats import RunStats
+from .stored import encode_conversation
 
 READ_AHEAD_PER_WORKER = 4
 YIELD_EVERY = 256
@@ -61,6 +59,7 @@ class TurnFailed(Exception):
     """A conversation's turn could not be answered; carries the reason for the report."""
 
     reason: str
+    key: str = ""  # the request that failed
 
 
 class Engine:
@@ -94,6 +93,7 @@ class Engine:
         self.stats.rate_source = self.watch.state.source
         self.sender = Sender(
             settings,
+            cache,
             client,
             self.limiter,
             self.watch,
@@ -130,6 +130,7 @@ class Engine:
             self.watch.finish()
             self.remember_rate()
             await self.cache.flush()
+            await self.cache.record_run_end(run_id)
         return self.stats
 
     def remember_rate(self) -> None:
@@ -210,7 +211,7 @@ class Engine:
         for (position, conversation), (answered, turns) in zip(pending, answers, strict=True):
             if len(answered) == turns:
                 self._count_stored(turns)
-                self.cache.mark_finished(run_id, position)
+                self.cache.mark_finished(run_id, position, answered)
             else:
                 await queue.put((position, conversation, answered))
 
@@ -218,6 +219,7 @@ class Engine:
         self.stats.cache_hits += turns
         self.stats.turns_done += turns
         self.stats.conversations_done += 1
+        self.stats.conversations_cached += 1
 
     async def _stored_answers(
         self, conversations: list[Conversation]
@@ -239,15 +241,16 @@ class Engine:
         while (item := await queue.get()) is not None:
             position, conversation, answered = item
             try:
-                await self.answer_conversation(conversation, answered)
+                answers = await self.answer_conversation(conversation, answered)
             except TurnFailed as failed:
                 self.stats.conversations_failed += 1
                 self.stats.failures.append((conversation.id, conversation.source, failed.reason))
+                self.cache.mark_failed(run_id, position, failed.key)
             except BudgetReached:
                 pass  # --budget has no room for it: the conversation stays unanswered for the next run
             else:
                 self.stats.conversations_done += 1
-                self.cache.mark_finished(run_id, position)
+                self.cache.mark_finished(run_id, position, answers)
             await self.cache.room()
 
     # -- conversations and requests -------------------------------------------------------------------------
@@ -274,7 +277,7 @@ class Engine:
     async def _answer_turn(self, request: TeacherRequest) -> TeacherResponse:
         result = await self.answer(request)
         if isinstance(result, Failure):
-            raise TurnFailed(result.reason)
+            raise TurnFailed(result.reason, request.key)
         self.stats.turns_done += 1
         return result
 
@@ -352,17 +355,3 @@ def _leaves(error: BaseException):
             yield from _leaves(inner)
     else:
         yield error
-
-
-def encode_conversation(conversation: Conversation) -> bytes:
-    """How a conversation is stored in the cache's ``conversations`` table."""
-    return orjson.dumps(
-        {"messages": [m.to_dict() for m in conversation.messages], "meta": conversation.meta},
-        option=orjson.OPT_SORT_KEYS,
-    )
-
-
-def decode_conversation(conv_id: str, source: str, data: bytes) -> Conversation:
-    obj = orjson.loads(data)
-    messages = [Message(m["role"], m["content"], m.get("weight")) for m in obj["messages"]]
-    return Conversation(conv_id, messages, source, obj.get("meta") or {})

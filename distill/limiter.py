@@ -83,6 +83,7 @@ class RateLimiter:
         self._timer: asyncio.TimerHandle | None = None
         self.waits = 0  # requests that had to wait
         self.held_back = 0  # requests that had to wait because of the request rate (not a pause or tokens)
+        self.held_by: str | None = None  # the limit that decided the last reservation: rpm, tpm, pause, or None
 
     @classmethod
     def per_minute(cls, rpm: float | None = None, tpm: float | None = None, **kwargs) -> RateLimiter:
@@ -113,17 +114,25 @@ class RateLimiter:
 
     def earliest(self, tokens: int = 0, now: float | None = None) -> float:
         """The first moment a request of ``tokens`` could start, counting the pause and both budgets."""
-        now = self.now() if now is None else now
+        return self._earliest(tokens, self.now() if now is None else now)[0]
+
+    def _earliest(self, tokens: int, now: float) -> tuple[float, str | None]:
+        """That moment, and the limit that decides it when it is later than ``now`` ("rpm", "tpm", "pause")."""
         start = max(now, self.paused_until)
-        if self._requests:
-            start = max(start, self._requests.earliest(now))
-        if self._tokens and tokens:
-            start = max(start, self._tokens.earliest(now))
-        return start
+        held_by = "pause" if start > now else None
+        if self._requests and (earliest := self._requests.earliest(now)) > start:
+            start, held_by = earliest, "rpm"
+        if self._tokens and tokens and (earliest := self._tokens.earliest(now)) > start:
+            start, held_by = earliest, "tpm"
+        return start, held_by
 
     def reserve(self, tokens: int = 0) -> float:
-        """Book the next slot for one request of ``tokens`` and return its start time (maybe now)."""
-        start = self.earliest(tokens)
+        """Book the next slot for one request of ``tokens`` and return its start time (maybe now).
+
+        ``held_by`` says afterwards which limit decided a start later than now: "rpm", "tpm" or "pause" (a 429's
+        ``Retry-After`` or a spent server budget), else None.
+        """
+        start, self.held_by = self._earliest(tokens, self.now())
         self._spend(start, tokens)
         return start
 
@@ -133,13 +142,16 @@ class RateLimiter:
         if self._tokens and tokens:
             self._tokens.spend(start, tokens)
 
-    async def acquire(self, tokens: int = 0) -> None:
+    async def acquire(self, tokens: int = 0) -> str | None:
+        """Wait for the slot of one request of ``tokens``; returns the limit that made it wait (see ``reserve``)."""
         now = self.now()
-        if not self._queue and self.earliest(tokens, now) <= now:
+        start, held_by = self._earliest(tokens, now)
+        if not self._queue and start <= now:
             self._spend(now, tokens)
-            return
+            return None
+        held_by = held_by or "rpm"  # behind others in the queue: they wait for the rates
         self.waits += 1
-        if self._requests and self._requests.earliest(now) > max(now, self.paused_until):
+        if held_by == "rpm":
             self.held_back += 1
         waiter = self.loop.create_future()
         self._queue.append((waiter, tokens))
@@ -150,6 +162,7 @@ class RateLimiter:
             if waiter.done() and not waiter.cancelled():
                 self._refund_slot(tokens)  # released but never used: give the slot back
             raise
+        return held_by
 
     def _refund_slot(self, tokens: int) -> None:
         if self._requests:

@@ -10,12 +10,14 @@ its first such refusal (its wait for a slot included), when it fails with :class
 from __future__ import annotations
 
 import asyncio
+import time
 
+from .cache import Cache
 from .client import TeacherClient
 from .cost import Budget, expected_output_tokens
 from .errors import RateLimited, ServerError, TeacherError, TransientError, WaitedTooLong
 from .limiter import RateLimiter
-from .rate_watch import SHED_STATUSES, RateWatch
+from .rate_watch import SHED_STATUSES, RateWatch, Sent
 from .requests import TeacherRequest, TeacherResponse
 from .retry import RetryPolicy, Sleep
 from .settings import RunSettings
@@ -31,6 +33,7 @@ class Sender:
     def __init__(
         self,
         settings: RunSettings,
+        cache: Cache,
         client: TeacherClient,
         limiter: RateLimiter,
         watch: RateWatch,
@@ -41,6 +44,7 @@ class Sender:
         budget: Budget | None = None,
     ) -> None:
         self.settings = settings
+        self.cache = cache
         self.client = client
         self.limiter = limiter
         self.watch = watch
@@ -94,6 +98,8 @@ class Sender:
     async def _attempt(
         self, request: TeacherRequest, estimate: int, deadline: float | None = None
     ) -> TeacherResponse:
+        if self._slots.locked():
+            self.stats.count_wait("concurrency")
         async with self._slots:
             if deadline is not None:
                 try:
@@ -103,7 +109,7 @@ class Sender:
                     raise NoSlotInTime from None
             else:
                 await self._wait_for_slot(estimate)
-            if self.budget is None:
+            if self.budget is None or self.budget.limit is None:  # no cap: answers are only charged
                 return await self._send_once(request, estimate)
             with self.budget.reserving(request, expected_output_tokens(self.settings)):
                 return await self._send_once(request, estimate)
@@ -111,31 +117,27 @@ class Sender:
     async def _wait_for_slot(self, estimate: int) -> None:
         if self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
             began = self.limiter.now()
-            await self.limiter.acquire(estimate)
+            held_by = await self.limiter.acquire(estimate)
             self.stats.limiter_wait_seconds += self.limiter.now() - began
         else:
-            await self.limiter.acquire(estimate)
+            held_by = await self.limiter.acquire(estimate)
+        if held_by is not None:
+            self.stats.count_wait(held_by)
 
     async def _send_once(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
         self.stats.requests_sent += 1
-        sent_at = self.watch.sent()
+        ticket = self.watch.sent()
+        wall, started = time.time(), time.perf_counter()
         try:
             response, rate = await self.client.send(request)
-        except RateLimited as e:
-            self.stats.rate_limited += 1
-            self.watch.limited(sent_at, e.signals)
+        except TeacherError as e:
+            self.cache.log_attempt(
+                request.key, wall, time.perf_counter() - started, e.status, type(e).__name__
+            )
+            self._report_failure(e, ticket)
             raise
-        except ServerError as e:
-            if e.status in SHED_STATUSES and self.watch.unavailable(sent_at, e.signals):
-                self.stats.shed += 1
-                raise RateLimited(str(e), retry_after=None, status=e.status) from None
-            if e.status not in SHED_STATUSES:
-                self.watch.fault()
-            raise
-        except TeacherError:
-            self.watch.fault()
-            raise
-        self.watch.accepted(sent_at, rate)
+        self.cache.log_attempt(request.key, wall, time.perf_counter() - started, 200, None)
+        self.watch.accepted(ticket, rate)
         if response.prompt_tokens is not None and response.completion_tokens is not None:
             self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
             self.stats.prompt_tokens += response.prompt_tokens
@@ -145,6 +147,18 @@ class Sender:
         if response.finish_reason == "length":
             self.stats.finished_length += 1
         return response
+
+    def _report_failure(self, error: TeacherError, ticket: Sent) -> None:
+        """Tell the rate watch how a request failed; a 503 of a burst of shedding is raised as a refusal."""
+        if isinstance(error, RateLimited):
+            self.stats.rate_limited += 1
+            self.watch.limited(ticket, error.signals)
+        elif isinstance(error, ServerError) and error.status in SHED_STATUSES:
+            if self.watch.unavailable(ticket, error.signals):
+                self.stats.shed += 1
+                raise RateLimited(str(error), retry_after=None, status=error.status) from None
+        else:
+            self.watch.fault()
 
     def _estimate_tokens(self, request: TeacherRequest) -> int:
         if self.limiter.token_rate is None:

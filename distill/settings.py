@@ -44,7 +44,6 @@ class RunSettings:
     rpm: float | None = None
     tpm: float | None = None
     request_timeout: float = 600.0
-    http_client: str = "auto"  # distill.client.HTTP_CLIENTS
     attempts: int = 6
     max_wait: float = 3600.0  # seconds a request may keep being refused for its rate (429, 503 shedding)
     retry_failed: bool = False

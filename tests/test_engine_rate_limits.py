@@ -121,7 +121,7 @@ async def test_a_cache_from_before_migration_4_gains_the_rate_tables(tmp_path, t
 
 
 def test_run_shows_the_rate_and_stats_shows_the_learned_limits(tmp_path):
-    from distill.teacher_server import TeacherKnobs, start_teacher_process
+    from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
     data = tmp_path / "in.json"
     write_sharegpt(data, questions(40))

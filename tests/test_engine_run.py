@@ -10,9 +10,10 @@ import pytest
 from distill.conversation import Message
 from distill.errors import AuthenticationError
 from distill.runner import RunJob, run_async
+from distill.servers.teacher import chat_answer, prompt_answer
 from distill.settings import RunSettings, Sampling
-from distill.teacher_server import chat_answer, prompt_answer
 from formats.readers import open_reader
+from formats.writers import open_writer
 from formats.writers.llama2 import render_llama2
 
 
@@ -27,7 +28,6 @@ def make_job(tmp_path: Path, base_url: str, input_path: Path, **kw) -> RunJob:
         cache=kw.pop("cache", tmp_path / "cache.sqlite"),
         settings=settings,
         output_format=output_format,
-        quiet=True,
         **kw,
     )
 
@@ -253,8 +253,10 @@ async def test_rejects_are_written_beside_the_output(tmp_path, teacher):
         + json.dumps({"conversations": [{"from": "gpt", "value": "only an answer"}]})
         + "\n"
     )
-    report = await run_async(make_job(tmp_path, teacher.base_url, data, input_format="sharegpt"))
+    job = make_job(tmp_path, teacher.base_url, data, input_format="sharegpt", max_reject_share=1.0)
+    report = await run_async(job)
     assert report.export.written == 1
+    assert "2 of 3 input records (66.7%) were rejected" in report.warnings[0]
     rejects = read_lines(report.rejects)
     assert [r["source"] for r in rejects] == [f"{data.name}:2", f"{data.name}:3"]
     assert all(r["reason"] for r in rejects)
@@ -277,7 +279,7 @@ async def test_requests_that_ran_out_of_attempts_are_tried_again_by_the_next_run
 
 async def test_val_fraction_splits_by_a_stable_hash_of_the_id(tmp_path, teacher, sharegpt_60):
     from distill.export import export
-    from formats.split import split_of
+    from distill.split import split_of
 
     report = await run_async(make_job(tmp_path, teacher.base_url, sharegpt_60, val_fraction=0.25))
     train = read_lines(report.export.path)
@@ -289,6 +291,7 @@ async def test_val_fraction_splits_by_a_stable_hash_of_the_id(tmp_path, teacher,
     assert len(validation) == report.export.validation_written == expected
     manifest = json.loads(report.manifest.read_text())
     assert manifest["validation"]["conversations"] == expected
-    again = export(tmp_path / "cache.sqlite", tmp_path / "again.jsonl", "messages", val_fraction=0.25)
+    messages = open_writer("messages").line
+    again = export(tmp_path / "cache.sqlite", tmp_path / "again.jsonl", messages, val_fraction=0.25)
     assert again.validation_path.read_bytes() == report.export.validation_path.read_bytes()
     assert (tmp_path / "again.jsonl").read_bytes() == report.export.path.read_bytes()

@@ -12,11 +12,12 @@ import pytest
 
 from distill import cost, tokens
 from distill.cost import BudgetReached, Price, estimate, resolve_price
+from distill.dry_run import dry_run
 from distill.errors import UsageError
 from distill.runner import RunJob, run_async
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings, Sampling
 from distill.shard import Shard
-from distill.teacher_server import TeacherKnobs, start_teacher_process
 from formats.readers import open_reader
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scale"
@@ -35,7 +36,6 @@ def live_job(tmp: Path, url: str, name: str, **kw) -> RunJob:
         output=tmp / f"{name}.jsonl",
         cache=tmp / f"{name}.sqlite",
         settings=settings,
-        quiet=True,
         **kw,
     )
 
@@ -69,10 +69,10 @@ async def test_answers_already_in_the_cache_are_free_and_known(tmp_path, teacher
     await run_async(job)
     answered = teacher.stats.answered
     job.limit = None
-    partial = cost.dry_run(job, Price(1, 1), open(os.devnull, "w"))  # noqa: SIM115
+    partial = dry_run(job, Price(1, 1), open(os.devnull, "w"))  # noqa: SIM115
     assert partial.cached_requests == answered and partial.requests_to_send == partial.requests - answered
     await run_async(job)
-    done = cost.dry_run(job, Price(1, 1), open(os.devnull, "w"))  # noqa: SIM115
+    done = dry_run(job, Price(1, 1), open(os.devnull, "w"))  # noqa: SIM115
     assert done.requests_to_send == 0 and done.cost(Price(1, 1)) == 0
 
 
@@ -126,7 +126,7 @@ async def test_budget_stops_sending_and_the_same_command_finishes_paying_once(tm
         BudgetReached, match=r"of --budget \$1\.00; the next request would go over it"
     ) as stop:
         await run_async(job)
-    assert "Run the same command again (with a new --budget) to continue" in str(stop.value)
+    assert "Run the same command again with a higher --budget to continue" in str(stop.value)
     stopped = teacher.stats
     spent = price.cost(stopped.prompt_tokens, stopped.completion_tokens)  # as the server billed it
     costliest = max(price.cost(*t) for t in _request_tokens(tmp_path / "budget.sqlite"))
@@ -172,7 +172,7 @@ def test_budget_stop_exits_75_and_says_how_to_continue(tmp_path):
         )
         assert stopped.returncode == 75, stopped.stderr
         assert "of --budget $0.05; the next request would go over it" in stopped.stderr
-        assert "Run the same command again (with a new --budget) to continue" in stopped.stderr
+        assert "Run the same command again with a higher --budget to continue" in stopped.stderr
         no_price = subprocess.run([*args, "--budget", "1"], capture_output=True, text=True, timeout=60)
         assert no_price.returncode == 2 and "--price-in" in no_price.stderr
         assert subprocess.run(args, capture_output=True, timeout=60).returncode == 0

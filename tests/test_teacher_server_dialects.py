@@ -8,8 +8,8 @@ from support import FakeClock
 
 from distill.errors import UsageError
 from distill.ratelimit_headers import parse_rate_headers
-from distill.teacher_server import TeacherKnobs
-from distill.teacher_server.ratelimit import WindowLimiter
+from distill.servers.teacher import TeacherKnobs
+from distill.servers.teacher.ratelimit import WindowLimiter
 
 
 @pytest.mark.parametrize("dialect", ["together", "openai", "anthropic"])

@@ -4,7 +4,8 @@
    fine-tuning formats, then shows that the second format cost no request (it came from the cache).
 2. Starts the bundled fake of Together's files and fine-tuning API and runs ``distill pipeline`` on the Together
    cookbook's CoQA recipe: CoQA stories -> multi-turn messages -> file check -> LoRA fine-tune with
-   ``train_on_inputs=auto`` -> wait -> EM/F1 of the base model and the student -> report.
+   ``train_on_inputs=auto`` -> wait -> deploy the student on a dedicated endpoint -> EM/F1 of the base model and
+   the student -> stop and delete the endpoint -> report.
 
 The local teacher answers every model name with the same canned, deterministic text, so the demo's scores show
 the machinery working, not a real student's quality.
@@ -19,9 +20,11 @@ from importlib.resources import files
 from pathlib import Path
 
 from distill.pipeline import run_pipeline
+from distill.progress_bar import ProgressBar
 from distill.runner import RunJob, run
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.summary import describe
 
 DEMO_KEY = "demo-key-for-the-local-fakes"
 
@@ -49,8 +52,10 @@ def distil_sample(directory: Path, base_url: str) -> int:
         output = directory / f"sample.{output_format}.jsonl"
         print(f"\n$ distill run {sample.name} --output-format {output_format} --rpm 3000", file=sys.stderr)
         report = run(
-            RunJob(sample, output, directory / "cache.sqlite", settings, output_format=output_format)
+            RunJob(sample, output, directory / "cache.sqlite", settings, output_format=output_format),
+            ProgressBar(sys.stderr),
         )
+        print(describe(report), file=sys.stderr)
         if report.exit_code:
             return report.exit_code
     return 0
@@ -88,18 +93,27 @@ input = "{data_path("coqa_dev_sample.json")}"
 base-url = "{teacher_url}"
 cache = "{directory / "eval-cache.sqlite"}"
 base-model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
+
+[deploy]
+together-url = "{together_root}"
+project = "demo-project"
+hardware = "1xnvidia-h100-80gb"
+min-replicas = 1
+inactive-timeout = 30
+deploy-poll-interval = 0.2
+jobs-db = "{directory / "jobs.sqlite3"}"
 """)
     return config
 
 
 def main(args: argparse.Namespace) -> int:
-    from trainers.fake_together import FakeTogether
+    from distill.servers.together import FakeTogether
 
     directory = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOGETHER_API_KEY", DEMO_KEY)
     print(f"starting the local teacher; writing into {directory}/", file=sys.stderr)
-    with start_teacher_process(TeacherKnobs(latency=0.02, answer_words=20)) as teacher:
+    with start_teacher_process(TeacherKnobs(latency=0.02, answer_words=20, model="local-teacher")) as teacher:
         status = distil_sample(directory, teacher.base_url)
         if status:
             return status

@@ -6,7 +6,7 @@ budget in one burst is refused most of it. Here window ``i`` (counted from the l
 carries over, so over any whole minute exactly the per-minute limit is admitted.
 
 The request limit may change mid-run (``rpm_after`` from ``change_after`` seconds past the first request), and
-the headers speak any provider's dialect (:mod:`distill.teacher_server.dialects`).
+the headers speak any provider's dialect (:mod:`distill.servers.teacher.dialects`).
 """
 
 from __future__ import annotations
