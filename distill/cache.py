@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ import orjson
 
 from .errors import CacheError
 from .requests import TeacherResponse
+from .cache_view import FINISHED_UPDATE, VIEW_MIGRATION, ViewRecords, ViewRows, finished_row
 
 APPLICATION_ID = 0x64737431  # "dst1"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -100,6 +101,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE conversations ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
     """,
+    # migration 6: what `distill view` shows (issue 15); the SQL is in distill/cache_view.py
+    VIEW_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -236,7 +239,7 @@ class RunLock:
             self._fd = None
 
 
-class Cache:
+class Cache(ViewRecords):
     """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``."""
 
     def __init__(self, path: Path | str, *, commit_interval: float = 0.005, max_batch: int = 2000) -> None:
@@ -253,7 +256,8 @@ class Cache:
         self._response_rows: list[tuple[Any, ...]] = []
         self._failure_rows: list[tuple[Any, ...]] = []
         self._conversation_rows: list[tuple[Any, ...]] = []
-        self._finished_rows: list[tuple[str, int]] = []
+        self._finished_rows: list[tuple[Any, ...]] = []
+        self._view_rows = ViewRows()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
@@ -415,9 +419,9 @@ class Cache:
         self._conversation_rows.extend((run_id, *row) for row in rows)
         self._schedule_flush()
 
-    def mark_finished(self, run_id: str, position: int) -> None:
-        """Queue the mark that every turn of the conversation at ``position`` is answered."""
-        self._finished_rows.append((run_id, position))
+    def mark_finished(self, run_id: str, position: int, answers: Sequence[TeacherResponse] = ()) -> None:
+        """Queue the mark that every turn of the conversation at ``position`` is answered (by ``answers``)."""
+        self._finished_rows.append(finished_row(run_id, position, answers))
         self._schedule_flush()
 
     def stored_inputs(self, run_id: str, first: int, last: int) -> dict[int, tuple[bytes, bool]]:
@@ -445,6 +449,15 @@ class Cache:
                 "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
                 (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
             )
+
+    async def record_run_end(self, run_id: str) -> None:
+        with reported(self.path):
+            self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (time.time(), run_id))
+
+    async def clear_rejects(self, run_id: str) -> None:
+        """Forget a run's rejected records before it reads its input again (as its rejects file is rewritten)."""
+        with reported(self.path):
+            self._db.execute("DELETE FROM rejects WHERE run_id = ?", (run_id,))
 
     async def forget_failures(self) -> int:
         """Drop every recorded failure so the requests are tried again (``--retry-failed``)."""
@@ -491,13 +504,14 @@ class Cache:
         failures, self._failure_rows = self._failure_rows, []
         conversations, self._conversation_rows = self._conversation_rows, []
         finished, self._finished_rows = self._finished_rows, []
-        if not (responses or failures or conversations or finished):
+        viewed = self._take_view_rows()
+        if not (responses or failures or conversations or finished or viewed):
             return
         with reported(self.path):
             # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
             # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
             await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write, responses, failures, conversations, finished
+                self._writer, self._write, responses, failures, conversations, finished, viewed
             )
         self.commits += 1
         for row in responses:
@@ -537,7 +551,9 @@ class Cache:
                 )
         return found
 
-    def _write(self, responses: list, failures: list, conversations: list, finished: list) -> None:
+    def _write(
+        self, responses: list, failures: list, conversations: list, finished: list, viewed: ViewRows
+    ) -> None:
         db = self._writer_db()
         db.execute("BEGIN")
         try:
@@ -554,9 +570,8 @@ class Cache:
                     conversations,
                 )
             if finished:
-                db.executemany(
-                    "UPDATE conversations SET finished = 1 WHERE run_id = ? AND position = ?", finished
-                )
+                db.executemany(FINISHED_UPDATE, finished)
+            viewed.write(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

@@ -28,7 +28,7 @@ from formats.rejects import RejectsWriter, rejects_path_for
 
 from .cache import Cache, check_file
 from .client import TeacherClient
-from .conversation import Conversation, Record
+from .conversation import Conversation, Record, Reject
 from .cost import BudgetReached, Price, budget_for
 from .engine import Engine
 from .errors import DistillError, UsageError
@@ -141,16 +141,22 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
             Cache(job.cache) as cache,
             TeacherClient.for_settings(job.settings, job.api_key) as client,
         ):
+
+            def on_reject(reject: Reject) -> None:
+                rejects.write(reject)
+                cache.put_reject(run_id, reject)
+
             engine = Engine(
                 job.settings,
                 cache,
                 client,
                 stats=stats,
-                on_reject=rejects.write,
+                on_reject=on_reject,
                 budget=budget,
                 shard=job.shard,
             )
             rejects.remove_stale()
+            await cache.clear_rejects(run_id)
             progress.start()
             if progress.live and job.limit is None:
                 estimating = asyncio.ensure_future(asyncio.to_thread(estimate_records, job.input))
@@ -159,7 +165,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                 records = limited(reader.read(job.input), job.limit)
                 if job.batch is not None:
                     await _run_batch(
-                        job, cache, records, run_id, input_path, stats, budget, rejects.write, stream
+                        job, cache, records, run_id, input_path, stats, budget, on_reject, stream
                     )
                 else:
                     await engine.run(records, run_id, input_path)
