@@ -40,9 +40,9 @@ from typing import Any
 
 import orjson
 
+from .cache_view import FINISHED_UPDATE, VIEW_MIGRATION, ViewRecords, ViewRows, finished_row
 from .errors import CacheError
 from .requests import TeacherResponse
-from .cache_view import FINISHED_UPDATE, VIEW_MIGRATION, ViewRecords, ViewRows, finished_row
 
 APPLICATION_ID = 0x64737431  # "dst1"
 SQLITE_HEADER = b"SQLite format 3\x00"

@@ -69,7 +69,8 @@ VIEW_MIGRATION = f"""
     ALTER TABLE conversations ADD COLUMN answer_tokens INTEGER;
     ALTER TABLE conversations ADD COLUMN longest_answer INTEGER;
     CREATE INDEX conversations_failed ON conversations (run_id, position) WHERE failed_key IS NOT NULL;
-    CREATE INDEX conversations_longest ON conversations (run_id, longest_answer);
+    CREATE INDEX conversations_totals
+        ON conversations (run_id, longest_answer, finished, prompt_tokens, answer_tokens);
     CREATE VIRTUAL TABLE conversation_search USING fts5 (text);
     CREATE TRIGGER conversations_searchable AFTER INSERT ON conversations BEGIN
         DELETE FROM conversation_search WHERE rowid = {_rowid_of("new")};

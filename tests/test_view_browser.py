@@ -72,7 +72,9 @@ def run_cache(tmp_path_factory) -> dict:
     )  # fmt: skip
     with start_teacher_process(knobs) as teacher:
         cache, output = tmp / "cache.sqlite", tmp / "out.jsonl"
-        command = run_command(teacher, data, cache, output, "--quiet", "--max-tokens", "24", "--concurrency", "4")
+        command = run_command(
+            teacher, data, cache, output, "--quiet", "--max-tokens", "24", "--concurrency", "4"
+        )
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr  # the refused conversation failed; everything else was written
     answers = {}
@@ -115,10 +117,9 @@ def browser():
 
 def no_alert(driver) -> bool:
     try:
-        driver.switch_to.alert
+        return driver.switch_to.alert is None
     except NoAlertPresentException:
         return True
-    return False
 
 
 def shot(driver, run_cache, name: str) -> Path:
@@ -202,8 +203,8 @@ def test_hostile_text_renders_as_text(browser, viewer, run_cache):
     assert browser.find_element(By.CSS_SELECTOR, ".turn .user .text").text == SCRIPT
     assert browser.find_element(By.CSS_SELECTOR, ".answer.original .text").text == HOSTILE_ANSWER
     assert SCRIPT in browser.find_element(By.CSS_SELECTOR, ".answer.teacher > .text").text
-    assert browser.find_elements(By.TAG_NAME, "script") == []
-    assert browser.find_elements(By.TAG_NAME, "img") == []
+    count = "return document.querySelectorAll('script, img, [onerror]').length"
+    assert browser.execute_script(count) == 0
     assert no_alert(browser)
     browser.get(f"{viewer}runs/{run_id}/conversations?q=alert")
     assert [r[1] for r in rows_of(browser, "conversations")] == ["xss"] and no_alert(browser)

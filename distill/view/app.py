@@ -43,7 +43,9 @@ def templates() -> jinja2.Environment:
     )
     env.filters["when"] = _when
     env.filters["number"] = lambda n: "—" if n is None else f"{n:,}"
-    env.filters["seconds"] = lambda s: "—" if s is None else f"{s * 1000:,.0f} ms" if s < 10 else f"{s:,.1f} s"
+    env.filters["seconds"] = lambda s: (
+        "—" if s is None else f"{s * 1000:,.0f} ms" if s < 10 else f"{s:,.1f} s"
+    )
     return env
 
 
@@ -99,7 +101,7 @@ def render(request: web.Request, name: str, **context: Any) -> web.Response:
 
 async def run_or_404(request: web.Request) -> store.RunSummary:
     run_id = request.match_info["run"]
-    found = next((r for r in await query(request, store.runs) if r.id == run_id), None)
+    found = await query(request, store.run_summary, run_id)
     if found is None:
         raise web.HTTPNotFound(text=f"no run {run_id} in this cache")
     return found
@@ -156,7 +158,11 @@ async def failures_page(request: web.Request) -> web.Response:
     after = int(request.query.get("after", -1))
 
     def work(conn):
-        return details.failures(conn, run.id, after), details.rejects(conn, run.id), details.unlinked_failures(conn)
+        return (
+            details.failures(conn, run.id, after),
+            details.rejects(conn, run.id),
+            details.unlinked_failures(conn),
+        )
 
     (failed, more), (rejects, more_rejects), unlinked = await query(request, work)
     return render(

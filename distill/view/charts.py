@@ -64,7 +64,13 @@ def histogram(conn: sqlite3.Connection, title: str, note: str, values_sql: str, 
         h = (HEIGHT - 2 * MARGIN) * count / tallest
         start = low + b * width
         chart.bars.append(
-            Bar(MARGIN + b * step, HEIGHT - MARGIN - h, max(step - 1, 1), h, f"{start}–{start + width - 1}: {count}")
+            Bar(
+                MARGIN + b * step,
+                HEIGHT - MARGIN - h,
+                max(step - 1, 1),
+                h,
+                f"{start}–{start + width - 1}: {count}",
+            )
         )
     chart.x_labels = (str(low), str(high))
     chart.y_label = f"{tallest:,}"
@@ -110,12 +116,18 @@ def requests_over_time(conn: sqlite3.Connection) -> Chart:
     scale = (HEIGHT - 2 * MARGIN) / tallest
     for b, ok, limited, other in rows:
         base = HEIGHT - MARGIN
-        for count, kind, what in ((ok, "ok", "answered"), (limited, "limited", "429"), (other, "error", "errors")):
+        for count, kind, what in (
+            (ok, "ok", "answered"),
+            (limited, "limited", "429"),
+            (other, "error", "errors"),
+        ):
             if count:
                 h = count * scale
                 base -= h
                 at = time.strftime("%H:%M:%S", time.localtime(start + b * span / BINS))
-                chart.bars.append(Bar(MARGIN + b * step, base, max(step - 1, 1), h, f"{at}: {count} {what}", kind))
+                chart.bars.append(
+                    Bar(MARGIN + b * step, base, max(step - 1, 1), h, f"{at}: {count} {what}", kind)
+                )
     chart.x_labels = (_clock(start), _clock(end))
     chart.y_label = f"{tallest:,} / {span / BINS:.3g} s"
     return chart

@@ -123,7 +123,7 @@ def failures(conn: sqlite3.Connection, run_id: str, after: int = -1) -> tuple[li
     rows = conn.execute(
         "SELECT c.position, c.id, c.source, f.key, f.status, f.reason, f.updated, "
         "(SELECT count(*) FROM attempts a WHERE a.key = f.key) "
-        "FROM conversations c JOIN failures f ON f.key = c.failed_key "
+        "FROM conversations c INDEXED BY conversations_failed JOIN failures f ON f.key = c.failed_key "
         "WHERE c.run_id = ? AND c.failed_key IS NOT NULL AND c.position > ? ORDER BY c.position LIMIT ?",
         (run_id, after, PAGE_SIZE + 1),
     ).fetchall()
@@ -136,7 +136,8 @@ def unlinked_failures(conn: sqlite3.Connection, limit: int = PAGE_SIZE) -> list[
         {"key": k, "status": s, "reason": r, "updated": u}
         for k, s, r, u in conn.execute(
             "SELECT key, status, reason, updated FROM failures WHERE key NOT IN "
-            "(SELECT failed_key FROM conversations WHERE failed_key IS NOT NULL) ORDER BY updated LIMIT ?",
+            "(SELECT failed_key FROM conversations INDEXED BY conversations_failed WHERE failed_key IS NOT NULL) "
+            "ORDER BY updated LIMIT ?",
             (limit,),
         )
     ]

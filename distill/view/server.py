@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import sys
@@ -28,6 +29,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_warning(host: str) -> str | None:
+    """The warning printed when the viewer listens beyond this machine (None on a loopback address)."""
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: serving on {host}: anyone who can reach this machine on that address can read the cache "
+        "(every prompt and answer); the default --host 127.0.0.1 keeps it to this machine"
+    )
+
+
 def has_desktop() -> bool:
     """Whether a graphical browser can open here (never a text browser taking over the terminal)."""
     if sys.platform in ("darwin", "win32"):
@@ -42,7 +53,8 @@ def url_for(host: str, port: int) -> str:
 
 async def start(cache: Path, host: str = "127.0.0.1", port: int = 8765) -> tuple[web.AppRunner, str]:
     """Start the viewer over ``cache`` on ``host:port`` (0: any free port); returns the runner and its URL."""
-    connect_readonly(cache).close()  # a missing or foreign cache fails now, with the fix, not on the first page
+    # a missing or foreign cache fails now, with its fix, not on the first page
+    connect_readonly(cache).close()
     runner = web.AppRunner(make_app(cache), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -65,12 +77,9 @@ def serve(
     opener: Callable[[str], bool] = webbrowser.open,
 ) -> None:
     """Serve the viewer until interrupted; warn when ``host`` is not a loopback address."""
-    if not is_loopback(host):
-        print(
-            f"warning: serving on {host}: anyone who can reach this machine can read the cache "
-            "(prompts and answers); the default --host 127.0.0.1 keeps it to this machine",
-            file=stream,
-        )
+    warning = host_warning(host)
+    if warning:
+        print(warning, file=stream)
 
     async def main() -> None:
         runner, url = await start(cache, host, port)
@@ -84,7 +93,5 @@ def serve(
         finally:
             await runner.cleanup()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass

@@ -2,7 +2,8 @@
 
 Every page is a bounded SQL query; nothing loads a run whole. The list is paged by position (keyset: ``after``),
 so page 20,000 costs what page 1 costs. Filters are indexed SQL: ``failed`` uses the partial index
-``conversations_failed``, ``min_tokens`` the index ``conversations_longest``, text search the FTS5 table
+``conversations_failed``, ``min_tokens`` the index ``conversations_totals`` (which
+also covers the run's totals), text search the FTS5 table
 ``conversation_search`` walked in rowid (input) order; shard and split are computed per row by SQL functions
 over the rows the query walks until a page is full.
 """
@@ -35,10 +36,6 @@ def open_cache(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def table_exists(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-
-
 @dataclass(slots=True)
 class RunSummary:
     id: str
@@ -61,26 +58,46 @@ class RunSummary:
         return self.settings.get("model", "")
 
 
+RUN_COLUMNS = "SELECT id, input, settings, created, updated, ended FROM runs"
+
+
 def runs(conn: sqlite3.Connection) -> list[RunSummary]:
-    """Every run with its counts, tokens and cost at list price (None when the model's price is unknown)."""
+    """Every run with its counts, tokens and cost at list price (None when the model's price is unknown).
+
+    The totals are sums over the run's conversations, read from the covering index ``conversations_totals``
+    (a few bytes a conversation, not the conversations themselves).
+    """
     found = []
-    for run_id, input_path, settings, created, updated, ended in conn.execute(
-        "SELECT id, input, settings, created, updated, ended FROM runs ORDER BY created"
-    ):
-        run = RunSummary(run_id, input_path, orjson.loads(settings), created, updated, ended)
-        run.conversations, run.finished, run.prompt_tokens, run.completion_tokens = conn.execute(
-            "SELECT count(*), coalesce(sum(finished), 0), coalesce(sum(prompt_tokens), 0), "
-            "coalesce(sum(answer_tokens), 0) FROM conversations WHERE run_id = ?",
-            (run_id,),
+    for row in conn.execute(f"{RUN_COLUMNS} ORDER BY created").fetchall():
+        run = run_counts(conn, RunSummary(row[0], row[1], orjson.loads(row[2]), *row[3:]))
+        run.finished, run.prompt_tokens, run.completion_tokens = conn.execute(
+            "SELECT coalesce(sum(finished), 0), coalesce(sum(prompt_tokens), 0), coalesce(sum(answer_tokens), 0) "
+            "FROM conversations INDEXED BY conversations_totals WHERE run_id = ?",
+            (run.id,),
         ).fetchone()
-        run.failed = failed_count(conn, run_id)
-        run.rejects = conn.execute("SELECT count(*) FROM rejects WHERE run_id = ?", (run_id,)).fetchone()[0]
         price = resolve_price(run.model)
         if price is not None:
             run.cost = price.cost(run.prompt_tokens, run.completion_tokens)
             run.price_source = price.source
         found.append(run)
     return found
+
+
+def run_summary(conn: sqlite3.Connection, run_id: str) -> RunSummary | None:
+    """One run with its counts of conversations, failures and rejects (no totals: every page shows these)."""
+    row = conn.execute(f"{RUN_COLUMNS} WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        return None
+    return run_counts(conn, RunSummary(row[0], row[1], orjson.loads(row[2]), *row[3:]))
+
+
+def run_counts(conn: sqlite3.Connection, run: RunSummary) -> RunSummary:
+    run.conversations = conn.execute(
+        "SELECT count(*) FROM conversations INDEXED BY conversations_totals WHERE run_id = ?", (run.id,)
+    ).fetchone()[0]
+    run.failed = failed_count(conn, run.id)
+    run.rejects = conn.execute("SELECT count(*) FROM rejects WHERE run_id = ?", (run.id,)).fetchone()[0]
+    return run
 
 
 def run_rowid(conn: sqlite3.Connection, run_id: str) -> int | None:
@@ -90,7 +107,7 @@ def run_rowid(conn: sqlite3.Connection, run_id: str) -> int | None:
 
 def failed_count(conn: sqlite3.Connection, run_id: str) -> int:
     return conn.execute(
-        "SELECT count(*) FROM conversations c JOIN failures f ON f.key = c.failed_key "
+        "SELECT count(*) FROM conversations c INDEXED BY conversations_failed JOIN failures f ON f.key = c.failed_key "
         "WHERE c.run_id = ? AND c.failed_key IS NOT NULL",
         (run_id,),
     ).fetchone()[0]

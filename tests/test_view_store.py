@@ -1,0 +1,135 @@
+"""The viewer's queries over a cache filled as a run fills it: paging, filters, search, counts, live reads."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+
+import pytest
+
+from bench.view_list import RARE_WORD, fill
+from distill.cache import Cache
+from distill.conversation import Conversation, Message
+from distill.engine import encode_conversation
+from distill.errors import CacheError
+from distill.shard import Shard
+from distill.view import server, store
+from formats.split import split_of
+
+COUNT = 1200  # failed: positions 7, 507, 1007; the rare word at 800
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    import asyncio
+
+    path = tmp_path_factory.mktemp("viewstore") / "cache.sqlite"
+    run_id = asyncio.run(fill(path, COUNT))
+    return path, run_id
+
+
+def page(filled, **wanted) -> store.ListPage:
+    path, run_id = filled
+    conn = store.open_cache(path)
+    try:
+        return store.conversation_page(conn, run_id, store.ListQuery(**wanted))
+    finally:
+        conn.close()
+
+
+def positions(result: store.ListPage) -> list[int]:
+    return [row.position for row in result.rows]
+
+
+def test_pages_follow_each_other_by_position(filled):
+    first = page(filled)
+    assert positions(first) == list(range(50)) and first.more and first.next_after == 49
+    assert positions(page(filled, after=49)) == list(range(50, 100))
+    last = page(filled, after=COUNT - 11)
+    assert positions(last) == list(range(COUNT - 10, COUNT)) and not last.more and last.next_after is None
+    row = first.rows[1]
+    assert row.id == "conv-1" and row.source == "input.jsonl:2" and row.turns == 2 and row.finished
+    assert row.excerpt.startswith("Question 1:") and row.excerpt.endswith("…")
+
+
+def test_filters_failed_tokens_shard_and_split(filled):
+    failed = page(filled, failed=True)
+    assert positions(failed) == [7, 507, 1007]
+    assert all(r.failure and r.failure_status == 422 and not r.finished for r in failed.rows)
+    assert positions(page(filled, min_tokens=740)) == list(range(691, 700))
+    shard = Shard(3, 8)
+    expected = [n for n in range(COUNT) if shard.owns(f"conv-{n}")]
+    assert positions(page(filled, shard=shard)) == expected[:50]
+    assert positions(page(filled, shard=shard, after=expected[49])) == expected[50:100]
+    validation = [n for n in range(COUNT) if split_of(f"conv-{n}", 0.05) == "validation"]
+    assert positions(page(filled, split="validation")) == validation[:50]
+    assert positions(page(filled, failed=True, shard=Shard(1, 1))) == [7, 507, 1007]
+
+
+def test_search_walks_the_index_in_input_order(filled):
+    assert positions(page(filled, text=RARE_WORD)) == [COUNT * 2 // 3]
+    assert positions(page(filled, text=RARE_WORD.upper())) == [COUNT * 2 // 3]
+    every = page(filled, text="river salt")
+    assert positions(every) == list(range(50)) and every.more
+    assert positions(page(filled, text="river salt", after=1100)) == list(range(1101, 1151))
+    assert positions(page(filled, text="conv-1007", failed=True)) == [1007]  # ids are searchable
+    for hostile in ('"', "NEAR(a b)", "a OR", "*", "'); DROP TABLE runs; --", "col:umn"):
+        page(filled, text=hostile)  # the user's words are phrases, never FTS5 syntax
+
+
+def test_runs_counts_and_cost(filled):
+    path, run_id = filled
+    conn = store.open_cache(path)
+    [run] = store.runs(conn)
+    conn.close()
+    assert (run.id, run.conversations, run.finished, run.failed) == (run_id, COUNT, COUNT - 3, 3)
+    assert run.prompt_tokens == 40 * (COUNT - 3) and run.ended is not None
+    assert run.cost is None  # the bench model has no list price
+
+
+async def test_the_viewer_reads_while_a_run_writes(tmp_path):
+    path = tmp_path / "live.sqlite"
+    async with Cache(path) as cache:  # holds the run lock, as a run does
+        await cache.record_run("run", "/in.jsonl", {"model": "m", "api": "chat", "history": "teacher",
+                                                    "sampling": {}, "system_prompt": None})  # fmt: skip
+        conversation = Conversation("live-1", [Message("user", "<b>bold</b> question")], "in.jsonl:1")
+        cache.add_conversations(
+            "run", [(0, conversation.id, conversation.source, encode_conversation(conversation))]
+        )
+        await cache.flush()
+        conn = store.open_cache(path)
+        result = store.conversation_page(conn, "run", store.ListQuery(text="bold"))
+        assert [r.id for r in result.rows] == ["live-1"] and result.rows[0].excerpt == "<b>bold</b> question"
+        with pytest.raises(sqlite3.OperationalError):
+            conn.execute("DELETE FROM runs")  # read-only
+        conn.close()
+
+
+def test_a_rewritten_conversation_is_searched_by_its_new_text(tmp_path):
+    import asyncio
+
+    async def write(text: str) -> None:
+        async with Cache(path) as cache:
+            await cache.record_run("run", "/in.jsonl", {"model": "m"})
+            conversation = Conversation("c", [Message("user", text)], "in.jsonl:1")
+            cache.add_conversations("run", [(0, "c", "in.jsonl:1", encode_conversation(conversation))])
+
+    path = tmp_path / "rewrite.sqlite"
+    asyncio.run(write("the old wording"))
+    asyncio.run(write("a new wording"))  # INSERT OR REPLACE: the index follows
+    conn = store.open_cache(path)
+    found = {
+        w: positions(store.conversation_page(conn, "run", store.ListQuery(text=w))) for w in ("old", "new")
+    }
+    assert found == {"old": [], "new": [0]}
+    assert conn.execute("SELECT count(*) FROM conversation_search").fetchone()[0] == 1
+    conn.close()
+
+
+def test_only_a_loopback_host_goes_unwarned(tmp_path):
+    assert server.host_warning("127.0.0.1") is None and server.host_warning("::1") is None
+    assert server.host_warning("localhost") is None
+    warning = server.host_warning("0.0.0.0")
+    assert "0.0.0.0" in warning and "--host 127.0.0.1" in warning
+    with pytest.raises(CacheError, match="does not exist"):
+        server.serve(tmp_path / "missing.sqlite", browser=False, stream=io.StringIO())
