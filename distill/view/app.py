@@ -42,11 +42,20 @@ def templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = _when
+    env.filters["setting"] = _setting
     env.filters["number"] = lambda n: "—" if n is None else f"{n:,}"
     env.filters["seconds"] = lambda s: (
         "—" if s is None else f"{s * 1000:,.0f} ms" if s < 10 else f"{s:,.1f} s"
     )
     return env
+
+
+def _setting(value: Any) -> str:
+    """A stored run setting as a person reads it: set sampling parameters only, ``—`` for unset."""
+    if isinstance(value, dict):
+        shown = [f"{k}={v}" for k, v in value.items() if v is not None]
+        return ", ".join(shown) or "(server defaults)"
+    return "—" if value is None else str(value)
 
 
 def _when(epoch: float | None) -> str:
