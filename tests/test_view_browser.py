@@ -24,6 +24,8 @@ from distill.teacher_server import TeacherKnobs, start_teacher_process
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -128,11 +130,18 @@ def shot(driver, run_cache, name: str) -> Path:
     return path
 
 
+def submit(driver, button) -> None:
+    """Click ``button`` and wait until the next page has replaced this one."""
+    page = driver.find_element(By.TAG_NAME, "main")
+    button.click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+
+
 def open_run(driver, viewer) -> str:
     driver.get(viewer)
     link = driver.find_element(By.CSS_SELECTOR, "table.run th a")
     run_id = link.text
-    link.click()
+    submit(driver, link)
     return run_id
 
 
@@ -156,23 +165,22 @@ def test_the_list_shows_the_runs_conversations_and_search_finds_one(browser, vie
     ids = [row[1] for row in rows_of(browser, "conversations")]
     assert ids[:3] == ["alpha", "xss", "refused"] and len(ids) == 23
     shot(browser, run_cache, "conversations")
-    box = browser.find_element(By.NAME, "q")
-    box.send_keys("zanzibarian")
-    box.submit()
+    browser.find_element(By.NAME, "q").send_keys("zanzibarian")
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "form.filters button"))
     assert [row[1] for row in rows_of(browser, "conversations")] == ["alpha"]
     browser.find_element(By.NAME, "failed").click()
     browser.find_element(By.NAME, "q").clear()
-    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "form.filters button"))
     assert [row[1] for row in rows_of(browser, "conversations")] == ["refused"]
     shot(browser, run_cache, "conversations-failed")
     browser.find_element(By.NAME, "rejected").click()
-    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "form.filters button"))
     assert [row[0] for row in rows_of(browser, "rejects")] == ["input.jsonl:4", "input.jsonl:6"]
 
 
 def test_side_by_side_shows_both_answers_and_a_length_cut(browser, viewer, run_cache):
     open_run(browser, viewer)
-    browser.find_element(By.LINK_TEXT, "alpha").click()
+    submit(browser, browser.find_element(By.LINK_TEXT, "alpha"))
     originals = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".answer.original .text")]
     teachers = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".answer.teacher > .text")]
     assert originals == ["Mostly fish, says the dataset.", "Rayleigh scattering, says the dataset."]
@@ -191,7 +199,7 @@ def test_a_failed_request_appears_under_failures(browser, viewer, run_cache):
     rejects = rows_of(browser, "rejects")
     assert [r[0] for r in rejects] == ["input.jsonl:4", "input.jsonl:6"]
     shot(browser, run_cache, "failures")
-    browser.find_element(By.LINK_TEXT, "refused").click()
+    submit(browser, browser.find_element(By.LINK_TEXT, "refused"))
     assert "failed (422)" in browser.find_element(By.CSS_SELECTOR, ".answer.teacher").text
 
 

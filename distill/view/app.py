@@ -109,11 +109,7 @@ def render(request: web.Request, name: str, **context: Any) -> web.Response:
 
 
 async def run_or_404(request: web.Request) -> store.RunSummary:
-    run_id = request.match_info["run"]
-    found = await query(request, store.run_summary, run_id)
-    if found is None:
-        raise web.HTTPNotFound(text=f"no run {run_id} in this cache")
-    return found
+    return await found_or_404(request, store.run_summary, request.match_info["run"])
 
 
 async def runs_page(request: web.Request) -> web.Response:
@@ -154,11 +150,17 @@ async def conversations_page(request: web.Request) -> web.Response:
     return render(request, "conversations.jinja", run=run, page=page, wanted=wanted, filters=filters)
 
 
+async def found_or_404(request: web.Request, work: Callable[..., Any], *args: Any) -> Any:
+    found = await query(request, work, *args)
+    if found is None:
+        raise web.HTTPNotFound(text=f"no such page: {request.path}")
+    return found
+
+
 async def conversation_page(request: web.Request) -> web.Response:
     run = await run_or_404(request)
-    view = await query(request, details.conversation_view, run.id, int(request.match_info["position"]))
-    if view is None:
-        raise web.HTTPNotFound(text="no conversation at that position")
+    position = int(request.match_info["position"])
+    view = await found_or_404(request, details.conversation_view, run.id, position)
     return render(request, "conversation.jinja", run=run, view=view)
 
 
@@ -188,9 +190,7 @@ async def failures_page(request: web.Request) -> web.Response:
 
 async def reject_page(request: web.Request) -> web.Response:
     run = await run_or_404(request)
-    found = await query(request, details.reject, run.id, int(request.match_info["rowid"]))
-    if found is None:
-        raise web.HTTPNotFound(text="no such rejected record")
+    found = await found_or_404(request, details.reject, run.id, int(request.match_info["rowid"]))
     return render(request, "reject.jinja", run=run, reject=found)
 
 

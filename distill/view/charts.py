@@ -97,20 +97,28 @@ def categories(conn: sqlite3.Connection, title: str, note: str, sql: str, params
     return chart
 
 
+def time_buckets(conn: sqlite3.Connection, table: str, column: str, sums: str) -> tuple[float, float, list]:
+    """The first and last time in ``table.column`` and, per one of :data:`BINS` spans between, ``sums``."""
+    start, end = conn.execute(f"SELECT min({column}), max({column}) FROM {table}").fetchone()
+    if start is None:
+        return 0.0, 0.0, []
+    span = max(end - start, 1e-3)
+    rows = conn.execute(
+        f"SELECT min(CAST(({column} - ?) * ? / ? AS INTEGER), ? - 1) AS b, {sums} FROM {table} GROUP BY b ORDER BY b",
+        (start, BINS, span, BINS),
+    ).fetchall()
+    return start, end, rows
+
+
 def requests_over_time(conn: sqlite3.Connection) -> Chart:
     """Attempts per time bucket, stacked: answered, rate limited (429), other errors."""
     chart = Chart("Requests over time", "every HTTP attempt in the cache; 429s in red, other errors in grey")
-    start, end = conn.execute("SELECT min(at), max(at) FROM attempts").fetchone()
-    if start is None:
+    sums = "sum(status = 200), sum(status = 429), sum(status IS NULL OR (status != 200 AND status != 429))"
+    start, end, rows = time_buckets(conn, "attempts", "at", sums)
+    if not rows:
         chart.empty = True
         return chart
     span = max(end - start, 1e-3)
-    rows = conn.execute(
-        "SELECT min(CAST((at - ?) * ? / ? AS INTEGER), ? - 1) AS b, "
-        "sum(status = 200), sum(status = 429), sum(status IS NULL OR (status != 200 AND status != 429)) "
-        "FROM attempts GROUP BY b",
-        (start, BINS, span, BINS),
-    ).fetchall()
     tallest = max(ok + limited + other for _, ok, limited, other in rows)
     step = (WIDTH - 2 * MARGIN) / BINS
     scale = (HEIGHT - 2 * MARGIN) / tallest
@@ -137,16 +145,11 @@ def cost_over_time(conn: sqlite3.Connection, price: Price | None) -> Chart:
     """Cumulative cost (or tokens, when the model's price is unknown) of the answers, by the time they arrived."""
     what = "US dollars at list price" if price else "tokens (no price known for the model)"
     chart = Chart("Cost accumulating", f"every answer in the cache, {what}")
-    start, end = conn.execute("SELECT min(created), max(created) FROM responses").fetchone()
-    if start is None:
+    sums = "coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)"
+    start, end, rows = time_buckets(conn, "responses", "created", sums)
+    if not rows:
         chart.empty = True
         return chart
-    span = max(end - start, 1e-3)
-    rows = conn.execute(
-        "SELECT min(CAST((created - ?) * ? / ? AS INTEGER), ? - 1) AS b, coalesce(sum(prompt_tokens), 0), "
-        "coalesce(sum(completion_tokens), 0) FROM responses GROUP BY b ORDER BY b",
-        (start, BINS, span, BINS),
-    ).fetchall()
     total, points = 0.0, []
     for b, prompt, completion in rows:
         total += price.cost(prompt, completion) if price else prompt + completion
