@@ -6,7 +6,7 @@ indexes are the ones the migration made. The viewer is started as ``distill view
 HTTP on 127.0.0.1; each figure is the median wall time of a page over several requests. The reference is what a
 viewer that loads the run whole would pay before showing anything: reading and decoding every conversation.
 
-    python -m bench.view_list [--tiny] [--conversations N] [--json PATH]
+    python -m bench.view_list [--tiny] [--conversations N] [--keep CACHE] [--json PATH]
 """
 
 from __future__ import annotations
@@ -111,10 +111,13 @@ async def timed_pages(cache_path: Path, run_id: str, count: int, rounds: int) ->
     return seconds
 
 
-def measure(root: Path, count: int, rounds: int) -> list[Result]:
-    cache_path = root / "view.sqlite"
+def measure(root: Path, count: int, rounds: int, kept: Path | None = None) -> list[Result]:
+    cache_path = kept or root / "view.sqlite"
     started = time.perf_counter()
-    run_id = asyncio.run(fill(cache_path, count))
+    if kept is not None and kept.exists():
+        run_id = open_cache(kept).execute("SELECT id FROM runs").fetchone()[0]
+    else:
+        run_id = asyncio.run(fill(cache_path, count))
     fill_seconds = time.perf_counter() - started
     reference_ms = load_everything(cache_path, run_id) * 1000
     seconds = asyncio.run(timed_pages(cache_path, run_id, count, rounds))
@@ -146,10 +149,11 @@ def measure(root: Path, count: int, rounds: int) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--conversations", type=int, default=100_000)
+    p.add_argument("--keep", type=Path, help="fill this cache once and measure it again on later runs")
     args = p.parse_args(argv)
     count, rounds = (1000, 2) if args.tiny else (args.conversations, 7)
     with workdir() as root:
-        results = measure(root, count, rounds)
+        results = measure(root, count, rounds, args.keep)
     for name, ms in results[0].detail["median_ms"].items():
         print(f"  {name}: {ms:,.1f} ms")
     return report(results, args.json)

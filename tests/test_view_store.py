@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 
 import pytest
@@ -133,3 +134,38 @@ def test_only_a_loopback_host_goes_unwarned(tmp_path):
     assert "0.0.0.0" in warning and "--host 127.0.0.1" in warning
     with pytest.raises(CacheError, match="does not exist"):
         server.serve(tmp_path / "missing.sqlite", browser=False, stream=io.StringIO())
+
+
+async def test_a_run_records_what_the_viewer_shows(tmp_path, teacher):
+    from distill.runner import run_async
+    from tests.test_engine_run import make_job
+
+    data = tmp_path / "in.jsonl"
+    records = [
+        {"id": "ok", "messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "x"},
+                                  {"role": "user", "content": "two"}]},
+        {"id": "no", "messages": [{"role": "user", "content": "please REFUSE"}]},
+        {"id": "empty", "messages": []},
+    ]  # fmt: skip
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    teacher.set_knobs(permanent_marker="REFUSE", permanent_status=400, fail_first_attempts=1)
+    report = await run_async(make_job(tmp_path, teacher.base_url, data, attempts=3))
+    assert report.exit_code == 1
+    conn = store.open_cache(tmp_path / "cache.sqlite")
+    statuses = sorted(s for (s,) in conn.execute("SELECT status FROM attempts"))
+    # the refusal is answered 400 at once; the other two requests' first attempts got a 5xx
+    assert statuses[:3] == [200, 200, 400] and len(statuses) == 5 and all(s >= 500 for s in statuses[3:])
+    assert all(latency >= 0 for (latency,) in conn.execute("SELECT latency FROM attempts"))
+    ok, refused = conn.execute(
+        "SELECT id, finished, failed_key, prompt_tokens, answer_tokens, longest_answer FROM conversations "
+        "ORDER BY position"
+    ).fetchall()
+    assert ok[1:3] == (1, None) and ok[3] > 0 and ok[4] >= ok[5] > 0
+    assert refused[1] == 0 and conn.execute(
+        "SELECT status FROM failures WHERE key = ?", (refused[2],)
+    ).fetchone() == (400,)
+    assert conn.execute("SELECT source, reason FROM rejects").fetchall() == [
+        ("in.jsonl:3", "no user turn left after clean-up (empty, system-only or assistant-only conversation)")
+    ]
+    assert conn.execute("SELECT ended >= created FROM runs").fetchone() == (1,)
+    conn.close()
