@@ -169,3 +169,28 @@ async def test_a_run_records_what_the_viewer_shows(tmp_path, teacher):
     ]
     assert conn.execute("SELECT ended >= created FROM runs").fetchone() == (1,)
     conn.close()
+
+
+async def test_pages_forbid_scripts_and_answer_bad_addresses_plainly(filled):
+    import aiohttp
+
+    path, run_id = filled
+    runner, url = await server.start(path, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as response:
+                assert response.status == 200
+                assert "script-src" not in response.headers["Content-Security-Policy"]
+                assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+            for address, status in (
+                ("runs/nope/conversations", 404),
+                (f"runs/{run_id}/conversations/999999", 404),
+                (f"runs/{run_id}/conversations?after=x", 400),
+                (f"runs/{run_id}/conversations?shard=9/2", 400),
+                (f"runs/{run_id}/failures?after=1.5", 400),
+                (f"runs/{run_id}/charts", 200),
+            ):
+                async with session.get(url + address) as response:
+                    assert response.status == status, address
+    finally:
+        await runner.cleanup()

@@ -120,6 +120,13 @@ async def runs_page(request: web.Request) -> web.Response:
     return render(request, "runs.jinja", runs=runs, limits=limits)
 
 
+def int_param(request: web.Request, name: str, default: int) -> int:
+    try:
+        return int(request.query.get(name) or default)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number") from None
+
+
 def list_query(request: web.Request) -> store.ListQuery:
     """The list's search and filters from the query string (a bad value is a 400 naming it)."""
     q = request.query
@@ -132,7 +139,7 @@ def list_query(request: web.Request) -> store.ListQuery:
             shard=shard,
             split=q.get("split") if q.get("split") in ("train", "validation") else None,
             val_fraction=float(q.get("fraction") or 0.05),
-            after=int(q.get("after", -1)),
+            after=int_param(request, "after", -1),
         )
     except (ValueError, UsageError) as e:
         raise web.HTTPBadRequest(text=f"bad filter: {e}") from None
@@ -141,7 +148,7 @@ def list_query(request: web.Request) -> store.ListQuery:
 async def conversations_page(request: web.Request) -> web.Response:
     run = await run_or_404(request)
     if request.query.get("rejected") == "1":
-        after = int(request.query.get("after", 0) or 0)
+        after = int_param(request, "after", 0)
         rows, more = await query(request, details.rejects, run.id, after)
         return render(request, "rejects.jinja", run=run, rejects=rows, more=more)
     wanted = list_query(request)
@@ -166,7 +173,7 @@ async def conversation_page(request: web.Request) -> web.Response:
 
 async def failures_page(request: web.Request) -> web.Response:
     run = await run_or_404(request)
-    after = int(request.query.get("after", -1))
+    after = int_param(request, "after", -1)
 
     def work(conn):
         return (
