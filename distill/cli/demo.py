@@ -20,8 +20,8 @@ from pathlib import Path
 
 from distill.pipeline import run_pipeline
 from distill.runner import RunJob, run
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings
-from distill.teacher_server import TeacherKnobs, start_teacher_process
 
 DEMO_KEY = "demo-key-for-the-local-fakes"
 
@@ -93,7 +93,7 @@ base-model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
 
 
 def main(args: argparse.Namespace) -> int:
-    from trainers.fake_together import FakeTogether
+    from distill.servers.together import FakeTogether
 
     directory = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
