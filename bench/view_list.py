@@ -22,9 +22,9 @@ import orjson
 from bench.common import MODEL, Result, parser, report, workdir
 from distill.cache import Cache
 from distill.conversation import Conversation, Message
-from distill.engine import encode_conversation
 from distill.requests import TeacherResponse
 from distill.settings import RunSettings
+from distill.stored import encode_conversation
 from distill.view.server import start
 from distill.view.store import open_cache
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support import DISTILL, run_command
 
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402

@@ -11,11 +11,11 @@ import pytest
 from bench.view_list import RARE_WORD, fill
 from distill.cache import Cache
 from distill.conversation import Conversation, Message
-from distill.engine import encode_conversation
 from distill.errors import CacheError
 from distill.shard import Shard
+from distill.split import split_of
+from distill.stored import encode_conversation
 from distill.view import server, store
-from formats.split import split_of
 
 COUNT = 1200  # failed: positions 7, 507, 1007; the rare word at 800
 

@@ -10,9 +10,9 @@ import orjson
 
 from distill import plan
 from distill.conversation import Conversation
-from distill.engine import decode_conversation
-from distill.export import answered, stored_settings
+from distill.export import answered
 from distill.requests import TeacherResponse
+from distill.stored import decode_conversation, stored_settings
 
 from .store import PAGE_SIZE
 

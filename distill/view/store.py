@@ -21,7 +21,7 @@ from distill.cache import connect_readonly
 from distill.cache_view import RUN_SHIFT
 from distill.cost import resolve_price
 from distill.shard import Shard, bucket
-from formats.split import split_of
+from distill.split import split_of
 
 PAGE_SIZE = 50
 EXCERPT = 160
