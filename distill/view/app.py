@@ -108,8 +108,8 @@ def render(request: web.Request, name: str, **context: Any) -> web.Response:
     return web.Response(text=html, content_type="text/html", charset="utf-8")
 
 
-async def run_or_404(request: web.Request) -> store.RunSummary:
-    return await found_or_404(request, store.run_summary, request.match_info["run"])
+async def run_or_404(request: web.Request, conversations: bool = False) -> store.RunSummary:
+    return await found_or_404(request, store.run_summary, request.match_info["run"], conversations)
 
 
 async def runs_page(request: web.Request) -> web.Response:
@@ -146,7 +146,7 @@ def list_query(request: web.Request) -> store.ListQuery:
 
 
 async def conversations_page(request: web.Request) -> web.Response:
-    run = await run_or_404(request)
+    run = await run_or_404(request, conversations=True)
     if request.query.get("rejected") == "1":
         after = int_param(request, "after", 0)
         rows, more = await query(request, details.rejects, run.id, after)
