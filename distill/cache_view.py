@@ -1,7 +1,9 @@
 """Cache migration 6 (issue 15) and the rows it adds: what ``distill view`` shows that a run did not keep before.
 
 - ``attempts``: one row per HTTP attempt (when it was sent, its status or error kind, its latency), so the viewer
-  draws requests over time with the 429s marked, shows each answer's latency and counts a failure's attempts;
+  draws requests over time with the 429s marked, shows each answer's latency and counts a failure's attempts.
+  It is keyed by (request key, time) in one B-tree (``WITHOUT ROWID``): one insert per attempt, no second index;
+  the timeline, drawn far less often than attempts are written, scans it;
 - ``rejects``: the input records a reader could not use (``file:line``, reason, the record), as in
   ``OUTPUT.rejects.jsonl``, so the viewer needs only the cache;
 - on ``conversations``: the key of the request that failed the conversation (``failed_key``) and its answers'
@@ -49,13 +51,13 @@ def _rowid_of(row: str) -> str:
 
 VIEW_MIGRATION = f"""
     CREATE TABLE attempts (
-        at REAL NOT NULL,
         key TEXT NOT NULL,
+        at REAL NOT NULL,
         status INTEGER,
         error TEXT,
-        latency REAL NOT NULL
-    );
-    CREATE INDEX attempts_key ON attempts (key);
+        latency REAL NOT NULL,
+        PRIMARY KEY (key, at)
+    ) WITHOUT ROWID;
     CREATE TABLE rejects (
         run_id TEXT NOT NULL,
         source TEXT NOT NULL,
@@ -97,7 +99,7 @@ class ViewRows:
     def write(self, db) -> None:
         """Write the rows inside the group commit's transaction on ``db``."""
         if self.attempts:
-            db.executemany("INSERT INTO attempts VALUES (?, ?, ?, ?, ?)", self.attempts)
+            db.executemany("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)", self.attempts)
         if self.failed:
             db.executemany(
                 "UPDATE conversations SET failed_key = ? WHERE run_id = ? AND position = ?", self.failed
@@ -136,8 +138,8 @@ class ViewRecords:
 
     def log_attempt(self, key: str, at: float, latency: float, status: int | None, error: str | None) -> None:
         """Queue one HTTP attempt: sent at ``at`` (epoch seconds), answered or failed ``latency`` s later."""
-        self._view_rows.attempts.append((at, key, status, error, latency))
-        self._schedule_flush()
+        # no flush of its own: the answer or failure that follows every last attempt schedules one
+        self._view_rows.attempts.append((key, at, status, error, latency))
 
     def mark_failed(self, run_id: str, position: int, key: str) -> None:
         """Queue the mark that the request ``key`` failed the conversation at ``position``."""
