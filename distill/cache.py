@@ -337,6 +337,7 @@ class Cache(ViewRecords):
     def _close_writer_db(self) -> None:
         db = getattr(self._writer_state, "db", None)
         if db is not None:
+            self._index_before_closing(db)
             db.close()
             self._writer_state.db = None
 
@@ -577,3 +578,4 @@ class Cache(ViewRecords):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._index_if_due(db, len(conversations))

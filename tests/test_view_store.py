@@ -99,11 +99,19 @@ async def test_the_viewer_reads_while_a_run_writes(tmp_path):
         )
         await cache.flush()
         conn = store.open_cache(path)
-        result = store.conversation_page(conn, "run", store.ListQuery(text="bold"))
+        result = store.conversation_page(conn, "run", store.ListQuery())
         assert [r.id for r in result.rows] == ["live-1"] and result.rows[0].excerpt == "<b>bold</b> question"
+        searched = store.conversation_page(conn, "run", store.ListQuery(text="bold"))
+        assert (
+            searched.rows == [] and searched.unindexed == 1
+        )  # indexed in bulk: 10,000 at a time, and at the end
         with pytest.raises(sqlite3.OperationalError):
             conn.execute("DELETE FROM runs")  # read-only
         conn.close()
+    conn = store.open_cache(path)
+    searched = store.conversation_page(conn, "run", store.ListQuery(text="bold"))
+    assert [r.id for r in searched.rows] == ["live-1"] and searched.unindexed == 0
+    conn.close()
 
 
 def test_a_rewritten_conversation_is_searched_by_its_new_text(tmp_path):
@@ -194,3 +202,24 @@ async def test_pages_forbid_scripts_and_answer_bad_addresses_plainly(filled):
                     assert response.status == status, address
     finally:
         await runner.cleanup()
+
+
+async def test_a_long_run_is_searchable_while_it_goes(tmp_path, monkeypatch):
+    monkeypatch.setattr("distill.cache_view.SEARCH_BATCH", 3)
+    path = tmp_path / "long.sqlite"
+    async with Cache(path) as cache:
+        await cache.record_run("run", "/in.jsonl", {"model": "m"})
+        for n in range(4):
+            conversation = Conversation(f"c{n}", [Message("user", f"word{n}")], f"in.jsonl:{n + 1}")
+            cache.add_conversations(
+                "run", [(n, conversation.id, conversation.source, encode_conversation(conversation))]
+            )
+            await cache.flush()  # one group commit each: the third makes an indexing pass
+        conn = store.open_cache(path)
+        found = {
+            w: positions(store.conversation_page(conn, "run", store.ListQuery(text=w)))
+            for w in ("word2", "word3")
+        }
+        assert found == {"word2": [2], "word3": []}
+        assert store.conversation_page(conn, "run", store.ListQuery(text="word3")).unindexed == 1
+        conn.close()

@@ -4,7 +4,8 @@ Every page is a bounded SQL query; nothing loads a run whole. The list is paged 
 so page 20,000 costs what page 1 costs. Filters are indexed SQL: ``failed`` uses the partial index
 ``conversations_failed``, ``min_tokens`` the index ``conversations_totals`` (which
 also covers the run's totals), text search the FTS5 table
-``conversation_search`` walked in rowid (input) order; shard and split are computed per row by SQL functions
+``conversation_search`` walked in rowid (input) order (it covers what a run has indexed so far: see
+:mod:`distill.cache_view`); shard and split are computed per row by SQL functions
 over the rows the query walks until a page is full.
 """
 
@@ -158,10 +159,21 @@ class ListRow:
 class ListPage:
     rows: list[ListRow] = field(default_factory=list)
     more: bool = False
+    unindexed: int = 0  # conversations the search did not cover (not indexed yet)
 
     @property
     def next_after(self) -> int | None:
         return self.rows[-1].position if self.more and self.rows else None
+
+
+def unindexed(conn: sqlite3.Connection, run_id: str) -> int:
+    """How many of the run's conversations search does not cover yet (written since its last indexing pass)."""
+    last = conn.execute("SELECT max(position) FROM conversations WHERE run_id = ?", (run_id,)).fetchone()[0]
+    done = conn.execute("SELECT position FROM search_progress WHERE run_id = ?", (run_id,)).fetchone()
+    stale = conn.execute("SELECT count(*) FROM search_stale WHERE run_id = ?", (run_id,)).fetchone()[0]
+    if last is None:
+        return 0
+    return max(0, last - (done[0] if done else -1)) + stale
 
 
 def fts_query(text: str) -> str:
@@ -205,6 +217,8 @@ def conversation_page(conn: sqlite3.Connection, run_id: str, query: ListQuery) -
         sql = f"SELECT {COLUMNS} FROM conversations c {joins} WHERE {' AND '.join(where)} ORDER BY c.position LIMIT ?"
     rows = conn.execute(sql, [*params, query.limit + 1]).fetchall()
     page = ListPage([list_row(r) for r in rows[: query.limit]], more=len(rows) > query.limit)
+    if query.text.strip():
+        page.unindexed = unindexed(conn, run_id)
     return page
 
 
