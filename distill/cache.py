@@ -158,9 +158,15 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     if tables and version < SCHEMA_VERSION:
         check_whole(conn, path)  # a migration writes: never into a damaged file
     for number in range(version, SCHEMA_VERSION):
-        with conn:
-            conn.executescript(MIGRATIONS[number])
-            conn.execute(f"PRAGMA user_version = {number + 1}")
+        # One transaction a migration, with its version number (and, in a new file, distill's mark): a process
+        # killed meanwhile leaves the file as it was or migrated, never half-migrated or unmarked.
+        mark = f"PRAGMA application_id = {APPLICATION_ID};" if app_id != APPLICATION_ID else ""
+        try:
+            conn.executescript(f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; {mark} COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
     if app_id != APPLICATION_ID:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.commit()
