@@ -162,7 +162,9 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
         # killed meanwhile leaves the file as it was or migrated, never half-migrated or unmarked.
         mark = f"PRAGMA application_id = {APPLICATION_ID};" if app_id != APPLICATION_ID else ""
         try:
-            conn.executescript(f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; {mark} COMMIT;")
+            conn.executescript(
+                f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; {mark} COMMIT;"
+            )
         except BaseException:
             if conn.in_transaction:
                 conn.rollback()
