@@ -20,7 +20,8 @@ import orjson
 from bench.common import REPO, machine
 
 SCRIPTS = (
-    "throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator", "adaptive_rate",
+    "throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator", "view_list",
+    "adaptive_rate",
 )  # fmt: skip
 
 METHOD = """\

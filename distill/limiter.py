@@ -83,7 +83,9 @@ class RateLimiter:
         self._timer: asyncio.TimerHandle | None = None
         self.waits = 0  # requests that had to wait
         self.held_back = 0  # requests that had to wait because of the request rate (not a pause or tokens)
-        self.held_by: str | None = None  # the limit that decided the last reservation: rpm, tpm, pause, or None
+        self.held_by: str | None = (
+            None  # the limit that decided the last reservation: rpm, tpm, pause, or None
+        )
 
     @classmethod
     def per_minute(cls, rpm: float | None = None, tpm: float | None = None, **kwargs) -> RateLimiter:

@@ -16,16 +16,6 @@ def run_command(server, data: Path, cache: Path, output: Path, *extra: str) -> l
             "--cache", str(cache), "--output", str(output), *extra]  # fmt: skip
 
 
-class FakeClock:
-    """A clock that stands still until the test moves ``now``."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def numbered_question(conversation: int, turn: int) -> str:
     return f"conversation {conversation}, question {turn}"
 

@@ -24,6 +24,7 @@ from bench import (
     resume,
     run_all,
     throughput,
+    view_list,
 )
 
 
@@ -95,3 +96,8 @@ def test_adaptive_rate_answers_everything_in_every_case(tmp_path):
     assert len(rows) == 8
     for row in rows:
         assert row["detail"].get("answered", 1) > 0 and row["figure"] >= 0
+
+
+def test_view_list_pages_a_filled_cache(tmp_path):
+    [row] = rows_of(view_list, tmp_path)
+    assert row["detail"]["median_ms"]["first page"] > 0 and row["reference"] > 0

@@ -11,7 +11,7 @@ from support import DISTILL, run_command
 from test_engine_run import make_job, write_sharegpt
 
 from distill import learned_limits
-from distill.cache import SCHEMA_VERSION, Cache
+from distill.cache import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Cache
 from distill.runner import run_async
 
 
@@ -104,20 +104,21 @@ async def test_a_limit_told_in_each_dialect_is_obeyed_from_the_first_answer(tmp_
 
 
 async def test_a_cache_from_before_migration_4_gains_the_rate_tables(tmp_path, teacher):
-    data = write_sharegpt(tmp_path / "in.json", questions(3))
-    first = await run_async(make_job(tmp_path, teacher.base_url, data))
     cache = tmp_path / "cache.sqlite"
-    with sqlite3.connect(cache) as conn:  # the cache as schema 3 left it
-        conn.execute("DROP TABLE rate_windows")
-        conn.execute("DROP TABLE rate_limits")
+    with sqlite3.connect(cache) as conn:  # a cache as schema 3 left it
+        for migration in MIGRATIONS[:3]:
+            conn.executescript(migration)
         conn.execute("PRAGMA user_version = 3")
-    sent = teacher.stats.requests
-    again = await run_async(make_job(tmp_path, teacher.base_url, data))
-    assert teacher.stats.requests == sent and again.stats.cache_hits == 3
-    assert again.export.path.read_bytes() == first.export.path.read_bytes()
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.close()
+    assert "rate_limits" in MIGRATIONS[3]
+    teacher.set_knobs(rpm=600)  # told in the headers: something to remember
+    data = write_sharegpt(tmp_path / "in.json", questions(25))
+    report = await run_async(make_job(tmp_path, teacher.base_url, data))
+    assert report.exit_code == 0 and report.export.written == 25
     with sqlite3.connect(cache) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert conn.execute("SELECT count(*) FROM rate_limits").fetchone()[0] == 0
+    assert learned(cache) == [(teacher.base_url, "teacher-70b", 600.0, "told")]
 
 
 def test_run_shows_the_rate_and_stats_shows_the_learned_limits(tmp_path):

@@ -173,14 +173,6 @@ def add_teacher_options(p: argparse.ArgumentParser) -> None:
     option(p, "--request-timeout", type=float, default=600.0, help="seconds before a request is abandoned")
     option(
         p,
-        "--http-client",
-        choices=list(HTTP_CLIENTS),
-        default="auto",
-        help="builtin (lean HTTP/1.1, the fastest), aiohttp (honours HTTPS_PROXY), or auto: builtin unless a "
-        "proxy variable applies to --base-url (default: auto)",
-    )
-    option(
-        p,
         "--attempts",
         type=int,
         default=6,
