@@ -132,7 +132,7 @@ def test_run_shows_the_rate_and_stats_shows_the_learned_limits(tmp_path):
         command = run_command(server, data, cache, output, "--concurrency", "32", "--attempts", "1")
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-    assert "rate limit: " in done.stderr and "requests/min (learned)" in done.stderr
+    assert "\nrate     " in done.stderr and "requests/min (learned)" in done.stderr
     assert "answered 429" in done.stderr and "on average for its slot" in done.stderr
     manifest = json.loads((tmp_path / "o.jsonl.manifest.json").read_text())["this_run"]
     assert manifest["rate_source"] == "learned" and manifest["learned_rpm"] > 0

@@ -58,14 +58,14 @@ def test_the_limit_that_binds_is_the_one_that_made_requests_wait_lately():
 
 def test_counters_added_to_run_stats_later_are_shown_without_touching_the_display():
     Later = dataclasses.make_dataclass(
-        "Later", [("learned_rpm", float, 512.5), ("answered_503", int, 7)], bases=(RunStats,)
+        "Later", [("probe_rpm", float, 512.5), ("answered_503", int, 7)], bases=(RunStats,)
     )
     stats = Later(retries=2)
-    assert ("learned rpm", 512.5) in other_counters(stats) and ("answered 503", 7) in other_counters(stats)
-    assert "learned rpm 512.5" in status_line(stats) and "answered 503 7" in status_line(stats)
+    assert ("probe rpm", 512.5) in other_counters(stats) and ("answered 503", 7) in other_counters(stats)
+    assert "probe rpm 512.5" in status_line(stats) and "answered 503 7" in status_line(stats)
     out = io.StringIO()
     ProgressBar(out, force_terminal=True).console.print(_View(stats))
-    assert "learned rpm 512.5" in out.getvalue() and "retries 2" in out.getvalue()
+    assert "probe rpm 512.5" in out.getvalue() and "retries 2" in out.getvalue()
 
 
 def test_the_bar_shows_done_total_rate_eta_failures_cost_and_the_binding_limit():
@@ -188,3 +188,9 @@ def test_the_limiter_says_which_limit_made_a_request_wait():
     limiter.pause(100.0)  # a 429's Retry-After
     limiter.reserve(5)
     assert limiter.held_by == "pause"
+
+
+def test_the_learned_rate_is_shown_by_name():
+    stats = RunStats(requests_sent=10, limiter_wait_seconds=1.5, learned_rpm=5870.0, rate_source="learned")
+    assert "rate 5.9k/min (learned), wait 150 ms/req" in status_line(stats)
+    assert "learned rpm" not in status_line(stats)
