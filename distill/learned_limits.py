@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .cache import Cache
     from .rate_watch import WindowRecord
+
+
+class Cache(Protocol):
+    """What these functions need of :class:`distill.cache.Cache` (which imports this module for its migration)."""
+
+    def execute(self, sql: str, params: tuple = ...) -> sqlite3.Cursor: ...
 
 MIGRATION = """
     CREATE TABLE rate_limits (
