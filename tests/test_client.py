@@ -46,8 +46,8 @@ async def test_answers_and_rate_headers_come_back_parsed():
     (chat, chat_rate), (completion, completion_rate) = results
     assert chat.text == chat_answer(teacher_requests()[0].body()["messages"])
     assert completion.text and chat.prompt_tokens and completion.completion_tokens
-    assert chat_rate.remaining == 599 and completion_rate.remaining == 598
-    assert chat_rate.tokens_remaining is not None and 0 < chat_rate.reset_seconds <= 60
+    assert chat_rate.requests_remaining == 599 and completion_rate.requests_remaining == 598
+    assert chat_rate.tokens_remaining is not None and 0 < chat_rate.requests_reset <= 60
 
 
 async def test_a_429_and_a_refused_key_are_their_own_errors_without_the_key():
