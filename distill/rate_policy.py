@@ -36,6 +36,9 @@ STORED_START = 0.9  # a run starts at this share of the rate a run before it lea
 HEADROOM = 0.985  # a stated limit is paced a hair under, as a clock drift and window edges need
 SHED_SHARE = 0.1  # 503s are shedding (a rate signal) when this share of a window's answers or more...
 SHED_MIN = 3  # ...and at least this many, and the server still answered some: else they are faults
+SHED_MIN_ANSWERS = (
+    20  # a share of fewer answers than this says nothing (a run's first answers, its last stragglers)
+)
 
 Phase = Literal["probe", "recover", "steady"]
 
@@ -142,7 +145,7 @@ def window_end(state: RateState, seen: Window) -> RateState:
 
 def is_shedding(shed: int, answers: int, accepted: int) -> bool:
     """Whether 503s are a burst of shedding (a rate signal) rather than scattered faults."""
-    return shed >= SHED_MIN and accepted > 0 and shed >= SHED_SHARE * answers
+    return shed >= SHED_MIN and accepted > 0 and answers >= SHED_MIN_ANSWERS and shed >= SHED_SHARE * answers
 
 
 def _bounded(rate: float) -> float:

@@ -85,6 +85,7 @@ def test_a_told_limit_is_obeyed_and_never_exceeded():
     [
         (3, 20, 17, True),  # a burst
         (2, 4, 2, False),  # too few to say
+        (3, 12, 9, False),  # a quarter, but of too few answers to say (a run's start, its stragglers)
         (25, 1000, 975, False),  # 2.5% scattered: faults
         (10, 10, 0, False),  # nothing accepted at all: an outage, not shedding
     ],
