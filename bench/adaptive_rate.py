@@ -24,19 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import (
-    RequestClock,
-    Result,
-    check_completed,
-    distill_command,
-    parser,
-    report,
-    run_command,
-    shown,
-    teacher,
-    workdir,
-    write_conversations,
-)
+from bench import common
+from bench.common import RequestClock, Result
 
 RPM = 6000
 LATENCY = 0.2
@@ -45,15 +34,15 @@ BARE = {"retry_after": False, "rate_headers": "none"}
 
 
 def _run(root: Path, served, name: str, count: int, *extra: str, start: int = 0, cache: str | None = None):
-    source = write_conversations(root / f"{name}.jsonl", count, start=start)
-    command = distill_command(
+    source = common.write_conversations(root / f"{name}.jsonl", count, start=start)
+    command = common.distill_command(
         source, root / f"{name}.out.jsonl", root / f"{cache or name}.sqlite", served.base_url,
         "--concurrency", CONCURRENCY, *extra,
     )  # fmt: skip
     served.reset_stats()
     with RequestClock(served) as clock:
-        done = run_command(command)
-    check_completed(done, f"distill run ({name})")
+        done = common.run_command(command)
+    common.check_completed(done, f"distill run ({name})")
     return command, clock, served.stats(with_hashes=False), done
 
 
@@ -81,7 +70,7 @@ def _limited_row(
             "sending_seconds": round(seconds, 3),
             "command_seconds": round(done.seconds, 3),
         },
-        command=shown(command),
+        command=common.shown(command),
     )
 
 
@@ -90,14 +79,14 @@ def steady(per_minute: float):
 
 
 def unknown(root: Path, count: int) -> Result:
-    with teacher(latency=LATENCY, rpm=RPM, rate_headers="none") as served:
+    with common.teacher(latency=LATENCY, rpm=RPM, rate_headers="none") as served:
         ran = _run(root, served, "unknown", count)
     return _limited_row(f"unknown {RPM:,} RPM, 429 + Retry-After, nothing told", *ran, steady(RPM), 0.9, 0.03)
 
 
 def falling(root: Path, count: int) -> Result:
     knobs = {"rpm": RPM, "rpm_after": RPM / 2, "rpm_change_after": 6.0, **BARE}
-    with teacher(latency=LATENCY, **knobs) as served:
+    with common.teacher(latency=LATENCY, **knobs) as served:
         ran = _run(root, served, "falling", count)
 
     def allowed(seconds: float) -> float:
@@ -107,7 +96,7 @@ def falling(root: Path, count: int) -> Result:
 
 
 def shed(root: Path, count: int) -> Result:
-    with teacher(latency=LATENCY, rpm=RPM, limit_status=503, **BARE) as served:
+    with common.teacher(latency=LATENCY, rpm=RPM, limit_status=503, **BARE) as served:
         ran = _run(root, served, "shed", count)
     return _limited_row(
         f"{RPM:,} RPM shed as bare 503 'overloaded'", *ran, steady(RPM), 0.8, 0.05, what="503"
@@ -119,7 +108,7 @@ def faults(root: Path, count: int) -> Result:
     rates: dict[str, float] = {}
     details: dict[str, dict] = {}
     for name, error_rate in (("clean", 0.0), ("faulty", 0.05), ("clean-again", 0.0)):
-        with teacher(latency=0.1, error_rate=error_rate, track_hashes=error_rate > 0) as served:
+        with common.teacher(latency=0.1, error_rate=error_rate, track_hashes=error_rate > 0) as served:
             ran = _run(root, served, name, count)
         command, clock, stats, done = ran
         seconds, _ = clock.window("answers")
@@ -147,7 +136,7 @@ def faults(root: Path, count: int) -> Result:
         goal=">= 0.85 of the fault-free rate",
         passed=ratio >= 0.85 and details["faulty"]["exit"] == 0,
         detail=details,
-        command=shown(faulty_command),
+        command=common.shown(faulty_command),
     )
 
 
@@ -160,13 +149,13 @@ def _bulk_seconds(clock: RequestClock, answered: int, share: float = 0.95) -> fl
 
 
 def told(root: Path, count: int, dialect: str) -> Result:
-    with teacher(latency=LATENCY, rpm=RPM, rate_headers=dialect) as served:
+    with common.teacher(latency=LATENCY, rpm=RPM, rate_headers=dialect) as served:
         ran = _run(root, served, f"told-{dialect}", count)
     return _limited_row(f"{RPM:,} RPM told in {dialect} headers", *ran, steady(RPM), 0.97, 0.005)
 
 
 def rerun(root: Path, count: int, first_seconds: float = 10.0) -> Result:
-    with teacher(latency=LATENCY, rpm=RPM, **BARE) as served:
+    with common.teacher(latency=LATENCY, rpm=RPM, **BARE) as served:
         _run(root, served, "learn", count, cache="rerun")
         samples: list[tuple[float, int, int]] = []
         stop = threading.Event()
@@ -207,7 +196,7 @@ def rerun(root: Path, count: int, first_seconds: float = 10.0) -> Result:
             "whole_rerun_share_of_limit": round(rate, 4),
             "answered": stats["answered"],
         },
-        command=shown(command),
+        command=common.shown(command),
     )
 
 
@@ -215,7 +204,7 @@ CASES = ("unknown", "falling", "shed", "faults", "told", "rerun")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__)
+    p = common.parser(__doc__)
     p.add_argument("--only", help=f"comma-separated cases: {', '.join(CASES)}")
     args = p.parse_args(argv)
     chosen = args.only.split(",") if args.only else CASES
@@ -223,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tiny:
         n = {"limited": 2000, "falling": 1300, "faults": 12000, "told": 1500, "rerun": 1500}
     results: list[Result] = []
-    with workdir() as root:
+    with common.workdir() as root:
         if "unknown" in chosen:
             results.append(unknown(root, n["limited"]))
         if "falling" in chosen:
@@ -237,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(told(root, n["told"], dialect))
         if "rerun" in chosen:
             results.append(rerun(root, n["rerun"]))
-    return report(results, args.json)
+    return common.report(results, args.json)
 
 
 if __name__ == "__main__":

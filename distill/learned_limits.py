@@ -20,6 +20,7 @@ class Cache(Protocol):
 
     def execute(self, sql: str, params: tuple = ...) -> sqlite3.Cursor: ...
 
+
 MIGRATION = """
     CREATE TABLE rate_limits (
         base_url TEXT NOT NULL,
