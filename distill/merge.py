@@ -60,14 +60,17 @@ class MergeResult:
         return "\n".join(lines)
 
 
-def merge(output: Path, inputs: list[Path]) -> MergeResult:
-    """Merge the caches ``inputs`` into ``output`` (created if missing); see the module for the rules."""
+def merge(output: Path, inputs: list[Path], *, output_locked: bool = False) -> MergeResult:
+    """Merge the caches ``inputs`` into ``output`` (created if missing); see the module for the rules.
+
+    ``output_locked``: the caller already holds ``output``'s run lock (a cluster run's driver does).
+    """
     output = Path(output)
     inputs = [Path(p) for p in inputs]
     _check_paths(output, inputs)
     for path in inputs:
         _check_input(path)
-    locks = [RunLock(output), *(RunLock(p) for p in inputs)]
+    locks = [*([] if output_locked else [RunLock(output)]), *(RunLock(p) for p in inputs)]
     held: list[RunLock] = []
     try:
         for lock in locks:

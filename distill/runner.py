@@ -41,6 +41,7 @@ from .stats import RunStats
 
 if TYPE_CHECKING:
     from .batch import BatchOptions
+    from .cluster import ClusterOptions
 
 
 class Interrupted(DistillError):
@@ -67,6 +68,7 @@ class RunJob:
     budget: float | None = None
     price: Price | None = None
     batch: BatchOptions | None = None
+    cluster: ClusterOptions | None = None  # --ray/--shards: answered by shards on Ray (distill.cluster)
 
 
 @dataclass(slots=True)
@@ -161,6 +163,11 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                     await _run_batch(
                         job, cache, records, run_id, input_path, stats, budget, rejects.write, stream
                     )
+                elif job.cluster is not None:
+                    from .cluster.driver import answer_on_cluster
+
+                    reader_stats = getattr(reader, "stats", None)
+                    await answer_on_cluster(job, run_id, input_path, stats, rejects.write, reader_stats)
                 else:
                     await engine.run(records, run_id, input_path)
             finally:

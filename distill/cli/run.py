@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from distill.batch import BatchOptions
+from distill.cli.cluster_options import add_cluster_options, cluster_from_args
 from distill.client import HTTP_CLIENTS
 from distill.config import add_config_flag, option, resolve
 from distill.cost import dry_run, resolve_price
@@ -63,6 +64,7 @@ def add_parser(subparsers) -> None:
     )
     option(p, "--quiet", "-q", action="store_true", default=False, help="no progress display or summary")
     add_scale_options(p)
+    add_cluster_options(p)
     p.set_defaults(func=main)
 
 
@@ -257,4 +259,5 @@ def job_from_args(args: argparse.Namespace) -> RunJob:
         )
         if args.batch
         else None,
+        cluster=cluster_from_args(args),
     )
