@@ -56,6 +56,7 @@ def test_leases_of_different_shards_are_consecutive_slices_of_one_timeline():
     assert starts == pytest.approx([100.0, 100.1, 100.2, 100.3])  # never overlapping: one limit for the sum
     clock.now = 101.0  # time passes with nothing asked: a new lease starts now, no burst saved up
     assert broker.grant(10).delay == 0.0
+    assert broker.state()["idle_seconds"] == pytest.approx(0.6)  # the rate no shard was lent meanwhile
 
 
 def test_tokens_bind_a_lease_when_they_run_out_first():

@@ -41,6 +41,25 @@ def ray_instance():
         ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, bytes]:
+    """60 conversations of 3 turns, and the bytes ``distill run`` without Ray writes for them."""
+    root = tmp_path_factory.mktemp("reference")
+    data = write_multi_turn(root / "in.jsonl", 60, 3)
+    with start_teacher_process(TeacherKnobs()) as server:
+        settings = RunSettings(model="teacher", base_url=server.base_url)
+        run(
+            RunJob(
+                input=data,
+                output=root / "single.jsonl",
+                cache=root / "single.sqlite",
+                settings=settings,
+                quiet=True,
+            )
+        )
+    return data, (root / "single.jsonl").read_bytes()
+
+
 def with_rejects(path: Path, conversations: int, turns: int) -> Path:
     """Multi-turn conversations with an unusable record after every tenth (the reader rejects it)."""
     write_multi_turn(path, conversations, turns)
@@ -94,11 +113,10 @@ def test_cli_ray_local_writes_the_bytes_of_a_run_without_ray(tmp_path):
     assert "conversations: 40 written" in done.stderr  # the summary adds up every shard
 
 
-def test_sigint_stops_every_shard_and_the_same_command_resumes(tmp_path, ray_instance):
-    data = write_multi_turn(tmp_path / "in.jsonl", 60, 2)
+def test_sigint_stops_every_shard_and_the_same_command_resumes(tmp_path, ray_instance, reference):
+    data, single = reference
     concurrency, shards = 4, 3
     with start_teacher_process(TeacherKnobs(latency=0.1)) as server:
-        single = single_process_run(server, data, tmp_path)
         output = tmp_path / "ray.jsonl"
         command = run_command(
             server, data, tmp_path / "ray.sqlite", output, "--ray", ray_instance, "--shards", str(shards),
@@ -122,16 +140,17 @@ def test_sigint_stops_every_shard_and_the_same_command_resumes(tmp_path, ray_ins
         again = subprocess.run(command, capture_output=True, text=True)
         assert again.returncode == 0, again.stderr
         stats = server.stats()
-    assert output.read_bytes() == single.read_bytes()
+    assert output.read_bytes() == single
     assert set(stats["answered_by_hash"].values()) == {1}  # nothing answered twice across the two runs
     assert stats["requests"] - stats["answered"] <= concurrency * shards  # only what was in flight, resent
 
 
-def test_a_shard_killed_with_sigkill_is_restarted_and_resumes_from_its_cache(tmp_path, ray_instance):
-    data = write_multi_turn(tmp_path / "in.jsonl", 60, 3)
+def test_a_shard_killed_with_sigkill_is_restarted_and_resumes_from_its_cache(
+    tmp_path, ray_instance, reference
+):
+    data, single = reference
     concurrency = 4
     with start_teacher_process(TeacherKnobs(latency=0.1)) as server:
-        single = single_process_run(server, data, tmp_path)
         settings = RunSettings(model="teacher", base_url=server.base_url, concurrency=concurrency)
         job = RunJob(
             input=data,
@@ -157,7 +176,7 @@ def test_a_shard_killed_with_sigkill_is_restarted_and_resumes_from_its_cache(tmp
         killer.join(5)
         stats = server.stats()
     assert killed and report.exit_code == 0
-    assert job.output.read_bytes() == single.read_bytes()
+    assert job.output.read_bytes() == single
     resent = sum(n - 1 for n in stats["received_by_hash"].values())
     assert resent <= concurrency  # at most what the killed shard had in flight
     assert set(stats["answered_by_hash"].values()) <= {1, 2}
@@ -186,3 +205,12 @@ def test_one_rpm_holds_for_the_sum_of_the_shards_at_the_teacher(tmp_path, ray_in
     assert seconds >= (100 - 40) / 40  # paced at the limit for the sum, not per shard
     cluster = orjson.loads((tmp_path / "ray.sqlite.shards" / REPORT_NAME).read_bytes())
     assert cluster["leases"] >= 4 and cluster["limiter"]["granted"] >= 100
+
+
+def test_the_cluster_benchmark_runs_at_its_tiny_size(tmp_path, ray_instance):
+    from bench import cluster
+
+    out = tmp_path / "cluster.json"
+    assert cluster.main(["--tiny", "--only", "bytes", "--ray", ray_instance, "--json", str(out)]) == 0
+    (row,) = orjson.loads(out.read_bytes())
+    assert row["passed"] and row["detail"]["teacher_requests"] == row["detail"]["turns"] > 40

@@ -85,8 +85,14 @@ class ShardActor:
         """(incarnation, counters, lease figures): the driver sums these over shards."""
         leases = {}
         if self.leased is not None:
-            asks = self.leased.stats.ask_seconds
-            leases = {"leases": self.leased.stats.leases, "ask_seconds": list(asks[-1000:])}
+            stats = self.leased.stats
+            leases = {
+                "leases": stats.leases,
+                "ask_seconds": list(stats.ask_seconds[-1000:]),
+                "acquired": stats.acquired,
+                "stalled": stats.stalled,
+                "stalled_seconds": stats.stalled_seconds,
+            }
         return self.incarnation, counters(self.stats), leases
 
     def pid(self) -> int:

@@ -49,6 +49,9 @@ class ClusterReport:
     restarts: int = 0
     leases: int = 0
     lease_ask_seconds: list[float] = field(default_factory=list)
+    acquired: int = 0
+    stalled: int = 0
+    stalled_seconds: float = 0.0
     limiter: dict = field(default_factory=dict)
 
     def write(self, path: Path) -> None:
@@ -63,6 +66,9 @@ class ClusterReport:
                 "p99": round(1000 * asks[int(len(asks) * 0.99)], 3) if asks else None,
                 "samples": len(asks),
             },
+            "requests_paced": self.acquired,
+            "requests_that_waited_for_a_lease": self.stalled,
+            "seconds_waited_for_leases": round(self.stalled_seconds, 3),
             "limiter": self.limiter,
         }
         path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
@@ -227,8 +233,7 @@ class _Follower:
         self.report = report
         self.latest: list[tuple[str, dict[str, int]] | None] = [None] * len(shards)
         self.sent_before_restart: list[dict[str, int]] = [dict.fromkeys(SENT, 0) for _ in shards]
-        self.asks: dict[int, list[float]] = {}
-        self.leases: dict[int, int] = {}
+        self.leases: dict[int, dict] = {}
 
     async def follow(self) -> None:
         while True:
@@ -249,8 +254,7 @@ class _Follower:
                     self.sent_before_restart[i][name] += previous[1][name]
             self.latest[i] = (incarnation, counts)
             if leases:
-                self.asks[i] = leases["ask_seconds"]
-                self.leases[i] = leases["leases"]
+                self.leases[i] = leases
         for name in RECOUNTED:
             setattr(self.stats, name, sum(latest[1][name] for latest in self.latest if latest))
         for name in SENT:
@@ -260,8 +264,12 @@ class _Follower:
                 sum(latest[1][name] for latest in self.latest if latest)
                 + sum(before[name] for before in self.sent_before_restart),
             )
-        self.report.leases = sum(self.leases.values())
-        self.report.lease_ask_seconds = [s for asks in self.asks.values() for s in asks]
+        shards = self.leases.values()
+        self.report.leases = sum(s["leases"] for s in shards)
+        self.report.lease_ask_seconds = [t for s in shards for t in s["ask_seconds"]]
+        self.report.acquired = sum(s["acquired"] for s in shards)
+        self.report.stalled = sum(s["stalled"] for s in shards)
+        self.report.stalled_seconds = sum(s["stalled_seconds"] for s in shards)
 
     def carried(self) -> dict[str, int]:
         """What the shards' dead incarnations had sent, as last polled."""

@@ -116,6 +116,7 @@ class LeaseBroker:
         self.paused_until = -math.inf
         self.granted = 0
         self.leases = 0
+        self.idle_seconds = 0.0  # gaps in the timeline between leases: rate no shard was lent
         self.totals = Report()
 
     def grant(self, requests: int, tokens: int = 0, report: Report | None = None) -> Lease:
@@ -133,6 +134,9 @@ class LeaseBroker:
         if self._tokens and tokens:
             start = max(start, self._tokens.earliest(now, scale))
             duration = max(duration, tokens / (self._tokens.rate * scale))
+        busy_until = max((c.tat for c in (self._requests, self._tokens) if c), default=-math.inf)
+        if math.isfinite(busy_until) and start > busy_until:
+            self.idle_seconds += start - busy_until
         if self._requests:
             self._requests.spend(start, requests, scale)
         if self._tokens and tokens:
@@ -174,6 +178,7 @@ class LeaseBroker:
         return {
             "leases": self.leases,
             "granted": self.granted,
+            "idle_seconds": round(self.idle_seconds, 4),
             "scale": self.scale,
             "accepted": self.totals.accepted,
             "rate_limited": self.totals.rate_limited,
@@ -204,8 +209,13 @@ class _Held:
 
 @dataclass(slots=True)
 class LeaseStats:
+    """What leasing cost a shard: each ask's round trip, and the requests that had to wait for one."""
+
     leases: int = 0
-    ask_seconds: list[float] = field(default_factory=list)  # round trip of each lease ask
+    ask_seconds: list[float] = field(default_factory=list)
+    acquired: int = 0
+    stalled: int = 0  # requests that found no slot held and waited for a lease to arrive
+    stalled_seconds: float = 0.0
 
 
 class LeasedLimiter:
@@ -248,8 +258,14 @@ class LeasedLimiter:
     async def acquire(self, tokens: int = 0) -> None:
         if tokens:
             self._mean_tokens = tokens if not self._mean_tokens else 0.9 * self._mean_tokens + 0.1 * tokens
-        while (slot := self._take_slot()) is None:
-            await self._lease_arrival()
+        self.stats.acquired += 1
+        slot = self._take_slot()
+        if slot is None:
+            self.stats.stalled += 1
+            asked = self.now()
+            while (slot := self._take_slot()) is None:
+                await self._lease_arrival()
+            self.stats.stalled_seconds += self.now() - asked
         self._prefetch()
         delay = max(slot, self._paused_until) - self.now()
         if delay > 0:

@@ -14,7 +14,7 @@ AUTO = "auto"
 @dataclass(frozen=True, slots=True)
 class ClusterOptions:
     """A run on Ray: ``address`` is ``local`` (start Ray on this machine), ``auto`` (join the cluster this
-    machine belongs to) or a cluster address (``HOST:6379`` or ``ray://HOST:10001``).
+    machine belongs to) or the head node's ``HOST:6379`` (the driver runs on a node of the cluster).
 
     ``shards`` Ray actors each answer the conversations of one ``--shard I/N`` into their own cache in
     ``cache_dir`` (default: ``CACHE.shards/`` beside ``--cache``), which on a real cluster must be storage every
@@ -30,7 +30,7 @@ class ClusterOptions:
 
     def __post_init__(self) -> None:
         if not self.address:
-            raise UsageError("--ray takes local, auto or a cluster address (HOST:6379 or ray://HOST:10001)")
+            raise UsageError("--ray takes local, auto or the head node's HOST:6379")
         if self.shards < 1:
             raise UsageError(f"--shards must be at least 1, got {self.shards}")
         if not 0 < self.lease_seconds <= 5:
