@@ -102,7 +102,8 @@ def same_bytes(root: Path, address: str, conversations: int, sharegpt: Path | No
     once = stats["requests"] == stats["distinct_requests"] == manifest["this_run"]["requests_sent"]
     return Result(
         target="14 cluster: same bytes",
-        case=f"{manifest['counts']['written']:,} multi-turn ShareGPT conversations, --ray --shards {SHARDS}",
+        case=f"{manifest['counts']['written']:,} ShareGPT conversations ({manifest['counts']['turns']:,} turns, "
+        f"{'real' if sharegpt else 'synthetic'}), --ray local --shards {SHARDS}",
         figure=float(identical),
         unit="(1 = byte-identical)",
         reference=1.0,

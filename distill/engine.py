@@ -111,7 +111,7 @@ class Engine:
                     self.stats.rejects += 1
                     if self.on_reject:
                         self.on_reject(record)
-            elif self.shard is not None and not self.shard.owns(record.id):
+            elif self.shard is not None and not self.shard.owns_conversation(record):
                 # another shard's: positions stay those of the whole input, so merged shards keep its order
                 position += 1
             else:

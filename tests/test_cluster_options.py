@@ -79,3 +79,24 @@ def test_distill_imports_ray_only_when_a_cluster_run_starts():
     code = "import sys, distill.cli.run, distill.runner, distill.cluster; print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_cluster_shards_keep_conversations_that_open_alike_together():
+    from distill.conversation import Conversation, Message
+    from distill.shard import OpeningShard
+
+    def conversation(n: int, first: str, system: str | None = None) -> Conversation:
+        head = [Message("system", system)] if system else []
+        return Conversation(
+            f"c{n}", [*head, Message("user", first), Message("assistant", "a"), Message("user", f"q{n}")]
+        )
+
+    hellos = [conversation(n, "hi") for n in range(50)]  # could share their first request: one shard for all
+    shards = [OpeningShard(i, 4) for i in (1, 2, 3, 4)]
+    assert sum(any(s.owns_conversation(c) for c in hellos) for s in shards) == 1
+    others = [conversation(n, f"question {n}") for n in range(400)] + [
+        conversation(0, "hi", system="be brief")
+    ]
+    owners = [sum(s.owns_conversation(c) for s in shards) for c in others]
+    assert owners == [1] * len(others)  # a partition
+    assert all(sum(s.owns_conversation(c) for c in others) > 60 for s in shards)  # and a spread

@@ -8,8 +8,10 @@ that run in this process; the first test starts its own through the CLI's ``--ra
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +25,7 @@ from support import run_command, write_multi_turn
 
 from distill.cluster import ClusterOptions
 from distill.cluster.driver import REPORT_NAME, shard_actor_name
+from distill.errors import AuthenticationError
 from distill.runner import RunJob, run
 from distill.settings import RunSettings
 from distill.teacher_server import TeacherKnobs, start_teacher_process
@@ -58,6 +61,13 @@ def reference(tmp_path_factory) -> tuple[Path, bytes]:
             )
         )
     return data, (root / "single.jsonl").read_bytes()
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, so the live progress line is drawn into it."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def with_rejects(path: Path, conversations: int, turns: int) -> Path:
@@ -196,8 +206,10 @@ def test_one_rpm_holds_for_the_sum_of_the_shards_at_the_teacher(tmp_path, ray_in
             quiet=True,
             cluster=ClusterOptions(shards=4),
         )
+        job.quiet = False
+        terminal = Terminal()
         started = time.monotonic()
-        report = run(job)
+        report = run(job, terminal)
         seconds = time.monotonic() - started
         stats = server.stats(with_hashes=False)
     assert report.exit_code == 0 and stats["answered"] == 100
@@ -205,6 +217,9 @@ def test_one_rpm_holds_for_the_sum_of_the_shards_at_the_teacher(tmp_path, ray_in
     assert seconds >= (100 - 40) / 40  # paced at the limit for the sum, not per shard
     cluster = orjson.loads((tmp_path / "ray.sqlite.shards" / REPORT_NAME).read_bytes())
     assert cluster["leases"] >= 4 and cluster["limiter"]["granted"] >= 100
+    done = [int(m) for m in re.findall(r"conversations (\d+)/100", terminal.getvalue())]
+    assert done == sorted(done) and any(0 < n < 100 for n in done)  # one line, summed over the shards, live
+    assert "conversations: 100 written" in terminal.getvalue()
 
 
 def test_the_cluster_benchmark_runs_at_its_tiny_size(tmp_path, ray_instance):
@@ -214,3 +229,15 @@ def test_the_cluster_benchmark_runs_at_its_tiny_size(tmp_path, ray_instance):
     assert cluster.main(["--tiny", "--only", "bytes", "--ray", ray_instance, "--json", str(out)]) == 0
     (row,) = orjson.loads(out.read_bytes())
     assert row["passed"] and row["detail"]["teacher_requests"] == row["detail"]["turns"] > 40
+
+
+def test_a_shard_refused_by_the_teacher_stops_the_run_with_the_teacher_s_error(tmp_path, ray_instance):
+    data = write_multi_turn(tmp_path / "in.jsonl", 10, 1)
+    with start_teacher_process(TeacherKnobs(api_key="the-right-key")) as server:
+        settings = RunSettings(model="teacher", base_url=server.base_url)
+        job = RunJob(data, tmp_path / "o.jsonl", tmp_path / "c.sqlite", settings, api_key="a-wrong-key",
+                     quiet=True, cluster=ClusterOptions(shards=2))  # fmt: skip
+        with pytest.raises(AuthenticationError) as refused:
+            run(job)
+    assert refused.value.exit_code == 2 and "a-wrong-key" not in str(refused.value)
+    assert not job.output.exists()

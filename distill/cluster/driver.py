@@ -200,7 +200,10 @@ async def _run_shards(
         await _stop(shards)
         raise
     except ray.exceptions.RayError as e:
-        raise ClusterError(f"a shard failed: {_cause(e)}") from None
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, DistillError):  # a shard's own error (a 401, a damaged cache): the same message
+            raise cause from None
+        raise ClusterError(f"a shard failed: {str(e).strip().splitlines()[-1]}") from None
     finally:
         for actor in [*shards, *([limiter] if limiter is not None else [])]:
             ray.kill(actor, no_restart=True)
@@ -209,12 +212,6 @@ async def _run_shards(
 def shard_actor_name(run_id: str, index: int) -> str:
     """Shard actors are named (``ray list actors`` shows them): ``distill-shard-RUN-I`` in ``distill``."""
     return f"distill-shard-{run_id}-{index}"
-
-
-def _cause(error: BaseException) -> str:
-    """The shard's own error when it raised one (a DistillError's message), else Ray's."""
-    cause = getattr(error, "cause", None)
-    return str(cause) if isinstance(cause, DistillError) else str(error).strip().splitlines()[-1]
 
 
 async def _stop(shards: list) -> None:

@@ -1,6 +1,7 @@
-"""What one shard does, without Ray: the ordinary engine over its ``--shard I/N`` into its own cache.
+"""What one shard does, without Ray: the ordinary engine over its share of the input into its own cache.
 
-The shard reads the whole input (as ``--shard`` does), answers the conversations whose id falls in its shard,
+The shard reads the whole input (as ``--shard`` does), answers the conversations that fall in its shard (by how
+they open, :class:`~distill.shard.OpeningShard`, so identical requests meet in one shard and are sent once),
 and keeps the rejects it owns with their record number, so the driver can write them in input order. Its cache is
 the only file it writes; a rerun (or Ray's restart of a dead shard) resumes from it like any ``distill run``.
 """
@@ -19,7 +20,7 @@ from ..client import TeacherClient
 from ..conversation import Record, Reject
 from ..engine import Engine
 from ..settings import RunSettings
-from ..shard import Shard
+from ..shard import OpeningShard
 from ..stats import RunStats
 
 # Counters a restarted shard counts again from its cache (progress), as opposed to work done once (sending).
@@ -46,8 +47,8 @@ class ShardSpec:
     api_key: str | None = None
 
     @property
-    def shard(self) -> Shard:
-        return Shard(self.index, self.count)
+    def shard(self) -> OpeningShard:
+        return OpeningShard(self.index, self.count)
 
     @property
     def marker(self) -> Path:
