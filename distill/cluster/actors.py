@@ -23,9 +23,12 @@ NAMESPACE = "distill"
 SHARD_RESTARTS = 8
 
 
-@ray.remote(num_cpus=0, max_restarts=SHARD_RESTARTS)
+@ray.remote(num_cpus=0, max_restarts=SHARD_RESTARTS, max_task_retries=SHARD_RESTARTS)
 class LimiterActor:
-    """The cluster's one rate limit (a :class:`LeaseBroker`), named ``distill-limiter-RUN`` in ``distill``."""
+    """The cluster's one rate limit (a :class:`LeaseBroker`), named ``distill-limiter-RUN`` in ``distill``.
+
+    Restarted if its process dies, with a fresh timeline: the shards' asks are retried on the new one.
+    """
 
     def __init__(self, limit: ClusterLimit) -> None:
         self.broker = LeaseBroker(limit, time.monotonic)

@@ -12,7 +12,7 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..cache import Cache
@@ -23,11 +23,15 @@ from ..settings import RunSettings
 from ..shard import OpeningShard
 from ..stats import RunStats
 
-# Counters a restarted shard counts again from its cache (progress), as opposed to work done once (sending).
+# Counters a restarted shard counts again from its cache (progress); every other number of RunStats is work done
+# once (requests sent, tokens, cost: whatever counters the engine grows), which a restart does not undo.
 RECOUNTED = ("conversations_read", "conversations_done", "conversations_failed", "rejects", "turns_done",
              "cache_hits")  # fmt: skip
-SENT = ("requests_sent", "shared_in_flight", "retries", "rate_limited", "finished_length", "prompt_tokens",
-        "completion_tokens")  # fmt: skip
+NOT_SUMMED = ("total_expected", "started")
+SENT = tuple(
+    f.name for f in fields(RunStats)
+    if f.name not in (*RECOUNTED, *NOT_SUMMED) and f.type in ("int", "float", int, float)
+)  # fmt: skip
 
 
 @dataclass(slots=True)
