@@ -17,7 +17,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -28,7 +27,7 @@ from formats.rejects import RejectsWriter, rejects_path_for
 
 from .cache import Cache, check_file
 from .client import TeacherClient
-from .conversation import Conversation, Record
+from .conversation import limited
 from .cost import BudgetReached, Price, budget_for
 from .engine import Engine
 from .errors import DistillError, UsageError
@@ -113,7 +112,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
     from formats.readers import ReaderOptions, open_reader
     from formats.writers import open_writer
 
-    open_writer(job.output_format)  # an unknown format fails before anything is paid for
+    writer = open_writer(job.output_format)  # an unknown format fails before anything is paid for
     check_writable(job.output, "output", "--output")
     for beside, what in (
         (rejects_path_for(job.output), "rejects file"),
@@ -122,7 +121,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
         check_writable(beside, what, "--output")  # written at the end: a directory there fails now, unpaid
     check_writable(Path(f"{job.output}.tmp"), "temporary output", "--output")
     if job.val_fraction:
-        from formats.split import check_fraction, validation_path
+        from .split import check_fraction, validation_path
 
         check_fraction(job.val_fraction)
         check_writable(validation_path(job.output), "validation file", "--output")
@@ -174,7 +173,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                 progress.stop()
     finally:
         rejects.close()
-    result = export(job.cache, job.output, job.output_format, run_id, job.val_fraction)
+    result = export(job.cache, job.output, writer.line, run_id, job.val_fraction)
     budget_stopped = budget is not None and budget.refused > 0
     if job.check_output and result.written > result.validation_written:  # an empty file has nothing to check
         check_output(job.output)
@@ -233,20 +232,6 @@ async def _run_batch(
 
 def _set_total(stats: RunStats, estimate: int | None) -> None:
     stats.total_expected = estimate
-
-
-def limited(records: Iterator[Record], limit: int | None) -> Iterator[Record]:
-    """``records`` up to ``limit`` conversations (rejects pass through and do not count)."""
-    if limit is None:
-        yield from records
-        return
-    taken = 0
-    for record in records:
-        if taken >= limit:
-            return
-        if isinstance(record, Conversation):
-            taken += 1
-        yield record
 
 
 def check_output(path: Path) -> None:

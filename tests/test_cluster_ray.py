@@ -28,7 +28,7 @@ from distill.cluster.driver import REPORT_NAME, shard_actor_name
 from distill.errors import AuthenticationError
 from distill.runner import RunJob, run
 from distill.settings import RunSettings
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 ray = pytest.importorskip("ray")
 

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import orjson
 
@@ -29,8 +29,8 @@ from .lease import ClusterLimit
 from .options import AUTO, LOCAL, ClusterOptions
 from .work import RECOUNTED, SENT, ShardResult, ShardSpec
 
-if TYPE_CHECKING:
-    from ..runner import RunJob
+# A distill.runner.RunJob (not imported: the runner imports this module)
+RunJob = Any
 
 POLL_SECONDS = 0.25
 REPORT_NAME = "cluster-report.json"

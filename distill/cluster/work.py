@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..cache import Cache
 from ..client import TeacherClient
-from ..conversation import Record, Reject
+from ..conversation import Record, Reject, limited
 from ..engine import Engine
 from ..settings import RunSettings
 from ..shard import OpeningShard
@@ -90,8 +90,6 @@ def write_marker(spec: ShardSpec) -> str:
 async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult:
     """Answer shard ``spec`` into its cache through ``limiter``; counters go into ``stats`` as they change."""
     from formats.readers import ReaderOptions, open_reader
-
-    from ..runner import limited
 
     marker = write_marker(spec)
     reader = open_reader(

@@ -12,6 +12,7 @@ the compact JSON of ``[[role, text], ...]`` over every message (or of the whole 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,3 +219,27 @@ def _truncate(text: str, max_tokens: int, counter: str) -> str:
         return " ".join(text.split()[:max_tokens])
     encoding = tokens.encoding()
     return encoding.decode(encoding.encode_ordinary(text)[:max_tokens])
+
+
+def answer_json(parsed: TeacherRequest, completion: Completion, request_hash: str) -> dict[str, Any]:
+    """The OpenAI-style JSON body of an answer (``chat.completion`` or ``text_completion``)."""
+    usage = {
+        "prompt_tokens": parsed.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "total_tokens": parsed.prompt_tokens + completion.completion_tokens,
+    }
+    if parsed.kind == "chat":
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": completion.text}}
+        obj, prefix = "chat.completion", "chatcmpl"
+    else:
+        choice = {"index": 0, "text": completion.text, "logprobs": None}
+        obj, prefix = "text_completion", "cmpl"
+    choice["finish_reason"] = completion.finish_reason
+    return {
+        "id": f"{prefix}-{request_hash}",
+        "object": obj,
+        "created": int(time.time()),
+        "model": parsed.model,
+        "choices": [choice],
+        "usage": usage,
+    }

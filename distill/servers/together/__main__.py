@@ -1,4 +1,4 @@
-"""``python -m trainers.fake_together --port 0 --port-file F``: serve the fake Together API until interrupted.
+"""``python -m distill.servers.together --port 0 --port-file F``: serve the fake Together API until interrupted.
 
 With ``--port 0`` the system picks a free port; ``--port-file`` receives it (written atomically once the server
 listens), so a script can wait for the file and then set ``TOGETHER_BASE_URL=http://127.0.0.1:PORT``.
@@ -19,7 +19,7 @@ from .server import FakeTogether
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m trainers.fake_together", description=__doc__.split("\n")[0]
+        prog="python -m distill.servers.together", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seconds-per-state", type=float, default=0.5, help="time a job spends in each state"
     )
     parser.add_argument("--file-processing-seconds", type=float, default=0.0)
+    parser.add_argument(
+        "--inference-seconds", type=float, default=0.0, help="latency of a chat answer from an endpoint"
+    )
     parser.add_argument(
         "--api-key-env",
         metavar="NAME",
@@ -61,6 +64,7 @@ async def serve(args: argparse.Namespace) -> None:
         models=set(args.models) if args.models else None,
         error_models=set(args.error_model),
         file_processing_seconds=args.file_processing_seconds,
+        inference_seconds=args.inference_seconds,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,14 +3,13 @@
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /stats``
 (``?hashes=0`` leaves out the per-request tables), ``POST /stats/reset``, ``GET /knobs`` and ``POST /knobs``
 (a JSON object of knobs to change). Use :class:`TeacherServer` in-process or
-:func:`~distill.teacher_server.process.start_teacher_process` for a server in its own process.
+:func:`~distill.servers.teacher.process.start_teacher_process` for a server in its own process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from typing import Any
 
 import orjson
@@ -80,7 +79,7 @@ class TeacherState:
         delay = knobs.latency + (faults.jitter(knobs, request_hash, attempt) if knobs.latency_jitter else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
-        answer = _answer_json(parsed, completion, request_hash)
+        answer = answers.answer_json(parsed, completion, request_hash)
         fault = faults.pick_fault(knobs, request_hash, attempt) if self.faulty else None
         if fault is not None:
             stats.faults[fault] += 1
@@ -116,31 +115,6 @@ def _error(status: int, message: str, headers: dict[str, str], **fields: str | N
     return faults.json_response(
         status, faults.error_body(message, "invalid_request_error", **fields), headers
     )
-
-
-def _answer_json(
-    parsed: answers.TeacherRequest, completion: answers.Completion, request_hash: str
-) -> dict[str, Any]:
-    usage = {
-        "prompt_tokens": parsed.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": parsed.prompt_tokens + completion.completion_tokens,
-    }
-    if parsed.kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": completion.text}}
-        obj, prefix = "chat.completion", "chatcmpl"
-    else:
-        choice = {"index": 0, "text": completion.text, "logprobs": None}
-        obj, prefix = "text_completion", "cmpl"
-    choice["finish_reason"] = completion.finish_reason
-    return {
-        "id": f"{prefix}-{request_hash}",
-        "object": obj,
-        "created": int(time.time()),
-        "model": parsed.model,
-        "choices": [choice],
-        "usage": usage,
-    }
 
 
 def build_app(state: TeacherState) -> web.Application:
