@@ -34,6 +34,20 @@ class Sends:
         self.times.append(self.clock.now if self._slept is None else self._slept)
 
 
+def on_one_broker(
+    clock: FakeClock, limit: ClusterLimit, shards: int
+) -> tuple[LeaseBroker, Sends, list[LeasedLimiter]]:
+    """A broker, and ``shards`` shard limiters asking it for leases (each ask an await, as an RPC is)."""
+    broker = LeaseBroker(limit, clock)
+    sends = Sends(clock)
+
+    async def ask(requests: int, tokens: int, report: Report) -> Lease:
+        await asyncio.sleep(0)
+        return broker.grant(requests, tokens, report)
+
+    return broker, sends, [LeasedLimiter(limit, ask, clock=clock, sleep=sends.sleep) for _ in range(shards)]
+
+
 def most_in_any_window(times: list[float], window: float) -> int:
     times = sorted(times)
     most, first = 0, 0
@@ -95,15 +109,7 @@ def test_reports_are_gathered_and_taken_once():
 
 async def test_four_shards_under_one_broker_send_no_more_than_the_limit_in_any_second():
     clock = FakeClock()
-    limit = ClusterLimit(rpm=6000, lease_seconds=0.1, headroom=1.0)
-    broker = LeaseBroker(limit, clock)
-    sends = Sends(clock)
-
-    async def ask(requests: int, tokens: int, report: Report) -> Lease:
-        await asyncio.sleep(0)  # an RPC: the answer comes later
-        return broker.grant(requests, tokens, report)
-
-    shards = [LeasedLimiter(limit, ask, clock=clock, sleep=sends.sleep) for _ in range(4)]
+    broker, sends, shards = on_one_broker(clock, ClusterLimit(rpm=6000, lease_seconds=0.1, headroom=1.0), 4)
 
     async def shard_sends(limiter: LeasedLimiter, count: int) -> None:
         for _ in range(count):
@@ -119,14 +125,7 @@ async def test_four_shards_under_one_broker_send_no_more_than_the_limit_in_any_s
 
 async def test_slots_whose_time_passed_are_lost_not_sent_late_in_a_burst():
     clock = FakeClock()
-    limit = ClusterLimit(rpm=600, lease_seconds=1.0, headroom=1.0)
-    broker = LeaseBroker(limit, clock)
-    sends = Sends(clock)
-
-    async def ask(requests: int, tokens: int, report: Report) -> Lease:
-        return broker.grant(requests, tokens, report)
-
-    limiter = LeasedLimiter(limit, ask, clock=clock, sleep=sends.sleep)
+    _, sends, (limiter,) = on_one_broker(clock, ClusterLimit(rpm=600, lease_seconds=1.0, headroom=1.0), 1)
     await sends.acquire(limiter)  # a lease of 10 slots over [100, 101)
     clock.now = 100.55  # nothing to send for a while: slots 1 to 4 pass, slot 5 is still open
     await sends.acquire(limiter)

@@ -27,8 +27,8 @@ from distill.cluster import ClusterOptions
 from distill.cluster.driver import REPORT_NAME, shard_actor_name
 from distill.errors import AuthenticationError
 from distill.runner import RunJob, run
-from distill.settings import RunSettings
 from distill.servers.teacher import TeacherKnobs, start_teacher_process
+from distill.settings import RunSettings
 
 ray = pytest.importorskip("ray")
 
@@ -61,6 +61,18 @@ def reference(tmp_path_factory) -> tuple[Path, bytes]:
             )
         )
     return data, (root / "single.jsonl").read_bytes()
+
+
+def cluster_job(root: Path, data: Path, settings: RunSettings, shards: int) -> RunJob:
+    """``data`` answered by ``shards`` shards on the Ray instance of this process (``local`` finds it running)."""
+    return RunJob(
+        input=data,
+        output=root / "ray.jsonl",
+        cache=root / "ray.sqlite",
+        settings=settings,
+        quiet=True,
+        cluster=ClusterOptions(address="local", shards=shards),
+    )
 
 
 class Terminal(io.StringIO):
@@ -162,14 +174,7 @@ def test_a_shard_killed_with_sigkill_is_restarted_and_resumes_from_its_cache(
     concurrency = 4
     with start_teacher_process(TeacherKnobs(latency=0.1)) as server:
         settings = RunSettings(model="teacher", base_url=server.base_url, concurrency=concurrency)
-        job = RunJob(
-            input=data,
-            output=tmp_path / "ray.jsonl",
-            cache=tmp_path / "ray.sqlite",
-            settings=settings,
-            quiet=True,
-            cluster=ClusterOptions(address="local", shards=3),
-        )
+        job = cluster_job(tmp_path, data, settings, shards=3)
         killed: list[int] = []
         victim = shard_actor_name(settings.run_id(str(data.resolve())), 2)
 
@@ -198,14 +203,7 @@ def test_one_rpm_holds_for_the_sum_of_the_shards_at_the_teacher(tmp_path, ray_in
     rpm = 2400  # the teacher admits 40 requests in each one-second window and answers the rest 429
     with start_teacher_process(TeacherKnobs(latency=0.05, rpm=rpm)) as server:
         settings = RunSettings(model="teacher", base_url=server.base_url, rpm=rpm)
-        job = RunJob(
-            input=data,
-            output=tmp_path / "ray.jsonl",
-            cache=tmp_path / "ray.sqlite",
-            settings=settings,
-            quiet=True,
-            cluster=ClusterOptions(shards=4),
-        )
+        job = cluster_job(tmp_path, data, settings, shards=4)
         job.quiet = False
         terminal = Terminal()
         started = time.monotonic()
