@@ -191,6 +191,10 @@ def test_a_shard_killed_with_sigkill_is_restarted_and_resumes_from_its_cache(
         killer.join(5)
         stats = server.stats()
     assert killed and report.exit_code == 0
+    assert (report.stats.conversations_done, report.stats.turns_done) == (
+        60,
+        180,
+    )  # summed once, after a restart
     assert job.output.read_bytes() == single
     resent = sum(n - 1 for n in stats["received_by_hash"].values())
     assert resent <= concurrency  # at most what the killed shard had in flight

@@ -303,4 +303,14 @@ def _merge_shards(cache: Path, run_id: str, shard_caches: list[Path]) -> None:
     with contextlib.closing(sqlite3.connect(cache, isolation_level=None)) as conn:
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("DELETE FROM conversations WHERE run_id = ?", (run_id,))
+        # this run's row first, so the merge keeps its id even if another run read a file of the same name
+        conn.execute("ATTACH DATABASE ? AS shard", (str(shard_caches[0]),))
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO runs (id, input, settings, created, updated) "
+                "SELECT id, input, settings, created, updated FROM shard.runs WHERE id = ?",
+                (run_id,),
+            )
+        finally:
+            conn.execute("DETACH DATABASE shard")
     merge(cache, shard_caches, output_locked=True)
