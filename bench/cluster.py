@@ -1,6 +1,6 @@
 """Issue 14, cluster runs: ``distill run --ray`` against the local teacher (its own process).
 
-Four cases, each a real ``distill run`` command:
+Five cases, each a real ``distill run`` command:
 
 * **same bytes**: multi-turn ShareGPT conversations answered by ``distill run`` and by
   ``distill run --ray local --shards 4`` (fresh caches): the two outputs must be byte-identical, and the teacher
@@ -8,6 +8,8 @@ Four cases, each a real ``distill run`` command:
 * **one limit**: ``--rpm 6000`` over 4 shards against a teacher that admits 100 requests per one-second window
   (200 ms latency): the share of the limit the teacher admitted over the time the run was sending, and the share
   it answered 429; the same run without Ray, side by side, for reference;
+* **a shard killed**: the same-bytes case again with one shard's process killed (SIGKILL) mid-run: the run must
+  complete with the same bytes, and the teacher must receive again at most what that shard had in flight;
 * **scaling**: single-turn requests against a teacher that answers after 1 s, 256 in flight per shard
   (``--concurrency 256``), with 1, 2 and 4 shards: answered requests/s against the ideal 256 x shards;
 * **lease cost**: from the one-limit run, the round trip of a lease ask and how many requests waited for one
@@ -18,8 +20,11 @@ Four cases, each a real ``distill run`` command:
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +120,85 @@ def same_bytes(root: Path, address: str, conversations: int, sharegpt: Path | No
             "written": manifest["counts"]["written"],
             "rejects": manifest["counts"]["rejects"],
             "turns": manifest["counts"]["turns"],
+            "teacher_requests": stats["requests"],
+            "teacher_distinct_requests": stats["distinct_requests"],
+            "command_seconds": round(done.seconds, 3),
+        },
+        command=shown(command),
+    )
+
+
+def shard_processes() -> list[int]:
+    """Pids of the shard actors' processes on this machine (Ray titles them ``ray::ShardActor``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::ShardActor"):
+                pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def killed_shard(root: Path, address: str, conversations: int) -> Result:
+    """SIGKILL one shard's process mid-run: Ray restarts it, it resumes from its cache, the bytes are the same."""
+    source = write_sharegpt(root / "kill.json", conversations, seed=15)
+    in_flight = 64
+    with teacher(latency=0.1, track_hashes=True) as served:
+        single = distill_command(
+            source, root / "kill-single.jsonl", root / "kill-single.sqlite", served.base_url
+        )
+        check_completed(run_command(single), "distill run")
+        served.reset_stats()
+        command = distill_command(
+            source, root / "kill.jsonl", root / "kill.sqlite", served.base_url,
+            "--concurrency", str(in_flight), *ray_flags(address, SHARDS),
+        )  # fmt: skip
+        victims: list[int] = []
+        answered_at_kill: set[str] = set()
+
+        def kill_one_mid_run() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                answered = served.stats(with_hashes=False)["answered"]
+                shards = shard_processes()
+                if answered >= 1000 and len(shards) == SHARDS:
+                    answered_at_kill.update(served.stats()["answered_by_hash"])
+                    os.kill(shards[1], signal.SIGKILL)
+                    victims.append(shards[1])
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_one_mid_run, daemon=True)
+        done = run_command(command, on_start=killer.start)
+        killer.join(5)
+        check_completed(done, "distill run --ray")
+        stats = served.stats()
+    identical = (root / "kill.jsonl").read_bytes() == (root / "kill-single.jsonl").read_bytes()
+    again = {h: n - 1 for h, n in stats["received_by_hash"].items() if n > 1}
+    resent = sum(again.values())
+    # an answer the teacher gave before the kill but the shard had not committed yet (group commits, every few ms)
+    uncommitted = sum(n for h, n in again.items() if h in answered_at_kill)
+    cluster = cluster_report(root / "kill.sqlite")
+    return Result(
+        target="14 cluster: a shard killed",
+        case=f"{conversations:,} ShareGPT conversations, --shards {SHARDS} x {in_flight} in flight, "
+        "SIGKILL of one shard's process mid-run",
+        figure=float(resent - uncommitted),
+        unit="unanswered requests sent again",
+        reference=float(in_flight),
+        ratio=(resent - uncommitted) / in_flight,
+        goal=f"the same bytes; <= {in_flight} (the killed shard's in flight) sent again, plus answers not yet "
+        "committed",
+        passed=bool(victims) and identical and resent - uncommitted <= in_flight,
+        detail={
+            "sent_again": resent,
+            "sent_again_answered_but_not_committed_at_the_kill": uncommitted,
+            "killed_pid": victims[0] if victims else None,
+            "identical": identical,
+            "restarts_seen": cluster["restarts"],
             "teacher_requests": stats["requests"],
             "teacher_distinct_requests": stats["distinct_requests"],
             "command_seconds": round(done.seconds, 3),
@@ -274,14 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--ray", default="local", help="local (default) or the address of a running Ray instance")
     p.add_argument("--sharegpt", type=Path, help="a real ShareGPT JSON list to take the conversations from")
-    p.add_argument("--only", help="comma-separated cases: bytes, limit, scaling")
+    p.add_argument("--only", help="comma-separated cases: bytes, kill, limit, scaling")
     args = p.parse_args(argv)
     conversations, rpm_requests, seconds_each = (40, 150, 2.0) if args.tiny else (1000, 3000, 10.0)
-    cases = set((args.only or "bytes,limit,scaling").split(","))
+    cases = set((args.only or "bytes,kill,limit,scaling").split(","))
     results: list[Result] = []
     with workdir() as root:
         if "bytes" in cases:
             results.append(same_bytes(root, args.ray, conversations, args.sharegpt))
+        if "kill" in cases:
+            results.append(killed_shard(root, args.ray, conversations))
         if "limit" in cases:
             results += one_limit(root, args.ray, rpm_requests)
         if "scaling" in cases:
