@@ -1,7 +1,8 @@
 """One rate limit for many shards: a broker hands out short leases of the cluster's request and token budget.
 
 The protocol has two messages, so that whatever decides the cluster's rate (today the broker's own pacing and
-429 trim; later the adaptive controller of issue 11) sees every shard's outcome in one place:
+429 trim, as :mod:`distill.limiter` does in one process; later the adaptive controller of issue 11) sees every
+shard's outcome in one place:
 
 * a shard asks for a **lease**: ``grant(requests=N, tokens=T, report)`` -> :class:`Lease` ``(delay, duration,
   requests, tokens)``: "send at most N requests estimated at T tokens, evenly over ``duration`` seconds starting
@@ -14,9 +15,15 @@ The broker keeps one timeline for the whole cluster, as :mod:`distill.limiter` k
 GCRA cells (requests and tokens) at the limit's rate. A lease is a slice of that timeline: its start is when the
 cells are free, and granting it moves them on by ``N / rate`` and ``T / token rate``. Leases of different
 shards therefore never overlap in time, and a shard sends a lease's requests evenly over its slice, so what the
-whole cluster sends over any window is what one process pacing at the same rate would send (plus at most a
-request per RPC's clock skew, see the README). Times travel as delays relative to the moment of the answer, never
-as clock readings: shards on other machines do not share the broker's clock.
+whole cluster sends over any window is what one process pacing at the same rate would send. Times travel as
+delays relative to the moment of the answer, never as clock readings (shards on other machines do not share the
+broker's clock), so a shard places its slice late by the answer's one-way trip; two shards' slices can overlap by
+the difference of their trips (a millisecond or so: a request at 6,000 RPM), never by more.
+
+For the adaptive controller: :meth:`LeaseBroker.report` is the one place every shard's outcomes arrive
+(``Report.accepted`` and ``rate_limited`` counts, ``retry_after``, the ``x-ratelimit-*`` exhaustion, the token
+usage against the estimate), and the rate the broker grants at (``limit``, ``scale``) is the one thing a controller
+has to set: replacing the trim-and-recover rule there changes the rate of every shard at once.
 
 A slot of a lease that passes unused is lost (sending it late would overlap another shard's slice), so a shard
 asks only while it has requests waiting, and for about :attr:`ClusterLimit.lease_seconds` of the cluster's rate.
