@@ -8,7 +8,6 @@ that run in this process; the first test starts its own through the CLI's ``--ra
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from support import run_command, write_multi_turn
 from distill.cluster import ClusterOptions
 from distill.cluster.driver import REPORT_NAME, shard_actor_name
 from distill.errors import AuthenticationError
+from distill.progress import RunObserver, status_line
 from distill.runner import RunJob, run
 from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings
@@ -57,7 +57,6 @@ def reference(tmp_path_factory) -> tuple[Path, bytes]:
                 output=root / "single.jsonl",
                 cache=root / "single.sqlite",
                 settings=settings,
-                quiet=True,
             )
         )
     return data, (root / "single.jsonl").read_bytes()
@@ -70,16 +69,27 @@ def cluster_job(root: Path, data: Path, settings: RunSettings, shards: int) -> R
         output=root / "ray.jsonl",
         cache=root / "ray.sqlite",
         settings=settings,
-        quiet=True,
         cluster=ClusterOptions(address="local", shards=shards),
     )
 
 
-class Terminal(io.StringIO):
-    """A stream that says it is a terminal, so the live progress line is drawn into it."""
+class Watching(RunObserver):
+    """Reads the run's progress line every 50 ms while it goes, as a display would."""
 
-    def isatty(self) -> bool:
-        return True
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._done = threading.Event()
+
+    def started(self, stats) -> None:
+        def watch() -> None:
+            while not self._done.wait(0.05):
+                self.lines.append(status_line(stats))
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    def stopped(self, stats) -> None:
+        self._done.set()
+        self.lines.append(status_line(stats))
 
 
 def with_rejects(path: Path, conversations: int, turns: int) -> Path:
@@ -132,7 +142,8 @@ def test_cli_ray_local_writes_the_bytes_of_a_run_without_ray(tmp_path):
     assert stats["requests"] == stats["distinct_requests"] == 80  # every request once, over all shards
     shards = sorted((tmp_path / "ray.sqlite.shards").glob("*.sqlite"))
     assert [p.name for p in shards] == [f"ray.shard-{i}-of-3.sqlite" for i in (1, 2, 3)]
-    assert "conversations: 40 written" in done.stderr  # the summary adds up every shard
+    assert "44 records: 40 conversations, 4 rejected" in done.stderr  # the summary adds up every shard
+    assert "40 conversations = 40 written + 0 failed" in done.stderr
 
 
 def test_sigint_stops_every_shard_and_the_same_command_resumes(tmp_path, ray_instance, reference):
@@ -208,10 +219,9 @@ def test_one_rpm_holds_for_the_sum_of_the_shards_at_the_teacher(tmp_path, ray_in
     with start_teacher_process(TeacherKnobs(latency=0.05, rpm=rpm)) as server:
         settings = RunSettings(model="teacher", base_url=server.base_url, rpm=rpm)
         job = cluster_job(tmp_path, data, settings, shards=4)
-        job.quiet = False
-        terminal = Terminal()
+        watching = Watching()
         started = time.monotonic()
-        report = run(job, terminal)
+        report = run(job, watching)
         seconds = time.monotonic() - started
         stats = server.stats(with_hashes=False)
     assert report.exit_code == 0 and stats["answered"] == 100
@@ -219,9 +229,9 @@ def test_one_rpm_holds_for_the_sum_of_the_shards_at_the_teacher(tmp_path, ray_in
     assert seconds >= (100 - 40) / 40  # paced at the limit for the sum, not per shard
     cluster = orjson.loads((tmp_path / "ray.sqlite.shards" / REPORT_NAME).read_bytes())
     assert cluster["leases"] >= 4 and cluster["limiter"]["granted"] >= 100
-    done = [int(m) for m in re.findall(r"conversations (\d+)/100", terminal.getvalue())]
+    done = [int(m) for line in watching.lines for m in re.findall(r"^conversations (\d+)", line)]
     assert done == sorted(done) and any(0 < n < 100 for n in done)  # one line, summed over the shards, live
-    assert "conversations: 100 written" in terminal.getvalue()
+    assert done[-1] == 100
 
 
 def test_the_cluster_benchmark_runs_at_its_tiny_size(tmp_path, ray_instance):
@@ -238,7 +248,7 @@ def test_a_shard_refused_by_the_teacher_stops_the_run_with_the_teacher_s_error(t
     with start_teacher_process(TeacherKnobs(api_key="the-right-key")) as server:
         settings = RunSettings(model="teacher", base_url=server.base_url)
         job = RunJob(data, tmp_path / "o.jsonl", tmp_path / "c.sqlite", settings, api_key="a-wrong-key",
-                     quiet=True, cluster=ClusterOptions(shards=2))  # fmt: skip
+                     preflight=False, cluster=ClusterOptions(shards=2))  # fmt: skip
         with pytest.raises(AuthenticationError) as refused:
             run(job)
     assert refused.value.exit_code == 2 and "a-wrong-key" not in str(refused.value)

@@ -27,7 +27,7 @@ from ..merge import merge
 from ..stats import RunStats
 from .lease import ClusterLimit
 from .options import AUTO, LOCAL, ClusterOptions
-from .work import RECOUNTED, SENT, ShardResult, ShardSpec
+from .work import RECOUNTED, SENT, ShardResult, ShardSpec, added
 
 # A distill.runner.RunJob (not imported: the runner imports this module)
 RunJob = Any
@@ -86,10 +86,12 @@ def specs_for(job: RunJob, run_id: str, input_path: str) -> list[ShardSpec]:
             run_id=run_id,
             cache=options.shard_cache(job.cache, i),
             settings=job.settings,
+            output_format=job.output_format,
             input_format=job.input_format,
             reader_options=dict(job.reader_options),
             limit=job.limit,
             api_key=job.api_key,
+            price=job.price,
         )
         for i in range(1, options.shards + 1)
     ]
@@ -163,7 +165,7 @@ async def answer_on_cluster(
 
 async def _run_shards(
     specs: list[ShardSpec], limit: ClusterLimit, run_id: str, stats: RunStats, report: ClusterReport
-) -> tuple[list[ShardResult], dict[str, int]]:
+) -> tuple[list[ShardResult], list[dict[str, Any]]]:
     """Run every shard to its end; the results and what restarted shards had sent before they died."""
     import ray
 
@@ -195,7 +197,7 @@ async def _run_shards(
         await follower.poll()
         if limiter is not None:
             report.limiter = await asyncio.wrap_future(limiter.state.remote().future())
-        return list(results), follower.carried()
+        return list(results), follower.carried_counts()
     except asyncio.CancelledError:
         await _stop(shards)
         raise
@@ -228,8 +230,10 @@ class _Follower:
         self.shards = shards
         self.stats = stats
         self.report = report
-        self.latest: list[tuple[str, dict[str, int]] | None] = [None] * len(shards)
-        self.sent_before_restart: list[dict[str, int]] = [dict.fromkeys(SENT, 0) for _ in shards]
+        self.latest: list[tuple[str, dict[str, Any]] | None] = [None] * len(shards)
+        self.before_restart: list[list[dict[str, Any]]] = [
+            [] for _ in shards
+        ]  # dead incarnations' last counts
         self.leases: dict[int, dict] = {}
 
     async def follow(self) -> None:
@@ -247,20 +251,12 @@ class _Follower:
             previous = self.latest[i]
             if previous is not None and previous[0] != incarnation:
                 self.report.restarts += 1
-                for name in SENT:
-                    self.sent_before_restart[i][name] += previous[1][name]
+                self.before_restart[i].append(previous[1])
             self.latest[i] = (incarnation, counts)
             if leases:
                 self.leases[i] = leases
-        for name in RECOUNTED:
-            setattr(self.stats, name, sum(latest[1][name] for latest in self.latest if latest))
-        for name in SENT:
-            setattr(
-                self.stats,
-                name,
-                sum(latest[1][name] for latest in self.latest if latest)
-                + sum(before[name] for before in self.sent_before_restart),
-            )
+        latest = [counts for _, counts in filter(None, self.latest)]
+        _set_sums(self.stats, latest, self.carried_counts())
         shards = self.leases.values()
         self.report.leases = sum(s["leases"] for s in shards)
         self.report.lease_ask_seconds = [t for s in shards for t in s["ask_seconds"]]
@@ -268,17 +264,22 @@ class _Follower:
         self.report.stalled = sum(s["stalled"] for s in shards)
         self.report.stalled_seconds = sum(s["stalled_seconds"] for s in shards)
 
-    def carried(self) -> dict[str, int]:
+    def carried_counts(self) -> list[dict[str, Any]]:
         """What the shards' dead incarnations had sent, as last polled."""
-        return {name: sum(before[name] for before in self.sent_before_restart) for name in SENT}
+        return [counts for dead in self.before_restart for counts in dead]
 
 
-def _sum_final(stats: RunStats, results: list[ShardResult], carried: dict[str, int]) -> None:
-    """The final counters: each shard's last incarnation, plus what dead incarnations had sent."""
+def _set_sums(stats: RunStats, latest: list[dict[str, Any]], carried: list[dict[str, Any]]) -> None:
+    """``stats`` as the sum over shards: progress from each shard's latest incarnation, work from all of them."""
     for name in RECOUNTED:
-        setattr(stats, name, sum(r.stats[name] for r in results))
+        setattr(stats, name, added([counts.get(name) for counts in latest]))
     for name in SENT:
-        setattr(stats, name, sum(r.stats[name] for r in results) + carried[name])
+        setattr(stats, name, added([counts.get(name) for counts in (*latest, *carried)]))
+
+
+def _sum_final(stats: RunStats, results: list[ShardResult], carried: list[dict[str, Any]]) -> None:
+    """The final counters: each shard's last incarnation, plus what dead incarnations had sent."""
+    _set_sums(stats, [r.stats for r in results], carried)
     stats.failures = [failure for r in results for failure in r.failures]
 
 

@@ -262,7 +262,8 @@ class LeasedLimiter:
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
-    async def acquire(self, tokens: int = 0) -> None:
+    async def acquire(self, tokens: int = 0) -> str | None:
+        """Wait for the next slot; returns what made it wait ("rpm", "tpm" or "pause"), as RateLimiter does."""
         if tokens:
             self._mean_tokens = tokens if not self._mean_tokens else 0.9 * self._mean_tokens + 0.1 * tokens
         self.stats.acquired += 1
@@ -274,10 +275,13 @@ class LeasedLimiter:
                 await self._lease_arrival()
             self.stats.stalled_seconds += self.now() - asked
         self._prefetch()
-        delay = max(slot, self._paused_until) - self.now()
-        if delay > 0:
-            self.waits += 1
-            await self._sleep(delay)
+        now = self.now()
+        delay = max(slot, self._paused_until) - now
+        if delay <= 0:
+            return None
+        self.waits += 1
+        await self._sleep(delay)
+        return "pause" if self._paused_until > now else "rpm" if self.limit.rpm else "tpm"
 
     def _take_slot(self) -> float | None:
         now = self.now()

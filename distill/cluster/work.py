@@ -14,24 +14,23 @@ import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..cache import Cache
 from ..client import TeacherClient
 from ..conversation import Record, Reject, limited
+from ..cost import Budget, Price, budget_for
 from ..engine import Engine
 from ..settings import RunSettings
 from ..shard import OpeningShard
 from ..stats import RunStats
 
-# Counters a restarted shard counts again from its cache (progress); every other number of RunStats is work done
-# once (requests sent, tokens, cost: whatever counters the engine grows), which a restart does not undo.
+# Counters a restarted shard counts again from its cache (progress), as opposed to work done once (requests sent,
+# tokens, money, waits: every other number or count of RunStats), which a restart does not undo.
 RECOUNTED = ("conversations_read", "conversations_done", "conversations_failed", "rejects", "turns_done",
-             "cache_hits")  # fmt: skip
-NOT_SUMMED = ("total_expected", "started")
-SENT = tuple(
-    f.name for f in fields(RunStats)
-    if f.name not in (*RECOUNTED, *NOT_SUMMED) and f.type in ("int", "float", int, float)
-)  # fmt: skip
+             "cache_hits", "conversations_cached")  # fmt: skip
+NOT_SUMMED = ("total_expected", "started", "failures", "cost_before_usd", "budget_usd")
+SENT = tuple(f.name for f in fields(RunStats) if f.name not in (*RECOUNTED, *NOT_SUMMED))
 
 
 @dataclass(slots=True)
@@ -45,10 +44,14 @@ class ShardSpec:
     run_id: str
     cache: Path
     settings: RunSettings
+    output_format: str = "messages"  # its writer refuses conversations it cannot hold, as they are read
     input_format: str | None = None
     reader_options: dict = field(default_factory=dict)
     limit: int | None = None
     api_key: str | None = None
+    price: Price | None = (
+        None  # meters what the shard's answers cost (no cap: --budget is refused with --ray)
+    )
 
     @property
     def shard(self) -> OpeningShard:
@@ -72,9 +75,23 @@ class ShardResult:
     pid: int
 
 
-def counters(stats: RunStats) -> dict[str, int]:
-    """The counters a driver sums over shards."""
-    return {name: getattr(stats, name) for name in (*RECOUNTED, *SENT)}
+def counters(stats: RunStats) -> dict[str, Any]:
+    """The counters a driver sums over shards (numbers, None where unknown, and counts by name)."""
+    return {name: getattr(stats, name) for name in (*RECOUNTED, *SENT) if hasattr(stats, name)}
+
+
+def added(values: list[Any]) -> Any:
+    """The sum of one counter over shards: numbers add, None where no shard knows it, dicts add per key."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    if isinstance(known[0], dict):
+        total: dict = {}
+        for value in known:
+            for key, n in value.items():
+                total[key] = total.get(key, 0) + n
+        return total
+    return sum(known)
 
 
 def write_marker(spec: ShardSpec) -> str:
@@ -89,7 +106,9 @@ def write_marker(spec: ShardSpec) -> str:
 
 async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult:
     """Answer shard ``spec`` into its cache through ``limiter``; counters go into ``stats`` as they change."""
+    from formats.intake import screened
     from formats.readers import ReaderOptions, open_reader
+    from formats.writers import open_writer
 
     marker = write_marker(spec)
     reader = open_reader(
@@ -98,7 +117,8 @@ async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult
         ReaderOptions(system_prompt=spec.settings.system_prompt, extra=dict(spec.reader_options)),
     )
     rejects: list[tuple[int, Reject]] = []
-    numbered = _Numbered(reader.read(spec.input))
+    writer = open_writer(spec.output_format)
+    numbered = _Numbered(screened(limited(reader.read(spec.input), spec.limit), writer))
     async with Cache(spec.cache) as cache, TeacherClient.for_settings(spec.settings, spec.api_key) as client:
         engine = Engine(
             spec.settings,
@@ -107,9 +127,10 @@ async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult
             limiter=limiter,
             stats=stats,
             on_reject=lambda reject: rejects.append((numbered.current, reject)),
+            budget=_meter(spec, stats),
             shard=spec.shard,
         )
-        await engine.run(limited(iter(numbered), spec.limit), spec.run_id, spec.input_path)
+        await engine.run(iter(numbered), spec.run_id, spec.input_path)
     return ShardResult(
         index=spec.index,
         stats=counters(stats),
@@ -120,6 +141,18 @@ async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult
         node=socket.gethostname(),
         pid=os.getpid(),
     )
+
+
+def _meter(spec: ShardSpec, stats: RunStats) -> Budget | None:
+    """A meter of what the answers cost (where the price is known), into ``stats.cost_usd``."""
+
+    def on_charge(usd: float, prompt_tokens: int, completion_tokens: int) -> None:
+        stats.cost_usd = (stats.cost_usd or 0.0) + usd
+
+    meter = budget_for(None, spec.settings.model, spec.price, on_charge=on_charge)
+    if meter is not None:
+        stats.cost_usd = 0.0
+    return meter
 
 
 class _Numbered(Iterable[Record]):
