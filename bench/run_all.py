@@ -19,7 +19,8 @@ import orjson
 
 from bench.common import REPO, machine
 
-SCRIPTS = ("throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator", "cluster")
+SCRIPTS = ("throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator", "view_list",
+           "cluster")  # fmt: skip
 
 METHOD = """\
 ## How the figures are taken
