@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from distill.cluster import ClusterOptions
+from distill.cluster.options import DEFAULT_SHARDS
 from distill.config import option
 from distill.errors import UsageError
-
-DEFAULT_SHARDS = 4
 
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:

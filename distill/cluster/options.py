@@ -9,6 +9,7 @@ from ..errors import UsageError
 
 LOCAL = "local"
 AUTO = "auto"
+DEFAULT_SHARDS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,7 @@ class ClusterOptions:
     """
 
     address: str = LOCAL
-    shards: int = 2
+    shards: int = DEFAULT_SHARDS
     cache_dir: Path | None = None
     lease_seconds: float = 0.1
     num_cpus: int | None = None
