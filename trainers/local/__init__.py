@@ -20,6 +20,7 @@ from trainers.base import TRAINERS, Trainer, TrainResult, TrainSpec
 
 from . import manifest
 from .data import read_training_file
+from .model_ref import resolve_model
 from .options import local_options
 
 INSTALL_HINT = "pip install 'distill[local]'"
@@ -45,6 +46,7 @@ class LocalTrainer(Trainer):
         Running the same spec into the same folder again returns the recorded result without training.
         """
         options = local_options(spec)
+        resolve_model(spec.model)  # a missing folder or an unreachable hub is said now, not after a minute
         train_data = read_training_file(spec.training_file)
         eval_data = read_training_file(spec.validation_file) if spec.validation_file else None
         key = manifest.run_key(spec)
