@@ -13,17 +13,15 @@ the machinery working, not a real student's quality.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from importlib.resources import files
 from pathlib import Path
 
+from distill import bundled
 from distill.pipeline import run_pipeline
 from distill.runner import RunJob, run
 from distill.settings import RunSettings
-from distill.teacher_server import TeacherKnobs, start_teacher_process
-
-DEMO_KEY = "demo-key-for-the-local-fakes"
+from distill.teacher_server import start_teacher_process
 
 
 def add_parser(subparsers) -> None:
@@ -56,9 +54,14 @@ def distil_sample(directory: Path, base_url: str) -> int:
     return 0
 
 
-def pipeline_config(directory: Path, teacher_url: str, together_root: str) -> Path:
+def pipeline_config(
+    directory: Path, teacher_url: str = bundled.TEACHER, together_root: str = bundled.TOGETHER
+) -> Path:
+    """Write the demo's ``pipeline.toml``; by default it starts its own servers (:mod:`distill.bundled`)."""
     config = directory / "pipeline.toml"
     config.write_text(f"""# The Together cookbook's CoQA recipe, pointed at the local teacher and the local Together fake.
+# "bundled:teacher" and "bundled:together" start them for the pipeline's duration: run this file again with
+# distill pipeline {directory / "pipeline.toml"}
 [pipeline]
 dir = "{directory / "pipeline"}"
 
@@ -93,13 +96,10 @@ base-model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
 
 
 def main(args: argparse.Namespace) -> int:
-    from trainers.fake_together import FakeTogether
-
     directory = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TOGETHER_API_KEY", DEMO_KEY)
     print(f"starting the local teacher; writing into {directory}/", file=sys.stderr)
-    with start_teacher_process(TeacherKnobs(latency=0.02, answer_words=20)) as teacher:
+    with start_teacher_process(bundled.teacher_knobs()) as teacher:
         status = distil_sample(directory, teacher.base_url)
         if status:
             return status
@@ -108,9 +108,11 @@ def main(args: argparse.Namespace) -> int:
             f"\nthe teacher received {received} requests for both files: the second came from the cache",
             file=sys.stderr,
         )
-        print("\nstarting the fake Together API; $ distill pipeline pipeline.toml", file=sys.stderr)
-        with FakeTogether(seconds_per_state=0.3).in_thread() as together:
-            run_pipeline(pipeline_config(directory, teacher.base_url, together.url), sys.stderr)
+    config = pipeline_config(directory)
+    print(
+        f"\n$ distill pipeline {config} (starts the local teacher and the fake Together API)", file=sys.stderr
+    )
+    run_pipeline(config, sys.stderr)
     print(
         f"\nnext: distill check {directory}/sample.messages.jsonl; distill stats --cache {directory}/cache.sqlite",
         file=sys.stderr,

@@ -63,7 +63,9 @@ class TinyModel:
 def make_tiny_model(directory: Path, *, seed: int = 0, shape: TinyModelShape | None = None) -> TinyModel:
     """Build the tokenizer and the model and save both into ``directory`` (new or empty)."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise UsageError(f"--make-tiny-model {directory}: the folder exists and is not empty; choose a new one")
+        raise UsageError(
+            f"--make-tiny-model {directory}: the folder exists and is not empty; choose a new one"
+        )
     try:
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
