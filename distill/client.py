@@ -14,7 +14,7 @@ applies to the teacher's URL.
 from __future__ import annotations
 
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -132,7 +132,7 @@ class TeacherClient:
         rate = parse_rate_headers(answer.headers)
         if answer.status != 200:
             raise self._redacted(error_for_status(answer.status, answer.body, answer.headers))
-        return parse_answer(request.api, answer.body), rate
+        return cut_at_stop(parse_answer(request.api, answer.body), request), rate
 
     async def _post_aiohttp(self, path: str, body: bytes) -> HttpResponse:
         assert self._session is not None, "use 'async with TeacherClient(...)'"
@@ -208,6 +208,19 @@ def parse_answer(api: str, body: bytes) -> TeacherResponse:
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
     )
+
+
+def cut_at_stop(response: TeacherResponse, request: TeacherRequest) -> TeacherResponse:
+    """``response`` without its first stop sequence and what follows, as the OpenAI API defines ``stop``.
+
+    A server that stops on a token containing the sequence may return it (``transformers serve`` does, with the
+    rest of that token); the answer stored and written is the text before it, as from any other server.
+    """
+    stops = [s for s in dict(request.params).get("stop") or () if s]
+    found = [i for i in (response.text.find(s) for s in stops) if i >= 0]
+    if not found:
+        return response
+    return replace(response, text=response.text[: min(found)])
 
 
 def error_for_status(status: int, body: bytes, headers) -> TeacherError:

@@ -15,12 +15,16 @@ a stop string, ``length`` when ``max_tokens`` ran out.
 from __future__ import annotations
 
 import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.utils import logging as transformers_logging
 
 from distill.errors import UsageError
 
@@ -63,8 +67,9 @@ class LocalModels:
         self.model_name = model
         self.adapter_name = adapter
         self.tokenizer = AutoTokenizer.from_pretrained(source.ref, local_files_only=source.local_files_only)
-        base = AutoModelForCausalLM.from_pretrained(source.ref, local_files_only=source.local_files_only)
-        self.model = _with_adapter(base, adapter) if adapter else base
+        with _quiet_loading():
+            base = AutoModelForCausalLM.from_pretrained(source.ref, local_files_only=source.local_files_only)
+            self.model = _with_adapter(base, adapter) if adapter else base
         self.model.eval()
         self._lock = threading.Lock()  # one generation at a time: the adapter switch is the model's state
 
@@ -146,6 +151,20 @@ class LocalModels:
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-weight progress bar, and not peft's note to transformers about a renamed method."""
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            yield
+    finally:
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def _with_adapter(base: Any, adapter: str) -> Any:
