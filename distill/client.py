@@ -254,9 +254,16 @@ def _retry_after(headers) -> float | None:
 
 
 def _error_message(body: bytes) -> str:
+    """The server's reason: OpenAI's ``{"error": {"message"}}``, or FastAPI's ``{"detail": str | [{"msg"}]}``
+    (``transformers serve``), else the body's start."""
     try:
         data = orjson.loads(body)
         message = data["error"]["message"] if isinstance(data.get("error"), dict) else data.get("error")
+        detail = data.get("detail")
+        if not message and isinstance(detail, list):
+            message = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+        elif not message:
+            message = detail
         if message:
             return str(message)[:300]
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
