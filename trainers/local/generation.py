@@ -1,5 +1,7 @@
 """Answers from a local model: a base model and, optionally, a LoRA adapter on it, served under two names.
 
+On a GPU where there is one (in bf16 where it has it), else on the CPU in float32.
+
 :class:`LocalModels` loads the base (a folder or hub id, see :mod:`trainers.local.model_ref`) and the peft
 adapter a local fine-tune saved, and generates for one request at a time: the student with the adapter on, the
 base with it switched off (``disable_adapter``), so one process evaluates both. Chat requests are rendered
@@ -67,9 +69,13 @@ class LocalModels:
         self.model_name = model
         self.adapter_name = adapter
         self.tokenizer = AutoTokenizer.from_pretrained(source.ref, local_files_only=source.local_files_only)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         with _quiet_loading():
-            base = AutoModelForCausalLM.from_pretrained(source.ref, local_files_only=source.local_files_only)
-            self.model = _with_adapter(base, adapter) if adapter else base
+            base = AutoModelForCausalLM.from_pretrained(
+                source.ref, local_files_only=source.local_files_only, dtype=dtype
+            )
+            self.model = (_with_adapter(base, adapter) if adapter else base).to(self.device)
         self.model.eval()
         self._lock = threading.Lock()  # one generation at a time: the adapter switch is the model's state
 
@@ -102,8 +108,8 @@ class LocalModels:
             encoded = self.tokenizer.apply_chat_template(
                 request.messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
             )
-            return encoded["input_ids"]
-        return self.tokenizer(request.prompt or "", return_tensors="pt")["input_ids"]
+            return encoded["input_ids"].to(self.device)
+        return self.tokenizer(request.prompt or "", return_tensors="pt")["input_ids"].to(self.device)
 
     def _generate(self, prompt_ids: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
         config = GenerationConfig.from_model_config(self.model.config)
