@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,11 +22,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from distill import loopback
 from distill.errors import UsageError
+from distill.loopback import HOST, listen
 
 from .generation import DEFAULT_MAX_TOKENS, Generation, GenerationRequest, LocalModels
-
-HOST = "127.0.0.1"
 
 
 class BadRequest(Exception):
@@ -52,17 +51,14 @@ class LocalModelServer:
         return f"http://{HOST}:{self.port}/v1"
 
     async def start(self) -> LocalModelServer:
-        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.25)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, HOST, self.port).start()
+            self._runner, self.port = await listen(
+                self.app(), self.port, access_log=None, shutdown_timeout=0.25
+            )
         except OSError as e:
-            await runner.cleanup()
             raise UsageError(
                 f"cannot listen on {HOST}:{self.port}: {e.strerror}; pick another --port (0 picks a free one)"
             ) from None
-        self._runner = runner
-        self.port = runner.addresses[0][1]
         return self
 
     async def stop(self) -> None:
@@ -74,28 +70,8 @@ class LocalModelServer:
     @contextmanager
     def in_thread(self) -> Iterator[LocalModelServer]:
         """Serve from a background thread's event loop while the ``with`` block runs."""
-        loop = asyncio.new_event_loop()
-        started: asyncio.Future[Any] = loop.create_future()
-        thread = threading.Thread(target=self._run_loop, args=(loop, started), daemon=True)
-        thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(_wait(started), loop).result(timeout=60)
+        with loopback.in_thread(self.start, self.stop):
             yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
-
-    def _run_loop(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future[Any]) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self.start())
-            started.set_result(None)
-        except BaseException as e:  # handed to the caller's thread, which raises it
-            started.set_exception(e)
-            return
-        loop.run_forever()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -234,10 +210,6 @@ async def serve_forever(models: LocalModels, port: int, announce) -> None:
         await stop.wait()
     finally:
         await server.stop()
-
-
-async def _wait(future: asyncio.Future[Any]) -> None:
-    await future
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
