@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from aiohttp import web
 from distill import tokens
 from distill.errors import UsageError
 from distill.loopback import HOST, listen
+from distill.openai_body import completion_body
 
 from . import answers, batch, faults
 from .knobs import TeacherKnobs
@@ -121,26 +121,15 @@ def _error(status: int, message: str, headers: dict[str, str], **fields: str | N
 def _answer_json(
     parsed: answers.TeacherRequest, completion: answers.Completion, request_hash: str
 ) -> dict[str, Any]:
-    usage = {
-        "prompt_tokens": parsed.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": parsed.prompt_tokens + completion.completion_tokens,
-    }
-    if parsed.kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": completion.text}}
-        obj, prefix = "chat.completion", "chatcmpl"
-    else:
-        choice = {"index": 0, "text": completion.text, "logprobs": None}
-        obj, prefix = "text_completion", "cmpl"
-    choice["finish_reason"] = completion.finish_reason
-    return {
-        "id": f"{prefix}-{request_hash}",
-        "object": obj,
-        "created": int(time.time()),
-        "model": parsed.model,
-        "choices": [choice],
-        "usage": usage,
-    }
+    return completion_body(
+        parsed.kind,
+        answer_id=request_hash,
+        model=parsed.model,
+        text=completion.text,
+        finish_reason=completion.finish_reason,
+        prompt_tokens=parsed.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+    )
 
 
 def build_app(state: TeacherState) -> web.Application:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from aiohttp import web
 from distill import loopback
 from distill.errors import UsageError
 from distill.loopback import HOST, listen
+from distill.openai_body import completion_body
 
 from .generation import DEFAULT_MAX_TOKENS, Generation, GenerationRequest, LocalModels
 
@@ -176,26 +176,15 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
 
 def answer_json(kind: str, model: str, generation: Generation) -> dict[str, Any]:
     """The OpenAI response object for ``generation``."""
-    if kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": generation.text}}
-        obj, prefix = "chat.completion", "chatcmpl"
-    else:
-        choice = {"index": 0, "text": generation.text, "logprobs": None}
-        obj, prefix = "text_completion", "cmpl"
-    choice["finish_reason"] = generation.finish_reason
-    usage = {
-        "prompt_tokens": generation.prompt_tokens,
-        "completion_tokens": generation.completion_tokens,
-        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-    }
-    return {
-        "id": f"{prefix}-{uuid.uuid4().hex}",
-        "object": obj,
-        "created": int(time.time()),
-        "model": model,
-        "choices": [choice],
-        "usage": usage,
-    }
+    return completion_body(
+        kind,
+        answer_id=uuid.uuid4().hex,
+        model=model,
+        text=generation.text,
+        finish_reason=generation.finish_reason,
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+    )
 
 
 async def serve_forever(models: LocalModels, port: int, announce) -> None:
