@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from distill.teacher_server import TeacherKnobs, TeacherProcess, start_teacher_process
-from distill.teacher_server.loadgen import plain_client_load
+from distill.servers.teacher import TeacherKnobs, TeacherProcess, start_teacher_process
+from distill.servers.teacher.loadgen import plain_client_load
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "bench-teacher"

@@ -19,10 +19,11 @@ from bench.common import MODEL, Result, parser, question, report, workdir
 from distill import plan
 from distill.cache import Cache
 from distill.conversation import Conversation, Message
-from distill.engine import encode_conversation
 from distill.export import export
 from distill.requests import TeacherResponse
 from distill.settings import RunSettings
+from distill.stored import encode_conversation
+from formats.writers import open_writer
 
 GOAL_MB_S = 50.0
 ANSWER_WORDS = 260  # about 1,450 characters
@@ -76,7 +77,7 @@ def measure(root: Path, count: int, rounds: int) -> Result:
     speeds, seconds = [], []
     for _ in range(rounds):
         start = time.perf_counter()
-        result = export(cache_path, output, "messages", run_id)
+        result = export(cache_path, output, open_writer("messages").line, run_id)
         elapsed = time.perf_counter() - start
         size = output.stat().st_size
         speeds.append(size / 1e6 / elapsed)

@@ -36,9 +36,9 @@ from bench.common import (
 )
 from distill import plan
 from distill.cache import Cache
-from distill.engine import encode_conversation
 from distill.requests import TeacherResponse
 from distill.settings import RunSettings
+from distill.stored import encode_conversation
 from formats.readers import ReaderOptions, open_reader
 
 GOAL_SECONDS = 2.0

@@ -24,16 +24,15 @@ SCRIPTS = ("throughput", "rate_limit", "latency", "resume", "memory", "export_sp
 METHOD = """\
 ## How the figures are taken
 
-* The local teacher (`distill.teacher_server`) runs in its own process and counts every request it receives;
+* The local teacher (`distill.servers.teacher`) runs in its own process and counts every request it receives;
   a rerun that sent anything twice would show in its counts. Usage is counted in words (fast) except in the
   tokens-bind case, which counts cl100k_base tokens as the engine does.
-* The baseline of target 1 is a plain aiohttp client loop (`distill.teacher_server.loadgen`): one session,
+* The baseline of target 1 is a plain aiohttp client loop (`distill.servers.teacher.loadgen`): one session,
   64 requests always in flight, no cache, against the same teacher process, measured before and after each
   run; a run's ratio divides its figure by the mean of the two baselines around it, and the table shows the
   median over runs. The machine is shared and noisy: ratios hold, absolute figures move. distill sends through
-  its own HTTP client (`distill/http.py`, the default); one more single-turn run with `--http-client aiohttp`
-  shows, in the details, the engine over the same aiohttp client as the baseline. The teacher runs on asyncio's
-  own event loop unless uvloop is installed (it is not among distill's dependencies).
+  the same aiohttp client as the baseline, so a ratio is what the engine costs on top. The teacher runs on
+  asyncio's own event loop unless uvloop is installed (it is not among distill's dependencies).
 * "Sending" rates are the teacher's count over the time from the run's first request to its last, polled
   from the teacher every 10 ms; the whole command's rate (interpreter start, reading, answering, export,
   output check, manifest) is in the details.

@@ -5,17 +5,13 @@
 whether retrying can help. It never retries itself (the engine's retry policy does) and never puts the API key
 in an error message.
 
-Two HTTP clients can carry the calls (``--http-client``): ``builtin`` (:mod:`distill.http`, a lean HTTP/1.1
-pool that costs a fraction of the CPU per request) and ``aiohttp`` (the general client, which honours
-``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``). ``auto``, the default, takes ``builtin`` unless a proxy variable
-applies to the teacher's URL.
+aiohttp carries every call; ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` are honoured (looked up once per client).
 """
 
 from __future__ import annotations
 
 import urllib.request
 from dataclasses import dataclass, replace
-from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,13 +28,10 @@ from .errors import (
     TeacherError,
     UsageError,
 )
-from .http import HttpPool, HttpResponse, header_lines
 from .requests import TeacherRequest, TeacherResponse
 from .settings import RunSettings
 
 ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
-HttpClientKind = Literal["auto", "builtin", "aiohttp"]
-HTTP_CLIENTS: tuple[str, ...] = ("auto", "builtin", "aiohttp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,90 +59,65 @@ class TeacherClient:
         *,
         timeout: float = 600.0,
         max_connections: int = 64,
-        http_client: HttpClientKind = "auto",
     ) -> None:
         self.base_url = checked_base_url(base_url)
         self.timeout = timeout
-        self.http_client = chosen_http_client(http_client, self.base_url)
         # looked up once: aiohttp's trust_env looks the variables up on every request (measured: a third of the speed)
         self._proxy = proxy_for(self.base_url)
         self._headers = {"Content-Type": "application/json"}
         self._api_key = api_key
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        header_lines(self._headers)  # a key with a line break is a UsageError whichever client sends it
+        check_header_values(self._headers)
         self._max_connections = max_connections
-        self._pool: HttpPool | None = None
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def for_settings(cls, settings: RunSettings, api_key: str | None) -> TeacherClient:
-        """The client a run with ``settings`` sends through: its URL, timeout, concurrency and HTTP client."""
+        """The client a run with ``settings`` sends through: its URL, timeout and concurrency."""
         return cls(
             settings.base_url,
             api_key,
             timeout=settings.request_timeout,
             max_connections=settings.concurrency,
-            http_client=settings.http_client,
         )
 
     async def __aenter__(self) -> TeacherClient:
-        if self.http_client == "builtin":
-            self._pool = HttpPool(self.base_url, self._headers, limit=self._max_connections)
-        else:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector, json_serialize=None, headers=self._headers
-            )
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=None,
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookie worth keeping; the jar costs per call
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def send(self, request: TeacherRequest) -> tuple[TeacherResponse, RateHeaders]:
         """One HTTP call for ``request``: the answer and the server's rate headers."""
-        path = ENDPOINTS[request.api]
-        body = orjson.dumps(request.body())
-        try:
-            if self._pool is not None:
-                answer = await self._pool.post(path, body, self.timeout)
-            else:
-                answer = await self._post_aiohttp(path, body)
-        except RequestTimeout:
-            raise RequestTimeout(
-                f"no answer from {self.base_url + path} within {self.timeout:g} s (--request-timeout)"
-            ) from None
-        except ConnectionFailed as e:
-            raise ConnectionFailed(f"connection to {self.base_url + path} failed: {e}") from None
-        rate = parse_rate_headers(answer.headers)
-        if answer.status != 200:
-            raise self._redacted(error_for_status(answer.status, answer.body, answer.headers))
-        return cut_at_stop(parse_answer(request.api, answer.body), request), rate
-
-    async def _post_aiohttp(self, path: str, body: bytes) -> HttpResponse:
         assert self._session is not None, "use 'async with TeacherClient(...)'"
+        url = self.base_url + ENDPOINTS[request.api]
         try:
-            async with self._session.post(
-                self.base_url + path,
-                data=body,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                proxy=self._proxy,
-            ) as resp:
-                payload = await resp.read()
-                headers = {name.lower(): value for name, value in resp.headers.items()}
-                return HttpResponse(resp.status, headers, payload)
+            async with self._session.post(url, data=orjson.dumps(request.body()), proxy=self._proxy) as resp:
+                status, headers, body = resp.status, resp.headers, await resp.read()
         except TimeoutError:
-            raise RequestTimeout(f"no answer within {self.timeout:g} s") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-            raise ConnectionFailed(type(e).__name__) from None
+            raise RequestTimeout(
+                f"no answer from {url} within {self.timeout:g} s (--request-timeout)"
+            ) from None
+        except aiohttp.ClientError as e:  # refused, reset, a broken TLS or HTTP exchange
+            raise ConnectionFailed(f"connection to {url} failed: {type(e).__name__}") from None
+        rate = parse_rate_headers(headers)
+        if status != 200:
+            raise self._redacted(error_for_status(status, body, headers))
+        return cut_at_stop(parse_answer(request.api, body), request), rate
 
     def _redacted(self, error: TeacherError) -> TeacherError:
         """``error`` with the API key cut out: some providers quote the key they refused in their message."""
@@ -158,13 +126,15 @@ class TeacherClient:
         return error
 
 
-def chosen_http_client(kind: str, base_url: str) -> Literal["builtin", "aiohttp"]:
-    """The HTTP client for ``--http-client kind``: under ``auto``, aiohttp where a proxy variable applies."""
-    if kind not in HTTP_CLIENTS:
-        raise UsageError(f"--http-client {kind} is not valid; use one of: {', '.join(HTTP_CLIENTS)}")
-    if kind != "auto":
-        return kind  # type: ignore[return-value]
-    return "aiohttp" if proxy_for(base_url) else "builtin"
+def check_header_values(fields: dict[str, str]) -> None:
+    """A UsageError (never showing the value) for a header value that would break the request."""
+    for name, value in fields.items():
+        text = f"{name}: {value}"
+        if "\r" in text or "\n" in text or "\0" in text or max(map(ord, text)) > 0xFF:
+            raise UsageError(
+                f"the {name} header has a line break or a character outside Latin-1 in its value; if it is "
+                "Authorization, check the API key in TOGETHER_API_KEY (or the variable --api-key-env names)"
+            )
 
 
 def proxy_for(base_url: str) -> str | None:

@@ -22,12 +22,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import orjson
-
 from . import plan
 from .cache import Cache, Failure
 from .client import TeacherClient
-from .conversation import Conversation, Message, Reject
+from .conversation import Conversation, Reject
 from .cost import Budget, BudgetReached, expected_output_tokens
 from .errors import AuthenticationError, PermanentError, TeacherError, TransientError
 from .limiter import RateLimiter
@@ -36,6 +34,7 @@ from .retry import RetryPolicy, Sleep
 from .settings import RunSettings
 from .shard import Shard
 from .stats import RunStats
+from .stored import encode_conversation
 from .tokens import count, count_messages
 
 READ_AHEAD_PER_WORKER = 4
@@ -361,17 +360,3 @@ def _leaves(error: BaseException):
             yield from _leaves(inner)
     else:
         yield error
-
-
-def encode_conversation(conversation: Conversation) -> bytes:
-    """How a conversation is stored in the cache's ``conversations`` table."""
-    return orjson.dumps(
-        {"messages": [m.to_dict() for m in conversation.messages], "meta": conversation.meta},
-        option=orjson.OPT_SORT_KEYS,
-    )
-
-
-def decode_conversation(conv_id: str, source: str, data: bytes) -> Conversation:
-    obj = orjson.loads(data)
-    messages = [Message(m["role"], m["content"], m.get("weight")) for m in obj["messages"]]
-    return Conversation(conv_id, messages, source, obj.get("meta") or {})

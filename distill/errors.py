@@ -98,6 +98,10 @@ class AuthenticationError(PermanentError):
     exit_code = 2
 
 
+class RenderError(DistillError):
+    """A conversation cannot be written in the chosen output format (the message says why)."""
+
+
 class CheckError(DistillError):
     """A fine-tuning file breaks the data rules of its trainer."""
 

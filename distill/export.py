@@ -1,7 +1,8 @@
 """Render a run's answers from the cache into a fine-tuning file, in input order, byte for byte reproducibly.
 
 The cache holds each run's settings and input conversations; the requests are rebuilt from them exactly as the
-run built them, and their answers looked up by key. A conversation with a turn not (yet) answered is left out
+run built them, and their answers looked up by key. Each finished conversation becomes one line through the
+``render`` it is given (a writer's :meth:`~formats.writers.base.Writer.line`: the caller picks the format). A conversation with a turn not (yet) answered is left out
 and counted. The file is written beside its final name and renamed into place, so a reader never sees half of it.
 """
 
@@ -10,25 +11,24 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-import orjson
-
-from formats.writers.base import RenderError, encode_line
-
 from . import plan
 from .cache import LOOKUP_CHUNK, connect_readonly, reported
 from .conversation import Conversation
-from .engine import decode_conversation
-from .errors import UsageError
+from .errors import RenderError
 from .requests import TeacherResponse
-from .settings import RunSettings, Sampling
+from .settings import RunSettings
+from .split import check_fraction, split_of, validation_path
+from .stored import latest_run, stored_conversations, stored_settings
 
 # Conversations rendered per round of look-ups (and per write to the file).
 EXPORT_CHUNK = 512
+Render = Callable[[Conversation], bytes]
+"""One output line (newline included) for a finished conversation; a RenderError if the format cannot hold it."""
 
 
 @dataclass(slots=True)
@@ -45,40 +45,6 @@ class ExportResult:
     failed_ids: list[str] = field(default_factory=list)
     validation_path: Path | None = None
     validation_written: int = 0
-
-
-def settings_from_stored(stored: dict) -> RunSettings:
-    return RunSettings(
-        model=stored["model"],
-        base_url="",
-        api=stored["api"],
-        history=stored["history"],
-        sampling=Sampling(**stored["sampling"]),
-        system_prompt=stored["system_prompt"],
-    )
-
-
-def latest_run(conn: sqlite3.Connection) -> str:
-    row = conn.execute("SELECT id FROM runs ORDER BY updated DESC, created DESC LIMIT 1").fetchone()
-    if row is None:
-        raise UsageError("the cache holds no run yet; run 'distill run' first")
-    return row[0]
-
-
-def stored_settings(conn: sqlite3.Connection, run_id: str) -> RunSettings:
-    row = conn.execute("SELECT settings FROM runs WHERE id = ?", (run_id,)).fetchone()
-    if row is None:
-        known = ", ".join(r[0] for r in conn.execute("SELECT id FROM runs")) or "none"
-        raise UsageError(f"no run {run_id!r} in the cache (--run); runs: {known}")
-    return settings_from_stored(orjson.loads(row[0]))
-
-
-def stored_conversations(conn: sqlite3.Connection, run_id: str) -> Iterator[Conversation]:
-    rows = conn.execute(
-        "SELECT id, source, data FROM conversations WHERE run_id = ? ORDER BY position", (run_id,)
-    )
-    for conv_id, source, data in rows:
-        yield decode_conversation(conv_id, source, data)
 
 
 def answered(
@@ -127,34 +93,29 @@ def _failed_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
 def export(
     cache_path: Path,
     output: Path,
-    output_format: str = "messages",
+    render: Render,
     run_id: str | None = None,
     val_fraction: float = 0.0,
 ) -> ExportResult:
-    """Write the answered conversations of ``run_id`` (default: the latest run) to ``output``.
+    """Write the answered conversations of ``run_id`` (default: the latest run) to ``output``, each rendered
+    by ``render``.
 
     With ``val_fraction`` the conversations whose id hashes below it go to ``OUTPUT_STEM.val.jsonl`` instead
-    (:mod:`formats.split`): the same conversations in every export, whatever the order or the other records.
+    (:mod:`distill.split`): the same conversations in every export, whatever the order or the other records.
     """
-    from formats.split import check_fraction
-    from formats.writers import open_writer
-
     check_fraction(val_fraction)
-    writer = open_writer(output_format)
     conn = connect_readonly(Path(cache_path))
     try:
         with reported(Path(cache_path)):  # a damaged page is a CacheError, not a traceback
-            result = _export(conn, writer, Path(output), run_id, val_fraction)
+            result = _export(conn, render, Path(output), run_id, val_fraction)
     finally:
         conn.close()
     return result
 
 
 def _export(
-    conn: sqlite3.Connection, writer, output: Path, run_id: str | None, val_fraction: float
+    conn: sqlite3.Connection, render: Render, output: Path, run_id: str | None, val_fraction: float
 ) -> ExportResult:
-    from formats.split import split_of, validation_path
-
     run_id = run_id or latest_run(conn)
     settings = stored_settings(conn, run_id)
     result = ExportResult(output, run_id)
@@ -165,7 +126,7 @@ def _export(
         for chunk in batched(stored_conversations(conn, run_id), EXPORT_CHUNK):
             train, validation = [], []
             for conversation, (answers, failed) in zip(chunk, answered(conn, chunk, settings), strict=True):
-                line = _render(conversation, answers, failed, settings, writer, result)
+                line = _render(conversation, answers, failed, settings, render, result)
                 if line is None:
                     continue
                 if val_fraction and split_of(conversation.id, val_fraction) == "validation":
@@ -194,7 +155,7 @@ def _render(
     answers: list[TeacherResponse],
     failed: bool,
     settings: RunSettings,
-    writer,
+    render: Render,
     result: ExportResult,
 ) -> bytes | None:
     if len(answers) < plan.turn_count(conversation, settings) or not answers:
@@ -206,7 +167,7 @@ def _render(
         return None
     done = plan.distilled(conversation, settings, [a.text for a in answers])
     try:
-        line = encode_line(writer.render(done))
+        line = render(done)
     except RenderError as e:
         result.failed += 1
         result.failed_ids.append(f"{conversation.id}: {e}")

@@ -161,8 +161,8 @@ def eval_step(config: PipelineConfig, model: str, label: str, base_url: str | No
 def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
     """Run every step; write ``report.json`` and ``report.md`` into the pipeline's directory and return the JSON.
 
-    The bundled servers the file names (:mod:`distill.bundled`) run for the pipeline's duration."""
-    from .bundled import bundled_servers, substituted, wanted
+    The bundled servers the file names (:mod:`distill.servers.bundled`) run for the pipeline's duration."""
+    from .servers.bundled import bundled_servers, substituted, wanted
 
     config = load_config(config_path)
     config.directory.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from operator import attrgetter
 from typing import Any
 
 from .conversation import Conversation, Message
+from .llama2 import render_llama2
 from .requests import TeacherRequest, TeacherResponse
 from .settings import RunSettings, Sampling
 
@@ -56,8 +57,6 @@ def request_for(
         return TeacherRequest(
             "chat", settings.model, sampling_params(settings.sampling), messages=tuple(messages)
         )
-    from formats.writers.llama2 import render_llama2
-
     prompt = render_llama2([Message(r, c) for r, c in messages])
     params = sampling_params(settings.sampling, LLAMA2_STOP)
     return TeacherRequest("completions", settings.model, params, prompt=prompt)

@@ -111,7 +111,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
     from formats.readers import ReaderOptions, open_reader
     from formats.writers import open_writer
 
-    open_writer(job.output_format)  # an unknown format fails before anything is paid for
+    writer = open_writer(job.output_format)  # an unknown format fails before anything is paid for
     check_writable(job.output, "output", "--output")
     for beside, what in (
         (rejects_path_for(job.output), "rejects file"),
@@ -120,7 +120,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
         check_writable(beside, what, "--output")  # written at the end: a directory there fails now, unpaid
     check_writable(Path(f"{job.output}.tmp"), "temporary output", "--output")
     if job.val_fraction:
-        from formats.split import check_fraction, validation_path
+        from .split import check_fraction, validation_path
 
         check_fraction(job.val_fraction)
         check_writable(validation_path(job.output), "validation file", "--output")
@@ -167,7 +167,7 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
                 progress.stop()
     finally:
         rejects.close()
-    result = export(job.cache, job.output, job.output_format, run_id, job.val_fraction)
+    result = export(job.cache, job.output, writer.line, run_id, job.val_fraction)
     budget_stopped = budget is not None and budget.refused > 0
     if job.check_output and result.written > result.validation_written:  # an empty file has nothing to check
         check_output(job.output)

@@ -44,7 +44,6 @@ class RunSettings:
     rpm: float | None = None
     tpm: float | None = None
     request_timeout: float = 600.0
-    http_client: str = "auto"  # distill.client.HTTP_CLIENTS
     attempts: int = 6
     retry_failed: bool = False
     estimated_output_tokens: int = 512

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.teacher_server import TeacherKnobs, TeacherServer
+from distill.servers.teacher import TeacherKnobs, TeacherServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHAREGPT_60 = FIXTURES / "engine" / "fastchat_dummy_60.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import DISTILL, run_command, write_multi_turn
 
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 
 @pytest.fixture(scope="module")

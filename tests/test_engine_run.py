@@ -10,9 +10,10 @@ import pytest
 from distill.conversation import Message
 from distill.errors import AuthenticationError
 from distill.runner import RunJob, run_async
+from distill.servers.teacher import chat_answer, prompt_answer
 from distill.settings import RunSettings, Sampling
-from distill.teacher_server import chat_answer, prompt_answer
 from formats.readers import open_reader
+from formats.writers import open_writer
 from formats.writers.llama2 import render_llama2
 
 
@@ -276,7 +277,7 @@ async def test_requests_that_ran_out_of_attempts_are_tried_again_by_the_next_run
 
 async def test_val_fraction_splits_by_a_stable_hash_of_the_id(tmp_path, teacher, sharegpt_60):
     from distill.export import export
-    from formats.split import split_of
+    from distill.split import split_of
 
     report = await run_async(make_job(tmp_path, teacher.base_url, sharegpt_60, val_fraction=0.25))
     train = read_lines(report.export.path)
@@ -288,6 +289,7 @@ async def test_val_fraction_splits_by_a_stable_hash_of_the_id(tmp_path, teacher,
     assert len(validation) == report.export.validation_written == expected
     manifest = json.loads(report.manifest.read_text())
     assert manifest["validation"]["conversations"] == expected
-    again = export(tmp_path / "cache.sqlite", tmp_path / "again.jsonl", "messages", val_fraction=0.25)
+    messages = open_writer("messages").line
+    again = export(tmp_path / "cache.sqlite", tmp_path / "again.jsonl", messages, val_fraction=0.25)
     assert again.validation_path.read_bytes() == report.export.validation_path.read_bytes()
     assert (tmp_path / "again.jsonl").read_bytes() == report.export.path.read_bytes()

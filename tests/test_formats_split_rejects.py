@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from distill.conversation import Reject
 from distill.errors import UsageError
+from distill.split import check_fraction, position, split_of, validation_path
 from formats.readers import open_reader
 from formats.rejects import RejectsWriter, rejects_path_for
-from formats.split import check_fraction, position, split_of, validation_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 

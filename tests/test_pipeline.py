@@ -12,8 +12,8 @@ import pytest
 from distill.cli.demo import pipeline_config
 from distill.errors import ConfigError
 from distill.pipeline import argv_for, load_config, run_pipeline
-from distill.teacher_server import TeacherKnobs, start_teacher_process
-from trainers.fake_together import FakeTogether
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
+from distill.servers.together import FakeTogether
 
 
 def test_a_table_becomes_the_commands_flags():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from distill.conversation import Conversation, Reject
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from formats.readers import READERS
 
 DISTILL = [sys.executable, "-m", "distill"]

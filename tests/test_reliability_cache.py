@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 DISTILL = [sys.executable, "-m", "distill"]
 

@@ -29,7 +29,7 @@ import pytest
 from support import numbered_question, run_command, write_multi_turn
 
 from distill.requests import TeacherRequest
-from distill.teacher_server import TeacherKnobs, request_hash, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, request_hash, start_teacher_process
 
 CONVERSATIONS = 500
 TURNS = 3

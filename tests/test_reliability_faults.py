@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import DISTILL, run_command
 
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 FAULTS = {
     "error_rate": 0.10,

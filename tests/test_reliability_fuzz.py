@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from distill import plan
 from distill.conversation import ROLES, Conversation, Reject
-from distill.engine import decode_conversation, encode_conversation
 from distill.errors import DistillError
 from distill.settings import RunSettings
+from distill.stored import decode_conversation, encode_conversation
 from formats.check import check_file
 from formats.readers import READERS, ReaderOptions, detect
 from formats.readers.normalise import ROLE_ALIASES

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from distill.teacher_server import TeacherKnobs, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 DISTILL = [sys.executable, "-m", "distill"]
 API_KEY = "sk-distill-test-5f0c2a9e71d84b36a1e0"

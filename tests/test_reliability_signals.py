@@ -20,7 +20,7 @@ import pytest
 from support import run_command
 
 from distill.requests import TeacherRequest
-from distill.teacher_server import TeacherKnobs, request_hash, start_teacher_process
+from distill.servers.teacher import TeacherKnobs, request_hash, start_teacher_process
 
 CONCURRENCY = 8
 RESUME_HINT = "run the same command again to resume"

@@ -12,11 +12,12 @@ import pytest
 
 from distill import cost, tokens
 from distill.cost import BudgetReached, Price, estimate, resolve_price
+from distill.dry_run import dry_run
 from distill.errors import UsageError
 from distill.runner import RunJob, run_async
+from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings, Sampling
 from distill.shard import Shard
-from distill.teacher_server import TeacherKnobs, start_teacher_process
 from formats.readers import open_reader
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scale"
@@ -69,10 +70,10 @@ async def test_answers_already_in_the_cache_are_free_and_known(tmp_path, teacher
     await run_async(job)
     answered = teacher.stats.answered
     job.limit = None
-    partial = cost.dry_run(job, Price(1, 1), open(os.devnull, "w"))  # noqa: SIM115
+    partial = dry_run(job, Price(1, 1), open(os.devnull, "w"))  # noqa: SIM115
     assert partial.cached_requests == answered and partial.requests_to_send == partial.requests - answered
     await run_async(job)
-    done = cost.dry_run(job, Price(1, 1), open(os.devnull, "w"))  # noqa: SIM115
+    done = dry_run(job, Price(1, 1), open(os.devnull, "w"))  # noqa: SIM115
     assert done.requests_to_send == 0 and done.cost(Price(1, 1)) == 0
 
 

@@ -20,6 +20,7 @@ from distill.runner import RunJob, run_async
 from distill.settings import RunSettings
 from distill.shard import Shard, bucket
 from formats.readers import open_reader
+from formats.writers import open_writer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scale"
 COQA = FIXTURES / "together_cookbook_small_coqa_10.jsonl"
@@ -67,7 +68,7 @@ async def test_shards_on_three_machines_merge_into_the_file_one_run_writes(tmp_p
     result = merge(tmp_path / "merged.sqlite", caches)
     assert result.inputs == 3 and result.runs_added == 1 and result.conversations_added == 60
     assert result.answers_conflicting == 0
-    export(tmp_path / "merged.sqlite", tmp_path / "merged.jsonl")
+    export(tmp_path / "merged.sqlite", tmp_path / "merged.jsonl", open_writer("messages").line)
     assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "whole" / "out.jsonl").read_bytes()
     assert whole.export.written == 60
 
@@ -112,7 +113,7 @@ async def test_a_failure_answered_by_another_cache_is_dropped(tmp_path, teacher)
     con = sqlite3.connect(tmp_path / "m.sqlite")
     assert con.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
     con.close()
-    assert export(tmp_path / "m.sqlite", tmp_path / "m.jsonl").written == 10
+    assert export(tmp_path / "m.sqlite", tmp_path / "m.jsonl", open_writer("messages").line).written == 10
 
 
 async def test_caches_that_read_different_inputs_are_not_mixed(tmp_path, teacher, sharegpt_60):
@@ -169,4 +170,6 @@ async def test_merge_from_the_command_line(tmp_path, teacher, capsys):
     out = capsys.readouterr().out
     assert "merged 2 cache(s)" in out and "conversations: 10 added" in out
     records = list(open_reader(COQA).read(COQA))
-    assert export(tmp_path / "m.sqlite", tmp_path / "m.jsonl").written == len(records)
+    assert export(tmp_path / "m.sqlite", tmp_path / "m.jsonl", open_writer("messages").line).written == len(
+        records
+    )

@@ -12,7 +12,7 @@ import together
 
 from distill import tokens
 from distill.errors import UsageError
-from distill.teacher_server import TeacherKnobs, TeacherServer, chat_answer, prompt_answer, request_hash
+from distill.servers.teacher import TeacherKnobs, TeacherServer, chat_answer, prompt_answer, request_hash
 
 
 def spec_digest(messages: list[dict]) -> str:

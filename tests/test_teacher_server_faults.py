@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from distill.teacher_server import TeacherKnobs, TeacherServer, chat_answer, request_hash
+from distill.servers.teacher import TeacherKnobs, TeacherServer, chat_answer, request_hash
 
 HANG_TIMEOUT = 0.3  # how long a client waits on a hung request; a proper answer gets 10 s
 

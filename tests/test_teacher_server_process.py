@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from distill.cli import teacher as teacher_cli
-from distill.teacher_server import TeacherKnobs, chat_answer, request_hash, start_teacher_process
-from distill.teacher_server.knobs import knobs_from_args
-from distill.teacher_server.loadgen import plain_client_load
-from distill.teacher_server.process import TeacherProcessError
+from distill.servers.teacher import TeacherKnobs, chat_answer, request_hash, start_teacher_process
+from distill.servers.teacher.knobs import knobs_from_args
+from distill.servers.teacher.loadgen import plain_client_load
+from distill.servers.teacher.process import TeacherProcessError
 
 MESSAGES = [{"role": "user", "content": "hello from another process"}]
 
@@ -132,7 +132,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 def test_teacher_process_dies_with_the_process_that_started_it():
-    script = "from distill.teacher_server import start_teacher_process as s; import time; print(s().pid, flush=True); time.sleep(60)"
+    script = "from distill.servers.teacher import start_teacher_process as s; import time; print(s().pid, flush=True); time.sleep(60)"
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         teacher_pid = int(parent.stdout.readline())

@@ -7,8 +7,8 @@ import json
 
 import aiohttp
 
-from distill.teacher_server import TeacherKnobs, TeacherServer
-from distill.teacher_server.ratelimit import WindowLimiter
+from distill.servers.teacher import TeacherKnobs, TeacherServer
+from distill.servers.teacher.ratelimit import WindowLimiter
 
 
 class FakeClock:

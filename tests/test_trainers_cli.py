@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import distill.cli
-from trainers.fake_together import FakeTogether
+from distill.servers.together import FakeTogether
 from trainers.jobs import JobStore
 
 ROOT = Path(__file__).parent.parent

@@ -10,8 +10,8 @@ import pytest
 
 import distill.cli
 from distill.errors import InputError, UsageError
+from distill.servers.teacher import chat_answer
 from distill.settings import RunSettings, Sampling
-from distill.teacher_server import chat_answer
 from trainers import eval as evaluation
 from trainers import metrics
 from trainers.eval import Answer, Dialogue, Turn

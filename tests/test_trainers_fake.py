@@ -17,7 +17,7 @@ import together
 from together import Together
 from together.lib.resources.files import FileAlreadyExistsError
 
-from trainers.fake_together import FakeTogether, ManualClock
+from distill.servers.together import FakeTogether, ManualClock
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trainers"
 TRAIN = FIXTURES / "small_coqa_3.jsonl"
@@ -342,7 +342,7 @@ def test_unknown_ids_are_404(client: Together) -> None:
 def test_runs_as_a_process_on_a_free_port(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     process = subprocess.Popen(
-        [sys.executable, "-m", "trainers.fake_together", "--port", "0", "--port-file", str(port_file)],
+        [sys.executable, "-m", "distill.servers.together", "--port", "0", "--port-file", str(port_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from distill.errors import AuthenticationError, CheckError, TrainerError, UsageError
+from distill.servers.together import INVALID_MARKER, FakeTogether, ManualClock
 from trainers.base import TRAINERS, TrainSpec
-from trainers.fake_together import INVALID_MARKER, FakeTogether, ManualClock
 from trainers.jobs import JobStore
 from trainers.together import TogetherTrainer
 from trainers.together.trainer import interrupts_held

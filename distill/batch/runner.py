@@ -25,13 +25,12 @@ from distill import plan
 from distill.cache import Cache
 from distill.conversation import Conversation, Reject
 from distill.cost import Budget, BudgetReached, expected_output_tokens
-from distill.engine import encode_conversation
 from distill.errors import TeacherError, TransientError, UsageError
-from distill.export import stored_conversations
 from distill.requests import TeacherRequest, TeacherResponse, canonical_json
 from distill.settings import RunSettings
 from distill.shard import Shard
 from distill.stats import RunStats
+from distill.stored import encode_conversation, stored_conversations
 
 from .ledger import Ledger, Row
 from .lines import Part, PartWriter, parse_result, read_jsonl, rebuild_request

@@ -17,11 +17,11 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from distill import bundled
 from distill.pipeline import run_pipeline
 from distill.runner import RunJob, run
+from distill.servers import bundled
+from distill.servers.teacher import start_teacher_process
 from distill.settings import RunSettings
-from distill.teacher_server import start_teacher_process
 
 
 def add_parser(subparsers) -> None:
@@ -57,7 +57,7 @@ def distil_sample(directory: Path, base_url: str) -> int:
 def pipeline_config(
     directory: Path, teacher_url: str = bundled.TEACHER, together_root: str = bundled.TOGETHER
 ) -> Path:
-    """Write the demo's ``pipeline.toml``; by default it starts its own servers (:mod:`distill.bundled`)."""
+    """Write the demo's ``pipeline.toml``; by default it starts its own servers (:mod:`distill.servers.bundled`)."""
     config = directory / "pipeline.toml"
     config.write_text(f"""# The Together cookbook's CoQA recipe, pointed at the local teacher and the local Together fake.
 # "bundled:teacher" and "bundled:together" start them for the pipeline's duration: run this file again with

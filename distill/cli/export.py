@@ -9,6 +9,7 @@ from pathlib import Path
 from distill.config import add_config_flag, option, resolve
 from distill.export import export
 from distill.runner import check_output, check_writable
+from formats.writers import open_writer
 
 
 def add_parser(subparsers) -> None:
@@ -39,7 +40,8 @@ def main(args: argparse.Namespace) -> int:
 
         raise UsageError("pass --output FILE for the fine-tuning file")
     check_writable(args.output, "output", "--output")
-    result = export(args.cache, args.output, args.output_format, args.run_id, args.val_fraction)
+    writer = open_writer(args.output_format)
+    result = export(args.cache, args.output, writer.line, args.run_id, args.val_fraction)
     check_output(args.output)
     if result.validation_written:
         check_output(result.validation_path)

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from distill.batch import BatchOptions
-from distill.client import HTTP_CLIENTS
 from distill.config import add_config_flag, option, resolve
-from distill.cost import dry_run, resolve_price
+from distill.cost import resolve_price
+from distill.dry_run import dry_run
 from distill.errors import UsageError
 from distill.runner import RunJob, run
 from distill.settings import RunSettings, Sampling
@@ -133,14 +133,6 @@ def add_teacher_options(p: argparse.ArgumentParser) -> None:
     option(p, "--rpm", type=float, help="requests per minute the provider allows")
     option(p, "--tpm", type=float, help="tokens per minute the provider allows")
     option(p, "--request-timeout", type=float, default=600.0, help="seconds before a request is abandoned")
-    option(
-        p,
-        "--http-client",
-        choices=list(HTTP_CLIENTS),
-        default="auto",
-        help="builtin (lean HTTP/1.1, the fastest), aiohttp (honours HTTPS_PROXY), or auto: builtin unless a "
-        "proxy variable applies to --base-url (default: auto)",
-    )
     option(p, "--attempts", type=int, default=6, help="tries per request, first included (default: 6)")
     option(p, "--max-tokens", type=int, help="sampling: max_tokens")
     option(p, "--temperature", type=float, help="sampling: temperature")
@@ -188,7 +180,6 @@ def teacher_settings(args: argparse.Namespace) -> RunSettings:
         rpm=args.rpm,
         tpm=args.tpm,
         request_timeout=args.request_timeout,
-        http_client=args.http_client,
         attempts=args.attempts,
         retry_failed=bool(getattr(args, "retry_failed", False)),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from distill.teacher_server.process import add_serve_arguments, serve_from_args
+from distill.servers.teacher.process import add_serve_arguments, serve_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

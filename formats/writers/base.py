@@ -10,8 +10,10 @@ from typing import Any, ClassVar
 import orjson
 
 from distill.conversation import Conversation
-from distill.errors import DistillError
+from distill.errors import RenderError
 from distill.registry import Registry
+
+__all__ = ["WRITERS", "RenderError", "Writer", "encode_line", "open_writer"]
 
 WRITERS: Registry[type[Writer]] = Registry(
     "output format",
@@ -42,15 +44,15 @@ class Writer(ABC):
     def render(self, conversation: Conversation) -> dict[str, Any]:
         """The JSON object for one line of the output file."""
 
+    def line(self, conversation: Conversation) -> bytes:
+        """The output line for one conversation, newline included (what :func:`distill.export.export` takes)."""
+        return encode_line(self.render(conversation))
+
 
 def open_writer(spec: str) -> Writer:
     """The writer for ``--output-format`` ``spec`` (``NAME`` or ``NAME:ARG``)."""
     name, _, argument = spec.partition(":")
     return WRITERS.get(name)(argument or None)
-
-
-class RenderError(DistillError):
-    """A conversation cannot be written in the chosen output format (the message says why)."""
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

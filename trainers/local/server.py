@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from distill import loopback
 from distill.errors import UsageError
-from distill.loopback import HOST, listen
-from distill.openai_body import completion_body
+from distill.servers import loopback
+from distill.servers.loopback import HOST, listen
+from distill.servers.openai_body import completion_body
 
 from .generation import DEFAULT_MAX_TOKENS, Generation, GenerationRequest, LocalModels
 

@@ -19,6 +19,7 @@ import orjson
 
 from distill import tokens
 from distill.errors import DistillError
+from distill.servers.openai_body import completion_body
 
 CHAT_ROLES = frozenset(("system", "user", "assistant"))
 HEAD_CHARS = 60
@@ -218,3 +219,16 @@ def _truncate(text: str, max_tokens: int, counter: str) -> str:
         return " ".join(text.split()[:max_tokens])
     encoding = tokens.encoding()
     return encoding.decode(encoding.encode_ordinary(text)[:max_tokens])
+
+
+def answer_json(parsed: TeacherRequest, completion: Completion, request_hash: str) -> dict[str, Any]:
+    """The OpenAI-style JSON body of an answer (``chat.completion`` or ``text_completion``)."""
+    return completion_body(
+        parsed.kind,
+        answer_id=request_hash,
+        model=parsed.model,
+        text=completion.text,
+        finish_reason=completion.finish_reason,
+        prompt_tokens=parsed.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+    )

@@ -1,7 +1,7 @@
 """A local fake of the Together files and fine-tuning API (aiohttp), faithful to what the ``together`` SDK sends.
 
 Run it in-process (``async with FakeTogether() as fake``), in a background thread for synchronous callers
-(``with FakeTogether().in_thread() as fake``), or as a process: ``python -m trainers.fake_together --port 0
+(``with FakeTogether().in_thread() as fake``), or as a process: ``python -m distill.servers.together --port 0
 --port-file F``. Point the SDK at ``fake.url`` (``TOGETHER_BASE_URL`` or ``Together(base_url=...)``).
 
 It checks the bearer key (any non-empty key unless ``api_keys`` is given) and never logs or returns it; the W&B
@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from distill import loopback
-from distill.loopback import listen
+from distill.servers import loopback
+from distill.servers.loopback import listen
 
 from .clock import Clock
 from .limits import BadRequest, check_job_body, model_limits
@@ -62,7 +62,7 @@ def _is_full(body: dict[str, Any]) -> bool:
 
 class FakeTogether:
     """The fake service. Knobs: ``seconds_per_state`` (how long a job stays pending, queued and running),
-    ``clock`` (a :class:`~trainers.fake_together.clock.ManualClock` lets a test move time), ``api_keys`` (keys
+    ``clock`` (a :class:`~distill.servers.together.clock.ManualClock` lets a test move time), ``api_keys`` (keys
     accepted; None accepts any), ``models`` (base models offered; None offers any), ``error_models`` (base
     models whose jobs end in ``error``, as does any model or training file named with ``fake-error``) and
     ``file_processing_seconds`` (how long an upload's server-side check takes). An upload whose file name

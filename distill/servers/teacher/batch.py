@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -47,9 +47,7 @@ from aiohttp import web
 from distill.errors import UsageError
 
 from . import answers
-
-if TYPE_CHECKING:
-    from .app import TeacherState
+from .knobs import TeacherKnobs
 
 TOGETHER = "together"
 OPENAI = "openai"
@@ -58,7 +56,15 @@ TERMINAL = frozenset(("COMPLETED", "FAILED", "EXPIRED", "CANCELLED"))
 ENDPOINTS = {TOGETHER: ("/v1/chat/completions",), OPENAI: ("/v1/chat/completions", "/v1/completions")}
 FILE_PURPOSE = {TOGETHER: "batch-api", OPENAI: "batch"}
 MAX_CUSTOM_ID = 64
+
 _PARSERS = {"/v1/chat/completions": answers.parse_chat, "/v1/completions": answers.parse_completion}
+
+
+class Teacher(Protocol):
+    """What the batch service needs of the teacher it answers for: its knobs, and a place for the service."""
+
+    knobs: TeacherKnobs
+    batch: BatchService
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +139,7 @@ class BatchStats:
 class BatchService:
     """The files and batches the fake holds, and the tasks that work the batches off."""
 
-    def __init__(self, teacher: TeacherState, knobs: BatchKnobs | None = None) -> None:
+    def __init__(self, teacher: Teacher, knobs: BatchKnobs | None = None) -> None:
         self.teacher = teacher
         self.knobs = knobs or BatchKnobs()
         self.stats = BatchStats()
@@ -293,8 +299,6 @@ class BatchService:
         return lines
 
     def _answer(self, batch: FakeBatch, line: dict[str, Any]) -> tuple[bool, bytes]:
-        from .app import _answer_json
-
         custom_id, body = line["custom_id"], line["body"]
         self.stats.submissions[custom_id] += 1
         knobs = self.teacher.knobs
@@ -311,7 +315,7 @@ class BatchService:
             )
         completion = answers.complete(parsed, knobs.answer_words, knobs.token_counter)
         self.stats.requests_answered += 1
-        body_json = _answer_json(parsed, completion, answers.request_hash(body))
+        body_json = answers.answer_json(parsed, completion, answers.request_hash(body))
         return True, _line(
             custom_id, {"status_code": 200, "request_id": f"req-{custom_id[:16]}", "body": body_json}
         )
@@ -417,7 +421,7 @@ def _bad(message: str, param: str | None = None, status: int = 400) -> web.Respo
     )
 
 
-def add_routes(app: web.Application, state: TeacherState) -> BatchService:
+def add_routes(app: web.Application, state: Teacher) -> BatchService:
     """Serve the batch endpoints of both flavours from ``app``; the service is also ``state.batch``."""
     service = BatchService(state)
     state.batch = service
@@ -443,7 +447,7 @@ def add_routes(app: web.Application, state: TeacherState) -> BatchService:
 
 
 class _Routes:
-    def __init__(self, service: BatchService, state: TeacherState) -> None:
+    def __init__(self, service: BatchService, state: Teacher) -> None:
         self.service = service
         self.state = state
 

@@ -3,7 +3,7 @@
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /stats``
 (``?hashes=0`` leaves out the per-request tables), ``POST /stats/reset``, ``GET /knobs`` and ``POST /knobs``
 (a JSON object of knobs to change). Use :class:`TeacherServer` in-process or
-:func:`~distill.teacher_server.process.start_teacher_process` for a server in its own process.
+:func:`~distill.servers.teacher.process.start_teacher_process` for a server in its own process.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from aiohttp import web
 
 from distill import tokens
 from distill.errors import UsageError
-from distill.loopback import HOST, listen
-from distill.openai_body import completion_body
+from distill.servers.loopback import HOST, listen
 
 from . import answers, batch, faults
 from .knobs import TeacherKnobs
@@ -80,7 +79,7 @@ class TeacherState:
         delay = knobs.latency + (faults.jitter(knobs, request_hash, attempt) if knobs.latency_jitter else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
-        answer = _answer_json(parsed, completion, request_hash)
+        answer = answers.answer_json(parsed, completion, request_hash)
         fault = faults.pick_fault(knobs, request_hash, attempt) if self.faulty else None
         if fault is not None:
             stats.faults[fault] += 1
@@ -115,20 +114,6 @@ class TeacherState:
 def _error(status: int, message: str, headers: dict[str, str], **fields: str | None) -> web.Response:
     return faults.json_response(
         status, faults.error_body(message, "invalid_request_error", **fields), headers
-    )
-
-
-def _answer_json(
-    parsed: answers.TeacherRequest, completion: answers.Completion, request_hash: str
-) -> dict[str, Any]:
-    return completion_body(
-        parsed.kind,
-        answer_id=request_hash,
-        model=parsed.model,
-        text=completion.text,
-        finish_reason=completion.finish_reason,
-        prompt_tokens=parsed.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
     )
 
 

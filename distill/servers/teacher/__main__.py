@@ -1,4 +1,4 @@
-"""``python -m distill.teacher_server``: the same as ``distill teacher serve``."""
+"""``python -m distill.servers.teacher``: the same as ``distill teacher serve``."""
 
 import argparse
 import sys
@@ -9,7 +9,7 @@ from .process import add_serve_arguments, serve_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distill.teacher_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m distill.servers.teacher", description=__doc__)
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
     try:

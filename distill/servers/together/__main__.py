@@ -1,4 +1,4 @@
-"""``python -m trainers.fake_together --port 0 --port-file F``: serve the fake Together API until interrupted.
+"""``python -m distill.servers.together --port 0 --port-file F``: serve the fake Together API until interrupted.
 
 With ``--port 0`` the system picks a free port; ``--port-file`` receives it (written atomically once the server
 listens), so a script can wait for the file and then set ``TOGETHER_BASE_URL=http://127.0.0.1:PORT``.
@@ -19,7 +19,7 @@ from .server import FakeTogether
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m trainers.fake_together", description=__doc__.split("\n")[0]
+        prog="python -m distill.servers.together", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")

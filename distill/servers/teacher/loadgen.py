@@ -1,6 +1,6 @@
 """A plain aiohttp client loop: the baseline requests/s a teacher serves (issue: Performance).
 
-``python -m distill.teacher_server.loadgen`` starts a teacher in its own process, keeps ``--in-flight``
+``python -m distill.servers.teacher.loadgen`` starts a teacher in its own process, keeps ``--in-flight``
 requests open against it for ``--seconds`` with one aiohttp session, and prints the requests/s; pass
 ``--base-url`` to load a server that is already running instead.
 """
@@ -70,7 +70,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distill.teacher_server.loadgen", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m distill.servers.teacher.loadgen", description=__doc__)
     parser.add_argument(
         "--base-url", help="load this server instead of starting one (e.g. http://127.0.0.1:8000/v1)"
     )

@@ -10,7 +10,7 @@ from .knobs import FAULT_KINDS
 
 
 class TeacherStats:
-    """Counters of one server. Request hashes are :func:`~distill.teacher_server.answers.request_hash`.
+    """Counters of one server. Request hashes are :func:`~distill.servers.teacher.answers.request_hash`.
 
     ``requests`` counts every POST to a completion route. ``received_by_hash`` counts, per distinct request,
     the times it got past auth, validation and the rate limit (so it is what the server did work for, and a

@@ -1,6 +1,6 @@
 """The local teacher in a process of its own: serving until a signal, and a handle to start one from Python.
 
-``python -m distill.teacher_server --port 0 --port-file F [knob flags]`` (the same as ``distill teacher serve``)
+``python -m distill.servers.teacher --port 0 --port-file F [knob flags]`` (the same as ``distill teacher serve``)
 binds, writes the port to ``F`` and serves until SIGTERM or SIGINT. :func:`start_teacher_process` runs that in
 a subprocess and returns a :class:`TeacherProcess` handle, so the engine and the teacher do not share a core's
 event loop in benchmarks and the teacher's counters survive the engine being killed.
@@ -164,7 +164,7 @@ def start_teacher_process(
     timeout: float = 30.0,
     python: str = sys.executable,
 ) -> TeacherProcess:
-    """Start ``python -m distill.teacher_server`` with ``knobs`` and wait until it serves.
+    """Start ``python -m distill.servers.teacher`` with ``knobs`` and wait until it serves.
 
     The subprocess dies with this one (Linux) and is stopped by :meth:`TeacherProcess.stop` or on leaving a
     ``with`` block. Raises :class:`TeacherProcessError` with the server's stderr when it fails to start.
@@ -172,7 +172,7 @@ def start_teacher_process(
     knobs = knobs or TeacherKnobs()
     workdir = Path(tempfile.mkdtemp(prefix="distill-teacher-"))
     port_file, stderr_path = workdir / "port", workdir / "stderr"
-    command = [python, "-m", "distill.teacher_server", "--port", str(port), "--port-file", str(port_file)]
+    command = [python, "-m", "distill.servers.teacher", "--port", str(port), "--port-file", str(port_file)]
     # Knobs travel in the environment, not argv, so a configured api_key does not show in ps.
     env = {**os.environ, KNOBS_ENV: orjson.dumps(knobs.to_dict()).decode(), PARENT_ENV: str(os.getpid())}
     with stderr_path.open("wb") as stderr:

@@ -22,7 +22,7 @@ FAKE_KEY = "key-for-the-bundled-fake"  # the fake takes any key; the SDK wants o
 
 def teacher_knobs() -> Any:
     """The local teacher's settings in the demo and in pipelines: short answers, a little latency."""
-    from distill.teacher_server import TeacherKnobs
+    from distill.servers.teacher import TeacherKnobs
 
     return TeacherKnobs(latency=0.02, answer_words=20)
 
@@ -38,11 +38,11 @@ def bundled_servers(names: set[str]) -> Iterator[dict[str, str]]:
     urls: dict[str, str] = {}
     with ExitStack() as stack:
         if TEACHER in names:
-            from distill.teacher_server import start_teacher_process
+            from distill.servers.teacher import start_teacher_process
 
             urls[TEACHER] = stack.enter_context(start_teacher_process(teacher_knobs())).base_url
         if TOGETHER in names:
-            from trainers.fake_together import FakeTogether
+            from distill.servers.together import FakeTogether
 
             if not os.environ.get(FAKE_KEY_ENV):
                 os.environ[FAKE_KEY_ENV] = FAKE_KEY
