@@ -23,6 +23,7 @@ pytest.importorskip("trl")
 
 from support import DISTILL  # noqa: E402
 
+from distill.errors import UsageError  # noqa: E402
 from trainers.base import TrainSpec  # noqa: E402
 from trainers.local import LocalTrainer  # noqa: E402
 from trainers.local.data import read_training_file  # noqa: E402
@@ -63,14 +64,17 @@ def adapter(tiny, tmp_path_factory) -> Path:
 # --- the tiny model ---------------------------------------------------------------------------------------------
 
 
-def test_make_tiny_model_builds_a_llama_with_a_chat_template_offline(tmp_path):
+def readme_local_commands() -> list[str]:
+    """The README's shell block that starts with ``--make-tiny-model``, one command per entry."""
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "--make-tiny-model" in b)
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def check_tiny_model(folder: Path) -> None:
+    """A Llama of a few hundred thousand parameters whose chat template the trainer's masking reads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    done = distill("train", "--make-tiny-model", "tiny", cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "tiny"
-    folder = tmp_path / "tiny"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (folder / name).is_file(), name
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -86,64 +90,47 @@ def test_make_tiny_model_builds_a_llama_with_a_chat_template_offline(tmp_path):
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nQ<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     )
-    # the trainer's masking reads this template: only the replies and their <|eot_id|> are trained
     record = read_training_file(FIXTURE).records[0]
     example = label_record(tokenizer, record, "false")
     trained = tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
     replies = [m.content.strip() for m in record.messages if m.role == "assistant"]
-    assert trained == "".join(f"{r}<|eot_id|>" for r in replies)
+    assert trained == "".join(f"{r}<|eot_id|>" for r in replies)  # only the replies and their <|eot_id|>
 
-    again = distill("train", "--make-tiny-model", "tiny", cwd=tmp_path, env=env)
-    assert again.returncode == 2 and "not empty" in again.stderr
+
+def test_the_readme_local_trainer_example_runs_as_written_offline(tmp_path):
+    make, train, serve, evaluate = readme_local_commands()
+    shutil.copy(FIXTURE, tmp_path / "distilled.jsonl")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    made = distill(*make.split()[1:], cwd=tmp_path, env=env)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == "tiny-llama" and "--backend local --model tiny-llama" in made.stderr
+    check_tiny_model(tmp_path / "tiny-llama")
+    with pytest.raises(UsageError, match="not empty"):
+        make_tiny_model(tmp_path / "tiny-llama")
+
+    trained = distill(*train.split()[1:], cwd=tmp_path, env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    # the other two are run for real by the tests below (distill serve, then distill eval against it)
+    assert serve.startswith("distill serve --model ./tiny-llama --adapter adapter/") and serve.endswith("&")
+    assert evaluate.startswith("distill eval") and "--model adapter/" in evaluate
 
 
 def test_a_missing_folder_and_an_unreachable_hub_fail_in_seconds(tmp_path):
-    data = tmp_path / "d.jsonl"
-    shutil.copy(FIXTURE, data)
-    train = ("train", "--backend", "local", "--file", str(data), "--model")
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
-    env = {k: v for k, v in env.items() if not k.lower().endswith("_proxy") and k != "HF_HUB_OFFLINE"}
+    train = ("train", "--backend", "local", "--file", str(FIXTURE), "--model")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k != "HF_HUB_OFFLINE"}
+    env["HF_HOME"] = str(tmp_path / "hf")
 
     missing = distill(*train, "./x", cwd=tmp_path, env=env)
     assert missing.returncode == 2
     assert "no model at ./x" in missing.stderr and "--make-tiny-model" in missing.stderr
 
-    no_config = tmp_path / "empty"
-    no_config.mkdir()
-    assert "has no config.json" in distill(*train, str(no_config), env=env).stderr
-
     started = time.monotonic()
-    unreachable = distill(
-        *train, "meta-llama/Llama-3.2-1B-Instruct", env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
-    )
+    hub = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there: as with no network
+    unreachable = distill(*train, "meta-llama/Llama-3.2-1B-Instruct", env=hub)
     assert unreachable.returncode == 2
     assert "cannot download it" in unreachable.stderr and "cache has no copy" in unreachable.stderr
-    offline = distill(*train, "meta-llama/Llama-3.2-1B-Instruct", env={**env, "HF_HUB_OFFLINE": "1"})
-    assert offline.returncode == 2 and "HF_HUB_OFFLINE is set" in offline.stderr
-    assert (
-        time.monotonic() - started < 30
-    )  # both, interpreter start-ups included; transformers alone took 50 s
-
-
-def readme_local_commands() -> list[str]:
-    """The README's shell block that starts with ``--make-tiny-model``, one command per entry."""
-    readme = (ROOT / "README.md").read_text()
-    block = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "--make-tiny-model" in b)
-    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
-
-
-def test_the_readme_local_trainer_example_runs_as_written(tmp_path):
-    make, train, serve, evaluate = readme_local_commands()
-    shutil.copy(FIXTURE, tmp_path / "distilled.jsonl")
-    shutil.copy(FIXTURE, tmp_path / "coqa-dev.json")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    for command in (make, train):
-        assert command.startswith("distill ")
-        done = distill(*command.split()[1:], cwd=tmp_path, env=env)
-        assert done.returncode == 0, (command, done.stderr)
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    assert serve.startswith("distill serve") and serve.endswith("&")
-    assert "--model adapter/" in evaluate
+    assert time.monotonic() - started < 15  # interpreter start-up included; transformers alone took 50 s
 
 
 @pytest.fixture(scope="module")
