@@ -22,6 +22,7 @@ COMMANDS = (
     "merge",
     "train",
     "eval",
+    "deploy",
     "pipeline",
     "demo",
     "teacher",
