@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -125,12 +124,12 @@ def test_a_missing_folder_and_an_unreachable_hub_fail_in_seconds(tmp_path):
     assert missing.returncode == 2
     assert "no model at ./x" in missing.stderr and "--make-tiny-model" in missing.stderr
 
-    started = time.monotonic()
     hub = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there: as with no network
     unreachable = distill(*train, "meta-llama/Llama-3.2-1B-Instruct", env=hub)
     assert unreachable.returncode == 2
-    assert "cannot download it" in unreachable.stderr and "cache has no copy" in unreachable.stderr
-    assert time.monotonic() - started < 15  # interpreter start-up included; transformers alone took 50 s
+    # distill's own probe answered (3 s at most), not transformers' five retries (50 s): no timing needed to tell
+    assert "cannot download it, http://127.0.0.1:9 does not answer" in unreachable.stderr
+    assert "cache has no copy" in unreachable.stderr and "Retrying" not in unreachable.stderr
 
 
 @pytest.fixture(scope="module")
