@@ -100,6 +100,22 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE conversations ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
     """,
+    # migration 5: what each run's settings have spent, so --budget caps the total over invocations (issue 13)
+    """
+    CREATE TABLE spending (
+        run_id TEXT PRIMARY KEY,
+        usd REAL NOT NULL,
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
+)
+SPEND_UPSERT = (
+    "INSERT INTO spending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
+    "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens, updated = excluded.updated"
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -138,6 +154,27 @@ def check_file(path: Path) -> None:
         )
 
 
+def check_cache_writable(path: Path) -> None:
+    """A CacheError saying the cache is read-only when it (or its directory, where SQLite keeps its journal and
+    distill its lock) cannot be written."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not writable(path):
+        raise CacheError(
+            f"cache {path} is read-only: a run writes every answer to it; make it writable (chmod u+w) or pass "
+            "another --cache ('distill export' and 'distill stats' only read it)"
+        )
+    if directory.is_dir() and not writable(directory):
+        raise CacheError(
+            f"the directory of cache {path} is read-only: a run keeps its journal and lock file beside the cache; "
+            "pass a --cache in a writable directory"
+        )
+
+
+def writable(path: Path) -> bool:
+    """Whether ``path`` may be written, and is not marked read-only (no write bit: root could, but must not)."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
 def prepare(conn: sqlite3.Connection, path: Path) -> None:
     """Check identity and version, then create or migrate the schema (synchronous: runs on any connection)."""
     try:
@@ -155,9 +192,12 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     if tables and version < SCHEMA_VERSION:
         check_whole(conn, path)  # a migration writes: never into a damaged file
     for number in range(version, SCHEMA_VERSION):
-        with conn:
-            conn.executescript(MIGRATIONS[number])
-            conn.execute(f"PRAGMA user_version = {number + 1}")
+        # One transaction for the tables, the version and the mark: a process killed while creating the cache
+        # leaves an empty file (used again), never tables without the mark (refused as a foreign database).
+        conn.executescript(
+            f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; "
+            f"PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
+        )
     if app_id != APPLICATION_ID:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.commit()
@@ -168,11 +208,19 @@ def reported(path: Path) -> Iterator[None]:
     """Turn an SQLite failure met mid-run (a damaged page, a full disk) into a CacheError naming the file."""
     try:
         yield
+    except sqlite3.OperationalError as e:
+        if "readonly" in str(e):  # a read-only file system, where permissions did not say so
+            raise CacheError(f"cache {path} is read-only ({e}); pass a --cache on a writable disk") from None
+        raise _failed(path, e) from None
     except sqlite3.DatabaseError as e:
-        raise CacheError(
-            f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
-            "and pass another --cache; if the disk is full, free space and run the same command again"
-        ) from None
+        raise _failed(path, e) from None
+
+
+def _failed(path: Path, e: sqlite3.DatabaseError) -> CacheError:
+    return CacheError(
+        f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
+        "and pass another --cache; if the disk is full, free space and run the same command again"
+    )
 
 
 def check_whole(conn: sqlite3.Connection, path: Path) -> None:
@@ -254,6 +302,9 @@ class Cache:
         self._failure_rows: list[tuple[Any, ...]] = []
         self._conversation_rows: list[tuple[Any, ...]] = []
         self._finished_rows: list[tuple[str, int]] = []
+        self._spend: dict[
+            str, list[float]
+        ] = {}  # run id -> [usd, requests, prompt, completion] not committed
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
@@ -271,6 +322,7 @@ class Cache:
 
     async def open(self) -> None:
         check_file(self.path)
+        check_cache_writable(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
@@ -420,6 +472,21 @@ class Cache:
         self._finished_rows.append((run_id, position))
         self._schedule_flush()
 
+    def add_spend(self, run_id: str, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
+        """Queue the cost of one answer paid for by ``run_id`` (committed with the answers of its group)."""
+        total = self._spend.setdefault(run_id, [0.0, 0, 0, 0])
+        total[0] += usd
+        total[1] += 1
+        total[2] += prompt_tokens
+        total[3] += completion_tokens
+        self._schedule_flush()
+
+    def spent(self, run_id: str) -> float:
+        """US dollars the cache records as spent on ``run_id`` (every invocation of its settings), committed."""
+        with reported(self.path):
+            row = self._db.execute("SELECT usd FROM spending WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else 0.0
+
     def stored_inputs(self, run_id: str, first: int, last: int) -> dict[int, tuple[bytes, bool]]:
         """The stored conversation data and finished mark of each position from ``first`` to ``last``."""
         with reported(self.path):
@@ -491,13 +558,15 @@ class Cache:
         failures, self._failure_rows = self._failure_rows, []
         conversations, self._conversation_rows = self._conversation_rows, []
         finished, self._finished_rows = self._finished_rows, []
-        if not (responses or failures or conversations or finished):
+        spend = [(run_id, *total, time.time()) for run_id, total in self._spend.items()]
+        self._spend = {}
+        if not (responses or failures or conversations or finished or spend):
             return
         with reported(self.path):
             # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
             # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
             await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write, responses, failures, conversations, finished
+                self._writer, self._write, responses, failures, conversations, finished, spend
             )
         self.commits += 1
         for row in responses:
@@ -537,7 +606,9 @@ class Cache:
                 )
         return found
 
-    def _write(self, responses: list, failures: list, conversations: list, finished: list) -> None:
+    def _write(
+        self, responses: list, failures: list, conversations: list, finished: list, spend: list = ()
+    ) -> None:
         db = self._writer_db()
         db.execute("BEGIN")
         try:
@@ -557,6 +628,8 @@ class Cache:
                 db.executemany(
                     "UPDATE conversations SET finished = 1 WHERE run_id = ? AND position = ?", finished
                 )
+            if spend:
+                db.executemany(SPEND_UPSERT, spend)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

@@ -19,10 +19,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from distill.pipeline import run_pipeline
+from distill.progress_bar import ProgressBar
 from distill.runner import RunJob, run
 from distill.servers import bundled
 from distill.servers.teacher import start_teacher_process
 from distill.settings import RunSettings
+from distill.summary import describe
 
 
 def add_parser(subparsers) -> None:
@@ -48,8 +50,10 @@ def distil_sample(directory: Path, base_url: str) -> int:
         output = directory / f"sample.{output_format}.jsonl"
         print(f"\n$ distill run {sample.name} --output-format {output_format} --rpm 3000", file=sys.stderr)
         report = run(
-            RunJob(sample, output, directory / "cache.sqlite", settings, output_format=output_format)
+            RunJob(sample, output, directory / "cache.sqlite", settings, output_format=output_format),
+            ProgressBar(sys.stderr),
         )
+        print(describe(report), file=sys.stderr)
         if report.exit_code:
             return report.exit_code
     return 0

@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 TEACHER = "bundled:teacher"
+TEACHER_MODEL = "local-teacher"  # the name its /v1/models lists (it answers any name)
 TOGETHER = "bundled:together"
 FAKE_KEY_ENV = "TOGETHER_API_KEY"
 FAKE_KEY = "key-for-the-bundled-fake"  # the fake takes any key; the SDK wants one set
@@ -24,7 +25,7 @@ def teacher_knobs() -> Any:
     """The local teacher's settings in the demo and in pipelines: short answers, a little latency."""
     from distill.servers.teacher import TeacherKnobs
 
-    return TeacherKnobs(latency=0.02, answer_words=20)
+    return TeacherKnobs(latency=0.02, answer_words=20, model=TEACHER_MODEL)
 
 
 def wanted(tables: dict[str, dict[str, Any]]) -> set[str]:
