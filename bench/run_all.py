@@ -19,7 +19,7 @@ import orjson
 
 from bench.common import REPO, machine
 
-SCRIPTS = ("throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator")
+SCRIPTS = ("throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator", "view_list")
 
 METHOD = """\
 ## How the figures are taken

@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from .cache_view import FINISHED_UPDATE, VIEW_MIGRATION, ViewRecords, ViewRows, finished_row
 from .errors import CacheError
 from .requests import TeacherResponse
 
@@ -111,6 +112,8 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # migration 6: what `distill view` shows (issue 15); the SQL is in distill/cache_view.py
+    VIEW_MIGRATION,
 )
 SPEND_UPSERT = (
     "INSERT INTO spending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
@@ -284,7 +287,7 @@ class RunLock:
             self._fd = None
 
 
-class Cache:
+class Cache(ViewRecords):
     """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``."""
 
     def __init__(self, path: Path | str, *, commit_interval: float = 0.005, max_batch: int = 2000) -> None:
@@ -301,10 +304,11 @@ class Cache:
         self._response_rows: list[tuple[Any, ...]] = []
         self._failure_rows: list[tuple[Any, ...]] = []
         self._conversation_rows: list[tuple[Any, ...]] = []
-        self._finished_rows: list[tuple[str, int]] = []
+        self._finished_rows: list[tuple[Any, ...]] = []
         self._spend: dict[
             str, list[float]
         ] = {}  # run id -> [usd, requests, prompt, completion] not committed
+        self._view_rows = ViewRows()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
@@ -385,6 +389,7 @@ class Cache:
     def _close_writer_db(self) -> None:
         db = getattr(self._writer_state, "db", None)
         if db is not None:
+            self._index_before_closing(db)
             db.close()
             self._writer_state.db = None
 
@@ -467,9 +472,9 @@ class Cache:
         self._conversation_rows.extend((run_id, *row) for row in rows)
         self._schedule_flush()
 
-    def mark_finished(self, run_id: str, position: int) -> None:
-        """Queue the mark that every turn of the conversation at ``position`` is answered."""
-        self._finished_rows.append((run_id, position))
+    def mark_finished(self, run_id: str, position: int, answers: Sequence[TeacherResponse] = ()) -> None:
+        """Queue the mark that every turn of the conversation at ``position`` is answered (by ``answers``)."""
+        self._finished_rows.append(finished_row(run_id, position, answers))
         self._schedule_flush()
 
     def add_spend(self, run_id: str, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
@@ -512,6 +517,15 @@ class Cache:
                 "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
                 (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
             )
+
+    async def record_run_end(self, run_id: str) -> None:
+        with reported(self.path):
+            self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (time.time(), run_id))
+
+    async def clear_rejects(self, run_id: str) -> None:
+        """Forget a run's rejected records before it reads its input again (as its rejects file is rewritten)."""
+        with reported(self.path):
+            self._db.execute("DELETE FROM rejects WHERE run_id = ?", (run_id,))
 
     async def forget_failures(self) -> int:
         """Drop every recorded failure so the requests are tried again (``--retry-failed``)."""
@@ -560,13 +574,14 @@ class Cache:
         finished, self._finished_rows = self._finished_rows, []
         spend = [(run_id, *total, time.time()) for run_id, total in self._spend.items()]
         self._spend = {}
-        if not (responses or failures or conversations or finished or spend):
+        viewed = self._take_view_rows()
+        if not (responses or failures or conversations or finished or spend or viewed):
             return
         with reported(self.path):
             # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
             # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
             await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write, responses, failures, conversations, finished, spend
+                self._writer, self._write, responses, failures, conversations, finished, spend, viewed
             )
         self.commits += 1
         for row in responses:
@@ -607,7 +622,13 @@ class Cache:
         return found
 
     def _write(
-        self, responses: list, failures: list, conversations: list, finished: list, spend: list = ()
+        self,
+        responses: list,
+        failures: list,
+        conversations: list,
+        finished: list,
+        spend: list = (),
+        viewed: ViewRows | None = None,
     ) -> None:
         db = self._writer_db()
         db.execute("BEGIN")
@@ -625,13 +646,14 @@ class Cache:
                     conversations,
                 )
             if finished:
-                db.executemany(
-                    "UPDATE conversations SET finished = 1 WHERE run_id = ? AND position = ?", finished
-                )
+                db.executemany(FINISHED_UPDATE, finished)
             if spend:
                 db.executemany(SPEND_UPSERT, spend)
+            if viewed:
+                viewed.write(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._index_if_due(db, len(conversations))

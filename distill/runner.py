@@ -150,9 +150,12 @@ async def run_async(
     tally = RejectTally()
     rejects = RejectsWriter(rejects_path_for(job.output), append=False)
 
-    def on_reject(reject: Reject) -> None:
+    def on_reject(
+        reject: Reject,
+    ) -> None:  # called only inside the ``async with`` below, where ``cache`` is open
         tally.note(reject)
         rejects.write(reject)
+        cache.put_reject(run_id, reject)
 
     try:
         async with (
@@ -170,6 +173,7 @@ async def run_async(
                 shard=job.shard,
             )
             rejects.remove_stale()
+            await cache.clear_rejects(run_id)
             observer.started(stats)
             if observer.live and job.limit is None:  # a total for the display's bar and ETA
                 estimating = asyncio.ensure_future(asyncio.to_thread(estimate_records, job.input))

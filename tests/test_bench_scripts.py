@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 # bench/ is not an installed package: pytest puts the repository root on the path (pyproject's pythonpath)
-from bench import curator, export_speed, latency, memory, rate_limit, resume, run_all, throughput
+from bench import curator, export_speed, latency, memory, rate_limit, resume, run_all, throughput, view_list
 
 
 def rows_of(module, tmp_path: Path, *extra: str) -> list[dict]:
@@ -77,3 +77,8 @@ def test_run_all_writes_the_table(tmp_path):
     text = out.read_text()
     assert "| 6 export |" in text and "nproc" not in text and "cores" in text
     assert "Command: `python -m bench.run_all --tiny`" in text
+
+
+def test_view_list_pages_a_filled_cache(tmp_path):
+    [row] = rows_of(view_list, tmp_path)
+    assert row["detail"]["median_ms"]["first page"] > 0 and row["reference"] > 0

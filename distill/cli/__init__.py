@@ -32,6 +32,7 @@ COMMANDS = (
     "demo",
     "teacher",
     "serve",
+    "view",
 )
 
 
