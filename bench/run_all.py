@@ -21,7 +21,7 @@ from bench.common import REPO, machine
 
 SCRIPTS = (
     "throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator", "view_list",
-    "adaptive_rate",
+    "cluster", "adaptive_rate",
 )  # fmt: skip
 
 METHOD = """\

@@ -11,6 +11,7 @@ aiohttp carries every call; ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` are hono
 from __future__ import annotations
 
 import urllib.request
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -104,7 +105,7 @@ class TeacherClient:
             error = self._redacted(error_for_status(status, body, rate))
             error.signals = rate
             raise error
-        return parse_answer(request.api, body), rate
+        return cut_at_stop(parse_answer(request.api, body), request), rate
 
     def _redacted(self, error: TeacherError) -> TeacherError:
         """``error`` with the API key cut out: some providers quote the key they refused in their message."""
@@ -167,6 +168,19 @@ def parse_answer(api: str, body: bytes) -> TeacherResponse:
     )
 
 
+def cut_at_stop(response: TeacherResponse, request: TeacherRequest) -> TeacherResponse:
+    """``response`` without its first stop sequence and what follows, as the OpenAI API defines ``stop``.
+
+    A server that stops on a token containing the sequence may return it (``transformers serve`` does, with the
+    rest of that token); the answer stored and written is the text before it, as from any other server.
+    """
+    stops = [s for s in dict(request.params).get("stop") or () if s]
+    found = [i for i in (response.text.find(s) for s in stops) if i >= 0]
+    if not found:
+        return response
+    return replace(response, text=response.text[: min(found)])
+
+
 def error_for_status(status: int, body: bytes, signals: RateSignals) -> TeacherError:
     reason = _error_message(body)
     if status == 429:
@@ -183,9 +197,16 @@ def error_for_status(status: int, body: bytes, signals: RateSignals) -> TeacherE
 
 
 def _error_message(body: bytes) -> str:
+    """The server's reason: OpenAI's ``{"error": {"message"}}``, or FastAPI's ``{"detail": str | [{"msg"}]}``
+    (``transformers serve``), else the body's start."""
     try:
         data = orjson.loads(body)
         message = data["error"]["message"] if isinstance(data.get("error"), dict) else data.get("error")
+        detail = data.get("detail")
+        if not message and isinstance(detail, list):
+            message = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+        elif not message:
+            message = detail
         if message:
             return str(message)[:300]
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):

@@ -80,10 +80,13 @@ class Engine:
         self.settings = settings
         self.cache = cache
         self.client = client
+        # A cluster shard passes a limiter that leases its slots from a broker pacing every shard together
+        # (distill.cluster.lease): it hears the outcomes itself, and what this watch learns is not remembered.
         self.limiter = limiter or RateLimiter()
+        self._learns = isinstance(self.limiter, RateLimiter)
         self.stats = stats or RunStats()
         self.watch = RateWatch(
-            self.limiter,
+            self.limiter if self._learns else RateLimiter(),
             rpm=settings.rpm,
             tpm=settings.tpm,
             stored_rpm=learned_limits.stored_rpm(cache, settings.base_url, settings.model),
@@ -135,7 +138,7 @@ class Engine:
 
     def remember_rate(self) -> None:
         """Keep the rate learned so far in the cache, for the next run against this server and model."""
-        rpm = self.watch.learned_rpm()
+        rpm = self.watch.learned_rpm() if self._learns else None
         if rpm is not None:
             learned_limits.save(
                 self.cache, self.settings.base_url, self.settings.model, rpm, self.watch.state.source
@@ -160,7 +163,7 @@ class Engine:
                     self.stats.rejects += 1
                     if self.on_reject:
                         self.on_reject(record)
-            elif self.shard is not None and not self.shard.owns(record.id):
+            elif self.shard is not None and not self.shard.owns_conversation(record):
                 # another shard's: positions stay those of the whole input, so merged shards keep its order
                 position += 1
             else:

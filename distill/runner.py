@@ -16,7 +16,6 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +27,7 @@ from formats.rejects import RejectsWriter, rejects_path_for
 
 from .cache import Cache, check_file
 from .client import TeacherClient
-from .conversation import Conversation, Record, Reject
+from .conversation import Reject, limited
 from .cost import BUDGET_SCOPES, Budget, BudgetReached, Price, budget_for
 from .engine import Engine
 from .errors import DistillError, UsageError
@@ -43,6 +42,7 @@ from .stats import RunStats
 
 if TYPE_CHECKING:
     from .batch import BatchOptions
+    from .cluster import ClusterOptions
 
 
 class Interrupted(DistillError):
@@ -74,6 +74,7 @@ class RunJob:
     budget_scope: str = "total"  # "total": everything spent on the cache for these settings; "run": this call
     price: Price | None = None
     batch: BatchOptions | None = None
+    cluster: ClusterOptions | None = None  # --ray/--shards: answered by shards on Ray (distill.cluster)
     max_reject_share: float = DEFAULT_MAX_REJECT_SHARE
     preflight: bool = True  # ask GET BASE/models before the first request
 
@@ -184,6 +185,11 @@ async def run_async(
                     await _run_batch(
                         job, cache, records, run_id, input_path, stats, budget, on_reject, observer
                     )
+                elif job.cluster is not None:
+                    from .cluster.driver import answer_on_cluster
+
+                    reader_stats = getattr(reader, "stats", None)
+                    await answer_on_cluster(job, run_id, input_path, stats, on_reject, reader_stats)
                 else:
                     await engine.run(records, run_id, input_path)
             finally:
@@ -314,20 +320,6 @@ async def _run_batch(
 
 def _set_total(stats: RunStats, estimate: int | None) -> None:
     stats.total_expected = estimate
-
-
-def limited(records: Iterator[Record], limit: int | None) -> Iterator[Record]:
-    """``records`` up to ``limit`` conversations (rejects pass through and do not count)."""
-    if limit is None:
-        yield from records
-        return
-    taken = 0
-    for record in records:
-        if taken >= limit:
-            return
-        if isinstance(record, Conversation):
-            taken += 1
-        yield record
 
 
 def check_output(path: Path) -> None:

@@ -53,6 +53,8 @@ class Sender:
         self.budget = budget
         self._sleep = sleep
         self._slots = asyncio.Semaphore(settings.concurrency)
+        # a cluster shard's leased limiter (distill.cluster.lease) paces by itself and hears every outcome
+        self._leased = not isinstance(limiter, RateLimiter)
 
     async def fetch(self, request: TeacherRequest) -> TeacherResponse:
         estimate = self._estimate_tokens(request)
@@ -115,7 +117,7 @@ class Sender:
                 return await self._send_once(request, estimate)
 
     async def _wait_for_slot(self, estimate: int) -> None:
-        if self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
+        if self._leased or self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
             began = self.limiter.now()
             held_by = await self.limiter.acquire(estimate)
             self.stats.limiter_wait_seconds += self.limiter.now() - began
@@ -138,6 +140,9 @@ class Sender:
             raise
         self.cache.log_attempt(request.key, wall, time.perf_counter() - started, 200, None)
         self.watch.accepted(ticket, rate)
+        if self._leased:
+            self.limiter.on_headers(rate.budget_left, rate.spent_until)
+            self.limiter.on_success()
         if response.prompt_tokens is not None and response.completion_tokens is not None:
             self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
             self.stats.prompt_tokens += response.prompt_tokens
@@ -153,6 +158,8 @@ class Sender:
         if isinstance(error, RateLimited):
             self.stats.rate_limited += 1
             self.watch.limited(ticket, error.signals)
+            if self._leased:
+                self.limiter.on_rate_limited(error.retry_after)
         elif isinstance(error, ServerError) and error.status in SHED_STATUSES:
             if self.watch.unavailable(ticket, error.signals):
                 self.stats.shed += 1
@@ -161,7 +168,7 @@ class Sender:
             self.watch.fault()
 
     def _estimate_tokens(self, request: TeacherRequest) -> int:
-        if self.limiter.token_rate is None:
+        if (self.settings.tpm if self._leased else self.limiter.token_rate) is None:
             return 0
         output = self.settings.sampling.max_tokens or self.settings.estimated_output_tokens
         if request.messages is not None:

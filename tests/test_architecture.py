@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("distill", "formats", "trainers", "bench")
 ORCHESTRATION = (
-    "distill.cli", "distill.runner", "distill.pipeline", "distill.dry_run", "distill.__main__", "distill.view"
+    "distill.cli", "distill.runner", "distill.pipeline", "distill.dry_run", "distill.__main__", "distill.view",
+    "distill.cluster",
 )  # fmt: skip
 SERVERS = "distill.servers"
 SERVERS_MAY_IMPORT = ("distill.errors", "distill.tokens", "distill.requests")

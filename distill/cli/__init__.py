@@ -31,6 +31,7 @@ COMMANDS = (
     "pipeline",
     "demo",
     "teacher",
+    "serve",
     "view",
 )
 
