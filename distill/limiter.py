@@ -31,20 +31,21 @@ class Budget:
     burst: float = 1.0
     tat: float = -math.inf
 
-    def earliest(self, now: float) -> float:
+    def earliest(self, now: float, scale: float = 1.0) -> float:
         """The first moment the next units may start: when the units already spent have flowed out.
 
         A request's own cost is paid when it starts (it pushes the TAT for the next one), so a request larger
         than the burst still goes when the cell is empty, and the flow over any window stays at the rate.
+        ``scale`` runs the cell at a share of its rate (the cluster's broker trims it so).
         """
-        tolerance = max(self.burst - 1.0, 0.0) / self.rate
+        tolerance = max(self.burst - 1.0, 0.0) / (self.rate * scale)
         return max(now, self.tat - tolerance)
 
-    def spend(self, at: float, cost: float) -> None:
-        self.tat = max(self.tat, at) + cost / self.rate
+    def spend(self, at: float, cost: float, scale: float = 1.0) -> None:
+        self.tat = max(self.tat, at) + cost / (self.rate * scale)
 
-    def refund(self, cost: float) -> None:
-        self.tat -= cost / self.rate
+    def refund(self, cost: float, scale: float = 1.0) -> None:
+        self.tat -= cost / (self.rate * scale)
 
     def set_rate(self, rate: float, now: float) -> None:
         """Change the rate; what is already spent flows out at the new rate from ``now``."""

@@ -29,7 +29,7 @@ from ..stats import RunStats
 # tokens, money, waits: every other number or count of RunStats), which a restart does not undo.
 RECOUNTED = ("conversations_read", "conversations_done", "conversations_failed", "rejects", "turns_done",
              "cache_hits", "conversations_cached")  # fmt: skip
-NOT_SUMMED = ("total_expected", "started", "failures", "cost_before_usd", "budget_usd")
+NOT_SUMMED = ("total_expected", "started", "failures", "cost_before_usd", "budget_usd", "rate_source")
 SENT = tuple(f.name for f in fields(RunStats) if f.name not in (*RECOUNTED, *NOT_SUMMED))
 
 
