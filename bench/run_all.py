@@ -19,7 +19,16 @@ import orjson
 
 from bench.common import REPO, machine
 
-SCRIPTS = ("throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator")
+SCRIPTS = (
+    "throughput",
+    "cpu_per_request",
+    "rate_limit",
+    "latency",
+    "resume",
+    "memory",
+    "export_speed",
+    "curator",
+)
 
 METHOD = """\
 ## How the figures are taken

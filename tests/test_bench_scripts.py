@@ -14,7 +14,17 @@ import orjson
 import pytest
 
 # bench/ is not an installed package: pytest puts the repository root on the path (pyproject's pythonpath)
-from bench import curator, export_speed, latency, memory, rate_limit, resume, run_all, throughput
+from bench import (
+    cpu_per_request,
+    curator,
+    export_speed,
+    latency,
+    memory,
+    rate_limit,
+    resume,
+    run_all,
+    throughput,
+)
 
 
 def rows_of(module, tmp_path: Path, *extra: str) -> list[dict]:
@@ -29,6 +39,13 @@ def test_throughput_sends_each_request_once(tmp_path):
         assert row["detail"]["expected_requests"] == expected
         assert [run["received"] for run in row["detail"]["runs"]] == [expected]
         assert row["figure"] > 0 and row["reference"] > 0 and row["ratio"] > 0
+
+
+def test_cpu_per_request_measures_every_rung(tmp_path):
+    client, engine = rows_of(cpu_per_request, tmp_path)
+    for row in (client, engine):
+        assert row["figure"] > 0 and row["reference"] > 0 and row["ratio"] > 0
+        assert set(row["detail"]["us_per_request"]) == {"bare aiohttp loop", "TeacherClient.send", "engine"}
 
 
 def test_rate_limit_answers_everything_under_both_limits(tmp_path):
