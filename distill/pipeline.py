@@ -24,6 +24,9 @@ The configuration has one table per step, and each table's keys are exactly the 
     base-url = "https://api.together.xyz/v1"
     base-model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"   # default: [train] model
 
+    [deploy]                        # optional: distill deploy's flags; the student is evaluated on a dedicated
+    hardware = "1xnvidia-h100-80gb" # endpoint, stopped and deleted after (the base model first, via [eval])
+
 Every step is idempotent (the run resumes from its cache, the trainer re-attaches to its recorded job, the
 evaluations are cached), so a pipeline that stopped is finished by running it again.
 """
@@ -31,6 +34,8 @@ evaluations are cached), so a pipeline that stopped is finished by running it ag
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,7 @@ import orjson
 from .errors import ConfigError, TrainerError, UsageError
 
 STEPS = ("run", "train", "eval")
+OPTIONAL_STEPS = ("deploy",)
 PIPELINE_KEYS = {"run": {"input"}, "train": set(), "eval": {"base-model"}}
 
 
@@ -59,16 +65,18 @@ def load_config(path: Path) -> PipelineConfig:
         raise ConfigError(f"pipeline config {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"pipeline config {path} is not valid TOML: {e}") from None
-    unknown = set(data) - {"pipeline", *STEPS}
+    unknown = set(data) - {"pipeline", *STEPS, *OPTIONAL_STEPS}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown table(s) {', '.join(sorted(unknown))}; use [pipeline], [run], [train], [eval]"
+            f"{path}: unknown table(s) {', '.join(sorted(unknown))}; use [pipeline], [run], [train], [eval], "
+            "[deploy]"
         )
     for step in STEPS:
         if not isinstance(data.get(step), dict):
             raise ConfigError(f"{path} needs a [{step}] table (the flags of 'distill {step}')")
     directory = Path(data.get("pipeline", {}).get("dir") or path.parent / "pipeline-out")
-    return PipelineConfig(path, directory, {step: data[step] for step in STEPS})
+    tables = {step: data[step] for step in (*STEPS, *OPTIONAL_STEPS) if step in data}
+    return PipelineConfig(path, directory, tables)
 
 
 def argv_for(command: str, table: dict[str, Any], skip: set[str] = frozenset()) -> list[str]:
@@ -138,12 +146,17 @@ def train_step(config: PipelineConfig, training_file: Path, validation_file: Pat
     return result, args.model
 
 
-def eval_step(config: PipelineConfig, model: str, label: str) -> dict[str, Any]:
+def eval_step(
+    config: PipelineConfig, model: str, label: str, base_url: str | None = None, deployed: str | None = None
+) -> dict[str, Any]:
+    """Evaluate ``model`` with the ``[eval]`` flags (at ``base_url`` instead of its base-url when given)."""
     from trainers import eval as evaluation
 
     from .cli.run import api_key, teacher_settings
 
-    table = config.tables["eval"]
+    table = dict(config.tables["eval"])
+    if base_url is not None:
+        table["base-url"] = base_url
     args = parse([*argv_for("eval", table, PIPELINE_KEYS["eval"]), "--model", model])
     settings = evaluation.eval_settings(args.task, teacher_settings(args))
     dialogues = evaluation.load_dialogues(args.task, args.input, args.limit)
@@ -154,6 +167,8 @@ def eval_step(config: PipelineConfig, model: str, label: str) -> dict[str, Any]:
         raise UsageError(
             f"{len(predictions.failures)} evaluation items of {label} model {model} got no answer"
         )
+    if deployed is not None:
+        report["deployed_model"] = deployed
     evaluation.write_report(report, config.directory / f"eval.{label}.json")
     return report
 
@@ -173,7 +188,11 @@ def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
     base_model = config.tables["eval"].get("base-model", base_model)
     print(f"[3/4] evaluate the base model {base_model} and the student {trained.model}", file=stream)
     base = eval_step(config, base_model, "base")
-    tuned = eval_step(config, trained.model, "tuned")
+    endpoint = None
+    if "deploy" in config.tables:
+        tuned, endpoint = deployed_eval(config, trained.model, stream)
+    else:
+        tuned = eval_step(config, trained.model, "tuned")
     comparison = evaluation.compare(base, tuned)
     summary = {
         "dataset": {
@@ -191,6 +210,8 @@ def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
         },
         "eval": {"task": tuned["task"], "base": strip_items(base), "tuned": strip_items(tuned)},
     }
+    if endpoint is not None:
+        summary["endpoint"] = endpoint
     (config.directory / "report.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     (config.directory / "report.md").write_text(markdown(summary, comparison))
     print(f"[4/4] report: {config.directory / 'report.md'}\n\n{comparison}", file=stream)
@@ -202,7 +223,7 @@ def trained_base(config: PipelineConfig) -> str:
 
 
 def strip_items(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k != "items"}
+    return {k: v for k, v in report.items() if k not in ("items", "endpoint", "evaluation_key")}
 
 
 def markdown(summary: dict[str, Any], comparison: str) -> str:
@@ -214,7 +235,9 @@ def markdown(summary: dict[str, Any], comparison: str) -> str:
             f"- dataset: `{d['path']}` ({d['conversations']} conversations, teacher `{d['teacher']}`), "
             f"sha256 `{d['sha256']}`",
             f"- fine-tune: job `{j['id']}` ({j['status']}), `{j['base_model']}` -> `{j['model']}`",
-            f"- evaluation: {e['task']}, base `{e['base']['model']}` vs student `{e['tuned']['model']}`",
+            f"- evaluation: {e['task']}, base `{e['base']['model']}` vs student `{e['tuned']['model']}`"
+            + (f" (serving `{e['tuned']['deployed_model']}`)" if e["tuned"].get("deployed_model") else ""),
+            *endpoint_line(summary.get("endpoint")),
             "",
             "```",
             comparison,
@@ -222,3 +245,60 @@ def markdown(summary: dict[str, Any], comparison: str) -> str:
             "",
         ]
     )
+
+
+# The [deploy] step: serve the student on a dedicated Together endpoint for its evaluation.
+
+
+def evaluation_key(config: Any, model: str) -> str:
+    """What decides the student's scores: the ``[eval]`` table and the model (not the endpoint it ran on)."""
+    identity = json.dumps({"eval": config.tables["eval"], "model": model}, sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def finished_before(config: Any, model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The report and endpoint usage of an earlier run that evaluated the same model the same way: a rerun of a
+    finished pipeline deploys nothing (an endpoint bills from the minute it starts)."""
+    path = config.directory / "eval.tuned.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if report.get("evaluation_key") != evaluation_key(config, model) or "endpoint" not in report:
+        return None
+    return report, report["endpoint"]
+
+
+def deployed_eval(config: Any, model: str, stream: TextIO) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The student's evaluation report through its endpoint, and the endpoint's usage."""
+    from distill.cli.deploy import make_deployer
+    from distill.cli.eval_deploy import eval_deploy_request
+    from trainers import eval as evaluation
+    from trainers.together.serving import serving
+
+    earlier = finished_before(config, model)
+    if earlier is not None:
+        print(f"      {model} was already evaluated on an endpoint (nothing deployed)", file=stream)
+        return earlier
+    args = parse([*argv_for("deploy", config.tables["deploy"]), "--model", model])
+    deployer = make_deployer(args)
+    print(f"      deploy {model} on a dedicated endpoint", file=stream)
+    with serving(deployer, eval_deploy_request(args, model), owner="pipeline") as (record, usage):
+        tuned = eval_step(
+            config, str(record.inference_name), "tuned", base_url=deployer.inference_url, deployed=model
+        )
+    print(f"      {usage.line()}", file=stream)
+    tuned.update(endpoint=usage.to_dict(), evaluation_key=evaluation_key(config, model))
+    evaluation.write_report(tuned, config.directory / "eval.tuned.json")
+    return tuned, usage.to_dict()
+
+
+def endpoint_line(endpoint: dict[str, Any] | None) -> list[str]:
+    """The report's line about the endpoint, when there was one."""
+    if not endpoint:
+        return []
+    return [
+        f"- endpoint: `{endpoint['name']}` on {endpoint['hardware']}, {endpoint['minutes']:.2f} min "
+        f"({endpoint['billed_replica_minutes']} replica-minutes billed, estimated "
+        f"${endpoint['estimated_cost_usd']:.2f}); stopped and deleted"
+    ]

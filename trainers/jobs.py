@@ -20,8 +20,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,28 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_request ON jobs (base_url, request_key, created_at);
 """
+
+
+@contextmanager
+def open_record(path: Path, prepare: Callable[[sqlite3.Connection], None]) -> Iterator[sqlite3.Connection]:
+    """A connection to the jobs database at ``path``, prepared (schema) and committed on leaving; its errors as
+    :class:`CacheError` naming ``--jobs-db``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=30)
+    except (OSError, sqlite3.Error) as e:
+        raise CacheError(f"cannot open the jobs record {path}: {e}; pass --jobs-db PATH") from None
+    try:
+        conn.row_factory = sqlite3.Row
+        prepare(conn)
+        with conn:
+            yield conn
+    except sqlite3.DatabaseError as e:
+        raise CacheError(
+            f"the jobs record {path} is unusable ({e}); move it away or pass --jobs-db PATH"
+        ) from None
+    finally:
+        conn.close()
 
 
 def default_jobs_path() -> Path:
@@ -133,24 +155,8 @@ class JobStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_jobs_path()
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30)
-        except (OSError, sqlite3.Error) as e:
-            raise CacheError(f"cannot open the jobs record {self.path}: {e}; pass --jobs-db PATH") from None
-        try:
-            conn.row_factory = sqlite3.Row
-            self._ensure_schema(conn)
-            with conn:
-                yield conn
-        except sqlite3.DatabaseError as e:
-            raise CacheError(
-                f"the jobs record {self.path} is unusable ({e}); move it away or pass --jobs-db PATH"
-            ) from None
-        finally:
-            conn.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return open_record(self.path, self._ensure_schema)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         with conn:

@@ -14,7 +14,19 @@ from importlib import import_module
 from distill import __version__
 from distill.errors import DistillError
 
-COMMANDS = ("run", "export", "check", "stats", "merge", "train", "eval", "pipeline", "demo", "teacher")
+COMMANDS = (
+    "run",
+    "export",
+    "check",
+    "stats",
+    "merge",
+    "train",
+    "eval",
+    "deploy",
+    "pipeline",
+    "demo",
+    "teacher",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from formats.check import check_file
+from formats.masking import prompt_loss_warning
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     report = check_file(args.file, max_seq_length=args.max_seq_length)
+    masking = prompt_loss_warning(report.data_format)
+    if masking is not None:
+        report.warnings.append(masking)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:

@@ -4,7 +4,8 @@
    fine-tuning formats, then shows that the second format cost no request (it came from the cache).
 2. Starts the bundled fake of Together's files and fine-tuning API and runs ``distill pipeline`` on the Together
    cookbook's CoQA recipe: CoQA stories -> multi-turn messages -> file check -> LoRA fine-tune with
-   ``train_on_inputs=auto`` -> wait -> EM/F1 of the base model and the student -> report.
+   ``train_on_inputs=auto`` -> wait -> deploy the student on a dedicated endpoint -> EM/F1 of the base model and
+   the student -> stop and delete the endpoint -> report.
 
 The local teacher answers every model name with the same canned, deterministic text, so the demo's scores show
 the machinery working, not a real student's quality.
@@ -88,6 +89,15 @@ input = "{data_path("coqa_dev_sample.json")}"
 base-url = "{teacher_url}"
 cache = "{directory / "eval-cache.sqlite"}"
 base-model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
+
+[deploy]
+together-url = "{together_root}"
+project = "demo-project"
+hardware = "1xnvidia-h100-80gb"
+min-replicas = 1
+inactive-timeout = 30
+deploy-poll-interval = 0.2
+jobs-db = "{directory / "jobs.sqlite3"}"
 """)
     return config
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from pathlib import Path
 
+from distill.cli.eval_deploy import add_eval_deploy_options, evaluate_deployed, report_failures
 from distill.cli.run import add_teacher_options, api_key, teacher_settings
 from distill.config import add_config_flag, option, resolve
 from distill.errors import UsageError
@@ -53,6 +53,7 @@ def add_parser(subparsers) -> None:
     option(p, "--report", type=Path, help="write the JSON report here")
     option(p, "--compare", type=Path, metavar="BASE_REPORT", help="a base model's report to compare with")
     option(p, "--quiet", "-q", action="store_true", default=False, help="print only the scores")
+    add_eval_deploy_options(p)
     p.set_defaults(func=main)
 
 
@@ -63,24 +64,26 @@ def main(args) -> int:
         raise UsageError(f"no task: pass --task with one of {', '.join(evaluation.TASKS)}")
     if args.input is None:
         raise UsageError("no evaluation data: pass --input FILE")
+    if not args.model:
+        raise UsageError("no model to evaluate: pass --model NAME")
     base = evaluation.load_report(args.compare) if args.compare else None
-    settings = evaluation.eval_settings(args.task, teacher_settings(args))
     dialogues = evaluation.load_dialogues(args.task, args.input, args.limit)
-    report, predictions = asyncio.run(
-        evaluation.evaluate(args.task, dialogues, settings, args.cache, api_key(args), args.eval_history)
-    )
+    if args.deploy:
+        report, deployed_base, predictions = evaluate_deployed(args, dialogues)
+        base = deployed_base or base
+        if deployed_base is not None and args.report:
+            evaluation.write_report(deployed_base, args.report.with_suffix(".base.json"))
+    else:
+        settings = evaluation.eval_settings(args.task, teacher_settings(args))
+        report, predictions = asyncio.run(
+            evaluation.evaluate(args.task, dialogues, settings, args.cache, api_key(args), args.eval_history)
+        )
     if args.report:
         evaluation.write_report(report, args.report)
+    if args.deploy and base is not None:
+        print(evaluation.summary_line(base))
     print(evaluation.summary_line(report))
     if base is not None:
         print(evaluation.compare(base, report))
-    if predictions.failures:
-        for item_id, reason in sorted(predictions.failures.items())[:10]:
-            print(f"distill eval: {item_id}: no answer: {reason}", file=sys.stderr)
-        print(
-            f"distill eval: {len(predictions.failures)} items had no answer and were not scored; fix the cause "
-            "and run again with --retry-failed",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    report_failures(predictions)
+    return 1 if predictions.failures else 0

@@ -19,6 +19,8 @@ from distill.errors import AuthenticationError, DistillError, TrainerError, Usag
 from trainers.base import TRAINERS, Trainer, TrainResult, TrainSpec
 from trainers.jobs import JobRecord, JobStore
 
+from .train_options import add_together_options, together_extra
+
 # The teacher's settings (distill run) must not leak into the student's fine-tune through the environment.
 TEACHER_ENVIRONMENT = ("DISTILL_MODEL", "DISTILL_BASE_URL")
 
@@ -64,6 +66,7 @@ def add_parser(subparsers) -> None:
     option(
         p, "--wandb-key-env", metavar="NAME", help="variable holding a Weights & Biases key (never stored)"
     )
+    add_together_options(p)
     option(p, "--max-seq-length", type=int, default=2048, help="local back-end: longest sequence in tokens")
     option(p, "--output-dir", type=Path, help="local back-end: where the adapter is written")
     option(
@@ -123,7 +126,7 @@ def train_spec(args: argparse.Namespace) -> TrainSpec:
         wandb_key_env=args.wandb_key_env,
         max_seq_length=args.max_seq_length,
         output_dir=args.output_dir,
-        extra={"n_evals": args.n_evals},
+        extra={"n_evals": args.n_evals, **together_extra(args)},
     )
 
 

@@ -24,11 +24,13 @@ from typing import Any, ClassVar, TextIO
 from together import Together
 
 from distill.errors import CheckError, UsageError
+from formats.masking import prompt_loss_warning
 from trainers.base import TRAINERS, Trainer, TrainResult, TrainSpec
 from trainers.jobs import JobRecord, JobStore, UploadRecord, file_sha256, request_key
 
 from .client import NotOnService, make_client, sdk_errors
 from .follow import JobFollower, JobView, job_dict
+from .options import check_price, create_arguments, extra_options
 
 PURPOSE = "fine-tune"
 FILE_DONE = frozenset({"COMPLETED", "FAILED", "INVALID_FORMAT"})
@@ -51,13 +53,15 @@ def default_confirm() -> Confirm | None:
     return ask_on_terminal if sys.stdin is not None and sys.stdin.isatty() else None
 
 
-def run_file_check(path: Path) -> None:
-    """``distill check`` on ``path`` before anything is uploaded; a broken rule is a :class:`CheckError`."""
+def run_file_check(path: Path) -> str | None:
+    """``distill check`` on ``path`` before anything is uploaded; a broken rule is a :class:`CheckError`.
+    Returns the file's data format."""
     from formats.check import check_file
 
     report = check_file(path)
     if not report.ok:
         raise CheckError(f"{path} breaks the fine-tuning data rules:\n{report.format()}")
+    return report.data_format
 
 
 def job_options(spec: TrainSpec) -> dict[str, Any]:
@@ -81,6 +85,7 @@ def job_options(spec: TrainSpec) -> dict[str, Any]:
     }
     if spec.lora:
         options.update(lora_r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout)
+    options.update(extra_options(spec))
     return options
 
 
@@ -183,6 +188,10 @@ class TogetherTrainer(Trainer):
         if not self.quiet:
             print(line, file=self.out, flush=True)
 
+    def warn(self, line: str) -> None:
+        """Shown even with ``quiet``: warnings."""
+        print(line, file=self.out, flush=True)
+
     def _follower(self) -> JobFollower:
         base_url = self.base_url
         return JobFollower(
@@ -203,7 +212,10 @@ class TogetherTrainer(Trainer):
         """Check, upload, start (or re-attach to) the job ``spec`` describes and follow it to its end."""
         options = job_options(spec)
         key_value = wandb_key(spec)
-        run_file_check(spec.training_file)
+        data_format = run_file_check(spec.training_file)
+        masking = prompt_loss_warning(data_format, spec.train_on_inputs)
+        if masking is not None:
+            self.warn(f"distill train: warning: {spec.training_file}: {masking}")
         if spec.validation_file is not None:
             run_file_check(spec.validation_file)
         training_sha = file_sha256(spec.training_file)
@@ -223,6 +235,7 @@ class TogetherTrainer(Trainer):
             return self._attach(*previous)
         training_id = self._upload(spec.training_file, training_sha)
         validation_id = self._upload(spec.validation_file, validation_sha) if spec.validation_file else ""
+        check_price(self.client, base_url, spec, options, training_id, validation_id, self.say, self.warn)
         with interrupts_held() as held:  # a job created but not recorded would be paid for twice
             job = self._create(spec, options, training_id, validation_id, key_value)
             record = self._record(spec, options, job, key, training_sha, validation_sha)
@@ -352,6 +365,7 @@ class TogetherTrainer(Trainer):
         }
         if spec.lora:
             arguments.update(lora_r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout)
+        arguments.update(create_arguments(spec, options))
         try:
             with sdk_errors(f"start a fine-tune of {spec.model}", self.base_url):
                 return job_dict(self.client.fine_tuning.create(**arguments))

@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--file-processing-seconds", type=float, default=0.0)
     parser.add_argument(
+        "--inference-seconds", type=float, default=0.0, help="latency of a chat answer from an endpoint"
+    )
+    parser.add_argument(
         "--api-key-env",
         metavar="NAME",
         help="accept only the key held by this environment variable (default: any non-empty key)",
@@ -61,6 +64,7 @@ async def serve(args: argparse.Namespace) -> None:
         models=set(args.models) if args.models else None,
         error_models=set(args.error_model),
         file_processing_seconds=args.file_processing_seconds,
+        inference_seconds=args.inference_seconds,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

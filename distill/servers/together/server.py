@@ -22,7 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
+from . import endpoint_routes
+from .checkpoints import resolve_checkpoint
 from .clock import Clock
+from .endpoints import EndpointState
 from .limits import BadRequest, check_job_body, model_limits
 from .rules import validate_jsonl
 from .store import (
@@ -79,6 +82,7 @@ class FakeTogether:
         models: set[str] | None = None,
         error_models: set[str] | None = None,
         file_processing_seconds: float = 0.0,
+        inference_seconds: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -93,6 +97,11 @@ class FakeTogether:
         self.calls: list[tuple[str, str]] = []
         self.create_bodies: list[dict[str, Any]] = []
         self._runner: web.AppRunner | None = None
+        # dedicated endpoints (endpoint_routes.py): provisioning and stopping take one state's time each
+        self.endpoint_state = EndpointState(
+            self.clock, seconds_to_ready=seconds_per_state, seconds_to_stop=seconds_per_state
+        )
+        self.inference_seconds = inference_seconds
 
     @property
     def url(self) -> str:
@@ -149,7 +158,10 @@ class FakeTogether:
     # the application
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._record, self._authenticate], client_max_size=1 << 30)
+        app = web.Application(
+            middlewares=[self._record, self._authenticate, endpoint_routes.api_errors],
+            client_max_size=1 << 30,
+        )
         app.router.add_post("/v1/files", self.create_upload)
         app.router.add_get("/v1/files", self.list_files)
         app.router.add_put("/uploads/{id}", self.receive_upload)
@@ -165,6 +177,7 @@ class FakeTogether:
         app.router.add_post("/v1/fine-tunes/{id}/cancel", self.cancel_job)
         app.router.add_get("/v1/fine-tunes/{id}/events", self.job_events)
         app.router.add_get("/v1/fine-tunes/{id}/checkpoints", self.job_checkpoints)
+        endpoint_routes.register(app, self)
         return app
 
     @web.middleware
@@ -174,7 +187,7 @@ class FakeTogether:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith(("/v1/", "/v2/")):
             scheme, _, key = request.headers.get("Authorization", "").partition(" ")
             if scheme != "Bearer" or not key or (self.api_keys is not None and key not in self.api_keys):
                 return _error(
@@ -341,6 +354,7 @@ class FakeTogether:
         body = await request.json()
         self.create_bodies.append(body)
         try:
+            resolve_checkpoint(body, self.jobs)
             limits = self._limits_or_error(body.get("model"))
             training = self._usable_file(body.get("training_file"), "training_file")
             if body.get("validation_file"):
