@@ -81,20 +81,10 @@ class _Routes:
         return guarded
 
     def _file(self, request: web.Request, flavour: str) -> StoredFile:
-        stored = self.service.files.get(request.match_info["id"])
-        if stored is None or stored.flavour != flavour:
-            raise web.HTTPNotFound(
-                body=orjson.dumps({"error": {"message": "no such file"}}), content_type="application/json"
-            )
-        return stored
+        return _found(self.service.files, request, flavour, "file")
 
     def _batch(self, request: web.Request, flavour: str) -> FakeBatch:
-        batch = self.service.batches.get(request.match_info["id"])
-        if batch is None or batch.flavour != flavour:
-            raise web.HTTPNotFound(
-                body=orjson.dumps({"error": {"message": "no such batch"}}), content_type="application/json"
-            )
-        return batch
+        return _found(self.service.batches, request, flavour, "batch")
 
     async def upload(self, request: web.Request, flavour: str) -> web.Response:
         form = await request.post()
@@ -186,3 +176,13 @@ class _Routes:
         except (orjson.JSONDecodeError, UsageError, TypeError) as e:
             return _bad(str(e))
         return _json(dataclasses.asdict(knobs))
+
+
+def _found(table: dict[str, Any], request: web.Request, flavour: str, what: str) -> Any:
+    """The ``what`` the path's ``{id}`` names in ``table``, if it belongs to ``flavour``'s API; else a 404."""
+    item = table.get(request.match_info["id"])
+    if item is None or item.flavour != flavour:
+        raise web.HTTPNotFound(
+            body=orjson.dumps({"error": {"message": f"no such {what}"}}), content_type="application/json"
+        )
+    return item

@@ -34,18 +34,24 @@ def api_error(
     return web.json_response(body, status=status)
 
 
-def _is_full(body: dict[str, Any]) -> bool:
-    return (body.get("training_type") or {}).get("type") == "Full"
+def not_found(message: str) -> web.HTTPNotFound:
+    """The 404 the API answers for an id it does not know."""
+    return web.HTTPNotFound(
+        text=f'{{"error": {{"message": "{message}", "type": "not_found"}}}}', content_type="application/json"
+    )
 
 
-class FileRoutes:
-    """The handlers of ``/v1/files`` and ``/uploads``, over a :class:`~.server.FakeTogether`'s files."""
+class FakeState:
+    """The state of :class:`~.server.FakeTogether` that its route handlers work on (set by its constructor)."""
 
-    # the state of FakeTogether (server.py) these handlers work on
     files: dict[str, FakeFile]
     jobs: dict[str, FakeJob]
     clock: Clock
     file_processing_seconds: float
+
+
+class FileRoutes(FakeState):
+    """The handlers of ``/v1/files`` and ``/uploads``, over a :class:`~.server.FakeTogether`'s files."""
 
     def _file_json(self, f: FakeFile) -> dict[str, Any]:
         status = f.status(self.clock.now(), self.file_processing_seconds)
@@ -68,10 +74,7 @@ class FileRoutes:
     def _file(self, request: web.Request) -> FakeFile:
         f = self.files.get(request.match_info["id"])
         if f is None:
-            raise web.HTTPNotFound(
-                text='{"error": {"message": "file not found", "type": "not_found"}}',
-                content_type="application/json",
-            )
+            raise not_found("file not found")
         return f
 
     async def create_upload(self, request: web.Request) -> web.Response:

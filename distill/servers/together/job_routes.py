@@ -11,8 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from .checkpoints import resolve_checkpoint
-from .clock import Clock
-from .file_routes import api_error
+from .file_routes import FakeState, api_error, not_found
 from .limits import BadRequest, check_job_body, model_limits
 from .store import (
     FAIL_MARKER,
@@ -34,14 +33,9 @@ def _is_full(body: dict[str, Any]) -> bool:
     return (body.get("training_type") or {}).get("type") == "Full"
 
 
-class FineTuneRoutes:
+class FineTuneRoutes(FakeState):
     """The handlers of ``/v1/fine-tunes``, over a :class:`~.server.FakeTogether`'s jobs and files."""
 
-    # the state of FakeTogether (server.py) these handlers work on
-    files: dict[str, FakeFile]
-    jobs: dict[str, FakeJob]
-    clock: Clock
-    file_processing_seconds: float
     seconds_per_state: float
     models: set[str] | None
     error_models: set[str]
@@ -132,10 +126,7 @@ class FineTuneRoutes:
     def _job(self, request: web.Request) -> FakeJob:
         job = self.jobs.get(request.match_info["id"])
         if job is None:
-            raise web.HTTPNotFound(
-                text='{"error": {"message": "fine-tune job not found", "type": "not_found"}}',
-                content_type="application/json",
-            )
+            raise not_found("fine-tune job not found")
         job.advance(self.clock.now(), self.clock)
         return job
 
