@@ -29,13 +29,14 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from .cache_commits import BACKLOG_BATCHES, COMMIT_INTERVAL, SPEND_UPSERT, GroupCommits  # noqa: F401
 
 # The file's helpers stay importable from here too, as before the file had a module of its own.
 from .cache_file import (  # noqa: F401
@@ -44,20 +45,18 @@ from .cache_file import (  # noqa: F401
     SCHEMA_VERSION,
     SQLITE_HEADER,
     RunLock,
+    check_cache_writable,
     check_file,
     check_whole,
     connect_readonly,
     prepare,
     reported,
+    writable,
 )
 from .errors import CacheError
 from .requests import TeacherResponse
 
 LOOKUP_CHUNK = 500
-BACKLOG_BATCHES = 4  # rows queued beyond this many batches make producers wait (Cache.room)
-# Seconds between group commits. Larger groups write each B-tree page once for more rows: 20 ms instead of 5 cost
-# some 10 us less CPU per answer at thousands of answers a second (issue 12), and still commit within tens of ms.
-COMMIT_INTERVAL = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +79,11 @@ class Failure:
 CacheEntry = TeacherResponse | Failure
 
 
-class Cache:
-    """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``."""
+class Cache(GroupCommits):
+    """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``.
+
+    Reads are here; the queued writes and their group commits are :class:`~distill.cache_commits.GroupCommits`.
+    """
 
     def __init__(
         self, path: Path | str, *, commit_interval: float = COMMIT_INTERVAL, max_batch: int = 2000
@@ -100,6 +102,9 @@ class Cache:
         self._failure_rows: list[tuple[Any, ...]] = []
         self._conversation_rows: list[tuple[Any, ...]] = []
         self._finished_rows: list[tuple[str, int]] = []
+        self._spend: dict[
+            str, list[float]
+        ] = {}  # run id -> [usd, requests, prompt, completion] not committed
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
@@ -117,6 +122,7 @@ class Cache:
 
     async def open(self) -> None:
         check_file(self.path)
+        check_cache_writable(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
@@ -233,38 +239,11 @@ class Cache:
             if not fut.done():
                 fut.set_result(found.get(key))
 
-    # -- writes --------------------------------------------------------------------------------------------
-
-    def put(self, key: str, identity: bytes, response: TeacherResponse) -> None:
-        """Queue an answer for the next group commit (readable at once through ``get``)."""
-        self._unflushed[key] = response
-        self._response_rows.append(
-            (
-                key,
-                identity,
-                response.text,
-                response.finish_reason,
-                response.prompt_tokens,
-                response.completion_tokens,
-                time.time(),
-            )
-        )
-        self._schedule_flush()
-
-    def put_failure(self, key: str, reason: str, status: int | None) -> None:
-        self._failures_possible = True
-        self._failure_rows.append((key, reason, status, time.time()))
-        self._schedule_flush()
-
-    def add_conversations(self, run_id: str, rows: Iterable[tuple[int, str, str, bytes]]) -> None:
-        """Queue input conversations ``(position, id, source, data)``, replacing (unfinished) what was there."""
-        self._conversation_rows.extend((run_id, *row) for row in rows)
-        self._schedule_flush()
-
-    def mark_finished(self, run_id: str, position: int) -> None:
-        """Queue the mark that every turn of the conversation at ``position`` is answered."""
-        self._finished_rows.append((run_id, position))
-        self._schedule_flush()
+    def spent(self, run_id: str) -> float:
+        """US dollars the cache records as spent on ``run_id`` (every invocation of its settings), committed."""
+        with reported(self.path):
+            row = self._db.execute("SELECT usd FROM spending WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else 0.0
 
     def stored_inputs(self, run_id: str, first: int, last: int) -> dict[int, tuple[bytes, bool]]:
         """The stored conversation data and finished mark of each position from ``first`` to ``last``."""
@@ -298,67 +277,6 @@ class Cache:
             cursor = self._db.execute("DELETE FROM failures")
         return cursor.rowcount
 
-    def _queued(self) -> int:
-        return len(self._response_rows) + len(self._conversation_rows) + len(self._finished_rows)
-
-    async def room(self) -> None:
-        """Wait while more than ``BACKLOG_BATCHES`` commits' worth of rows are queued behind the one in progress.
-
-        Commits run on the writer thread, so nothing else stops a fast reader or teacher from queueing rows faster
-        than the disk takes them; producers call this to keep memory bounded.
-        """
-        while self._queued() > BACKLOG_BATCHES * self.max_batch:
-            if self._flushing is None or self._flushing.done():
-                self._schedule_flush()  # over max_batch: this starts a commit at once
-            await asyncio.shield(self._flushing)
-
-    def _schedule_flush(self) -> None:
-        queued = self._queued()
-        if queued >= self.max_batch and (self._flushing is None or self._flushing.done()):
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush_handle = None
-            self._flushing = asyncio.ensure_future(self._flush_once())
-        elif self._flush_handle is None:
-            loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(self.commit_interval, self._start_flush)
-
-    def _start_flush(self) -> None:
-        self._flush_handle = None
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.ensure_future(self._flush_once())
-        else:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                self.commit_interval, self._start_flush
-            )
-
-    async def _flush_once(self) -> None:
-        responses, self._response_rows = self._response_rows, []
-        failures, self._failure_rows = self._failure_rows, []
-        conversations, self._conversation_rows = self._conversation_rows, []
-        finished, self._finished_rows = self._finished_rows, []
-        if not (responses or failures or conversations or finished):
-            return
-        with reported(self.path):
-            # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
-            # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write, responses, failures, conversations, finished
-            )
-        self.commits += 1
-        for row in responses:
-            self._unflushed.pop(row[0], None)
-
-    async def flush(self) -> None:
-        """Commit everything queued so far."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self._flushing is not None:
-            await self._flushing
-        if self._db is not None:
-            await self._flush_once()
-
     def _lookup(self, keys: list[str]) -> dict[str, CacheEntry]:
         found: dict[str, CacheEntry] = {}
         for start in range(0, len(keys), LOOKUP_CHUNK):
@@ -382,29 +300,3 @@ class Cache:
                     Failure(reason, ptok) if reason is not None else TeacherResponse(text, finish, ptok, ctok)
                 )
         return found
-
-    def _write(self, responses: list, failures: list, conversations: list, finished: list) -> None:
-        db = self._writer_db()
-        db.execute("BEGIN")
-        try:
-            if responses:
-                db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", responses)
-                if self._failures_possible:
-                    db.executemany("DELETE FROM failures WHERE key = ?", [(r[0],) for r in responses])
-            if failures:
-                db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
-            if conversations:
-                db.executemany(
-                    "INSERT OR REPLACE INTO conversations (run_id, position, id, source, data) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    conversations,
-                )
-            if finished:
-                db.executemany(
-                    "UPDATE conversations SET finished = 1 WHERE run_id = ? AND position = ?", finished
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise

@@ -72,6 +72,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE conversations ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
     """,
+    # migration 5: what each run's settings have spent, so --budget caps the total over invocations (issue 13)
+    """
+    CREATE TABLE spending (
+        run_id TEXT PRIMARY KEY,
+        usd REAL NOT NULL,
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -88,6 +99,27 @@ def check_file(path: Path) -> None:
         raise CacheError(
             f"{path} is not a SQLite database; pass another --cache (distill will not overwrite it)"
         )
+
+
+def check_cache_writable(path: Path) -> None:
+    """A CacheError saying the cache is read-only when it (or its directory, where SQLite keeps its journal and
+    distill its lock) cannot be written."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not writable(path):
+        raise CacheError(
+            f"cache {path} is read-only: a run writes every answer to it; make it writable (chmod u+w) or pass "
+            "another --cache ('distill export' and 'distill stats' only read it)"
+        )
+    if directory.is_dir() and not writable(directory):
+        raise CacheError(
+            f"the directory of cache {path} is read-only: a run keeps its journal and lock file beside the cache; "
+            "pass a --cache in a writable directory"
+        )
+
+
+def writable(path: Path) -> bool:
+    """Whether ``path`` may be written, and is not marked read-only (no write bit: root could, but must not)."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
 
 
 def prepare(conn: sqlite3.Connection, path: Path) -> None:
@@ -107,9 +139,12 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     if tables and version < SCHEMA_VERSION:
         check_whole(conn, path)  # a migration writes: never into a damaged file
     for number in range(version, SCHEMA_VERSION):
-        with conn:
-            conn.executescript(MIGRATIONS[number])
-            conn.execute(f"PRAGMA user_version = {number + 1}")
+        # One transaction for the tables, the version and the mark: a process killed while creating the cache
+        # leaves an empty file (used again), never tables without the mark (refused as a foreign database).
+        conn.executescript(
+            f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; "
+            f"PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
+        )
     if app_id != APPLICATION_ID:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.commit()
@@ -120,11 +155,19 @@ def reported(path: Path) -> Iterator[None]:
     """Turn an SQLite failure met mid-run (a damaged page, a full disk) into a CacheError naming the file."""
     try:
         yield
+    except sqlite3.OperationalError as e:
+        if "readonly" in str(e):  # a read-only file system, where permissions did not say so
+            raise CacheError(f"cache {path} is read-only ({e}); pass a --cache on a writable disk") from None
+        raise _failed(path, e) from None
     except sqlite3.DatabaseError as e:
-        raise CacheError(
-            f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
-            "and pass another --cache; if the disk is full, free space and run the same command again"
-        ) from None
+        raise _failed(path, e) from None
+
+
+def _failed(path: Path, e: sqlite3.DatabaseError) -> CacheError:
+    return CacheError(
+        f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
+        "and pass another --cache; if the disk is full, free space and run the same command again"
+    )
 
 
 def check_whole(conn: sqlite3.Connection, path: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .suggest import nearest
 
 DEFAULT_CONFIG = Path("distill.toml")
 _DEFAULTS = "_distill_defaults"
@@ -48,7 +49,9 @@ def resolve(
     """Fill every option not given as a flag from the TOML file, then the environment, then its default."""
     environ = os.environ if environ is None else environ
     table = _toml_table(getattr(args, "config", None), command)
-    for dest, (flag, default, convert, action) in (getattr(args, _DEFAULTS, None) or {}).items():
+    declared = getattr(args, _DEFAULTS, None) or {}
+    _check_keys(table, command, [flag.lstrip("-") for flag, *_ in declared.values()], args)
+    for dest, (flag, default, convert, action) in declared.items():
         if getattr(args, dest) is not None:
             continue
         name = flag.lstrip("-")
@@ -62,6 +65,18 @@ def resolve(
             value = default
         setattr(args, dest, value)
     return args
+
+
+def _check_keys(table: dict[str, Any], command: str, keys: list[str], args: argparse.Namespace) -> None:
+    """A ConfigError naming the first key of ``table`` that is no flag of ``command``, and the nearest one."""
+    for key in table:
+        if key not in keys:
+            path = getattr(args, "config", None) or DEFAULT_CONFIG
+            close = nearest(key, keys)
+            hint = (
+                f"; did you mean {close!r}?" if close else f"; the keys are the flags of 'distill {command}'"
+            )
+            raise ConfigError(f"unknown key {key!r} in the [{command}] table of {path}{hint}")
 
 
 def _toml_table(path: Path | None, command: str) -> dict[str, Any]:

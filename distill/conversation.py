@@ -63,16 +63,23 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """A record a reader could not turn into a conversation: never fatal, written to ``OUTPUT.rejects.jsonl``."""
+    """A record a reader could not turn into a conversation: written to ``OUTPUT.rejects.jsonl``.
+
+    ``ends_input`` marks a reject past which the file cannot be read (a truncated JSON list): every later record
+    is lost, which a run reports as an error rather than as one rejected record.
+    """
 
     source: str
     reason: str
     record: Any = None
+    ends_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"source": self.source, "reason": self.reason}
         if self.record is not None:
             d["record"] = self.record
+        if self.ends_input:
+            d["rest_of_input_lost"] = True
         return d
 
 

@@ -23,8 +23,11 @@ prices of a few common teachers as published on :data:`PRICES_AS_OF`; they chang
 and the expected output), with everything already spent or in flight, fits in the budget; under ``--batch`` the
 same holds for each batch file. Once a request does not fit, no new one is sent; requests in flight finish and
 are saved, the answered conversations are written, and the run stops with :class:`BudgetReached` (exit code
-75). The budget is per invocation: the same command with a new ``--budget`` resumes where the run stopped,
-paying nothing twice.
+75). The budget covers everything spent on the cache for the run's settings (``--budget-scope total``, the
+default): every answer paid for is recorded in the cache with its cost, so the same command run again counts what
+the earlier invocations spent, and continues only under a higher ``--budget``. ``--budget-scope run`` caps each
+invocation alone. Without ``--budget`` a :class:`Budget` with no limit still meters the spend, whenever the
+price is known.
 """
 
 from __future__ import annotations
@@ -201,29 +204,50 @@ class BudgetReached(DistillError):
     exit_code = BUDGET_EXIT_CODE
 
 
+BUDGET_SCOPES = ("total", "run")
+
+
 class Budget:
-    """A spending cap in US dollars, charged from the usage of every answer the server sends.
+    """A spending meter in US dollars, charged from the usage of every answer the server sends; a cap when
+    ``limit`` is set.
 
     A request about to go out first reserves its estimated cost (its prompt, counted, and the expected output);
     a request whose reservation would take the spend plus what is in flight over the limit is refused with
     :class:`BudgetReached`. So the cap holds up to the estimate's error instead of overshooting by everything
     the run keeps in flight; the reservation is released when the request ends and the answer charged at the
-    usage the server reported.
+    usage the server reported. ``spent_before`` is what earlier invocations spent on the same settings
+    (``--budget-scope total``); it counts against the limit. ``on_charge(usd, prompt, completion)`` hears of
+    every answer charged (the run records it in the cache).
     """
 
-    def __init__(self, limit: float, price: Price, discount: float = 1.0) -> None:
-        if limit <= 0:
+    def __init__(
+        self,
+        limit: float | None,
+        price: Price,
+        discount: float = 1.0,
+        *,
+        spent_before: float = 0.0,
+        on_charge: Callable[[float, int, int], None] | None = None,
+    ) -> None:
+        if limit is not None and limit <= 0:
             raise UsageError(f"--budget must be a positive amount of US dollars, got {limit:g}")
         self.limit = limit
         self.price = price
         self.discount = discount
+        self.spent_before = spent_before
+        self.on_charge = on_charge
         self.spent = 0.0
         self.reserved = 0.0
         self.refused = 0
 
     @property
+    def total(self) -> float:
+        """Everything spent on these settings: before this invocation and in it."""
+        return self.spent_before + self.spent
+
+    @property
     def reached(self) -> bool:
-        return self.spent >= self.limit
+        return self.limit is not None and self.total >= self.limit
 
     def estimate(self, request: TeacherRequest, output_tokens: int) -> float:
         """The expected cost of sending ``request``."""
@@ -231,7 +255,7 @@ class Budget:
 
     def reserve(self, amount: float) -> None:
         """Hold ``amount`` for a request about to go out; :class:`BudgetReached` if it does not fit."""
-        if self.spent + self.reserved + amount > self.limit:
+        if self.limit is not None and self.total + self.reserved + amount > self.limit:
             self.refused += 1
             raise BudgetReached(f"{self.summary()}; the next request would go over it")
         self.reserved += amount
@@ -251,22 +275,42 @@ class Budget:
 
     def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Add the cost of one answer."""
-        self.spent += self.price.cost(prompt_tokens, completion_tokens, self.discount)
+        usd = self.price.cost(prompt_tokens, completion_tokens, self.discount)
+        self.spent += usd
+        if self.on_charge is not None:
+            self.on_charge(usd, prompt_tokens, completion_tokens)
 
     def charge_answer(self, request: TeacherRequest, response: TeacherResponse) -> None:
         self.charge(*request_cost_tokens(request, response))
 
     def summary(self) -> str:
-        return f"spent ${self.spent:,.4f} of --budget ${self.limit:,.2f}"
+        spent = f"spent ${self.spent:,.4f} in this run"
+        if self.spent_before:
+            spent += f" and ${self.total:,.4f} in all on these settings"
+        return spent if self.limit is None else f"{spent}, of --budget ${self.limit:,.2f}"
 
 
-def budget_for(limit: float | None, model: str, price: Price | None, *, batch: bool = False) -> Budget | None:
-    """The run's :class:`Budget`, or None without ``--budget``; a budget needs a known price."""
-    if limit is None:
+def budget_for(
+    limit: float | None,
+    model: str,
+    price: Price | None,
+    *,
+    batch: bool = False,
+    spent_before: float = 0.0,
+    on_charge: Callable[[float, int, int], None] | None = None,
+) -> Budget | None:
+    """The run's :class:`Budget`: a cap with ``--budget``, else a meter where the price is known, else None.
+
+    ``spent_before`` (what the cache says earlier invocations spent, under ``--budget-scope total``) counts
+    against the cap.
+    """
+    if limit is None and price is None:
         return None
     if price is None:
         raise UsageError(
             f"--budget needs the teacher's price and there is no default for {model!r}: pass --price-in and "
             "--price-out (US dollars per million tokens)"
         )
-    return Budget(limit, price, BATCH_DISCOUNT if batch else 1.0)
+    return Budget(
+        limit, price, BATCH_DISCOUNT if batch else 1.0, spent_before=spent_before, on_charge=on_charge
+    )

@@ -169,6 +169,7 @@ class Engine:
         self.stats.cache_hits += turns
         self.stats.turns_done += turns
         self.stats.conversations_done += 1
+        self.stats.conversations_cached += 1
 
     async def _stored_answers(
         self, conversations: list[Conversation]
@@ -289,9 +290,13 @@ class Engine:
         return response
 
     async def _attempt(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
+        if self._slots.locked():
+            self.stats.count_wait("concurrency")
         async with self._slots:
-            await self.limiter.acquire(estimate)
-            if self.budget is None:
+            held_by = await self.limiter.acquire(estimate)
+            if held_by is not None:
+                self.stats.count_wait(held_by)
+            if self.budget is None or self.budget.limit is None:  # no cap: answers are only charged
                 return await self._send_once(request, estimate)
             with self.budget.reserving(request, expected_output_tokens(self.settings)):
                 return await self._send_once(request, estimate)

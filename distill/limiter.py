@@ -78,6 +78,7 @@ class RateLimiter:
         self._loop = loop
         self._clock = clock
         self.waits = 0
+        self.held_by: str | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -89,25 +90,32 @@ class RateLimiter:
         return self._clock() if self._clock else self.loop.time()
 
     def reserve(self, tokens: int = 0) -> float:
-        """Book the next slot for one request of ``tokens`` and return its start time (maybe now)."""
+        """Book the next slot for one request of ``tokens`` and return its start time (maybe now).
+
+        ``held_by`` says afterwards which limit decided a start later than now: "rpm", "tpm" or "pause" (a 429's
+        ``Retry-After`` or a spent server budget), else None.
+        """
         now = self.now()
         scale = self.scale * self.headroom
         start = max(now, self.paused_until)
-        if self._requests:
-            start = max(start, self._requests.earliest(now, scale))
-        if self._tokens and tokens:
-            start = max(start, self._tokens.earliest(now, scale))
+        self.held_by = "pause" if start > now else None
+        if self._requests and (earliest := self._requests.earliest(now, scale)) > start:
+            start, self.held_by = earliest, "rpm"
+        if self._tokens and tokens and (earliest := self._tokens.earliest(now, scale)) > start:
+            start, self.held_by = earliest, "tpm"
         if self._requests:
             self._requests.spend(start, 1, scale)
         if self._tokens and tokens:
             self._tokens.spend(start, tokens, scale)
         return start
 
-    async def acquire(self, tokens: int = 0) -> None:
+    async def acquire(self, tokens: int = 0) -> str | None:
+        """Wait for the slot of one request of ``tokens``; returns the limit that made it wait (see ``reserve``)."""
         start = self.reserve(tokens)
+        held_by = self.held_by
         delay = start - self.now()
         if delay <= 0:
-            return
+            return None
         self.waits += 1
         waiter = self.loop.create_future()
         handle = self.loop.call_at(self.loop.time() + delay, _wake, waiter)
@@ -115,6 +123,7 @@ class RateLimiter:
             await waiter
         finally:
             handle.cancel()
+        return held_by
 
     def settle(self, estimated: int, actual: int | None) -> None:
         """Correct the token budget once the server has said what a request really cost."""

@@ -26,7 +26,7 @@ from urllib.parse import quote
 from .cache import APPLICATION_ID, SCHEMA_VERSION, RunLock, check_file, prepare
 from .errors import CacheError, UsageError
 
-MERGED_TABLES = frozenset(("responses", "failures", "runs", "conversations", "batches"))
+MERGED_TABLES = frozenset(("responses", "failures", "runs", "conversations", "batches", "spending"))
 
 
 @dataclass(slots=True)
@@ -178,6 +178,9 @@ def _merge_runs(
     runs = conn.execute(
         "SELECT id, input, settings, created, updated FROM src.runs ORDER BY created"
     ).fetchall()
+    has_spending = conn.execute(
+        "SELECT 1 FROM src.sqlite_master WHERE type = 'table' AND name = 'spending'"
+    ).fetchone()
     for run_id, input_path, settings, created, updated in runs:
         target = run_ids.setdefault((Path(input_path).name, bytes(settings)), run_id)
         clash = conn.execute(
@@ -204,6 +207,16 @@ def _merge_runs(
             (target, run_id),
         )
         result.conversations_added += added.rowcount
+        if not has_spending:  # a cache from before migration 5
+            continue
+        conn.execute(  # what each shard paid adds up to what the merged run cost
+            "INSERT INTO main.spending SELECT ?, usd, requests, prompt_tokens, completion_tokens, updated "
+            "FROM src.spending WHERE run_id = ? ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
+            "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+            "completion_tokens = completion_tokens + excluded.completion_tokens, "
+            "updated = max(updated, excluded.updated)",
+            (target, run_id),
+        )
 
 
 def _merge_answers(conn: sqlite3.Connection, result: MergeResult) -> None:

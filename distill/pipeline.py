@@ -114,7 +114,9 @@ def parse(argv: list[str]):
 
 def run_step(config: PipelineConfig, stream: TextIO):
     from .cli.run import job_from_args
+    from .progress_bar import ProgressBar
     from .runner import run
+    from .summary import describe
 
     table = config.tables["run"]
     if "input" not in table:
@@ -124,7 +126,9 @@ def run_step(config: PipelineConfig, stream: TextIO):
         raise ConfigError(
             f"{config.path}: dry-run in [run] would train on nothing; run 'distill run --dry-run' alone"
         )
-    report = run(job_from_args(args), stream)
+    report = run(job_from_args(args), ProgressBar(stream, quiet=args.quiet))
+    if not args.quiet:
+        print(describe(report), file=stream)
     if report.exit_code:
         raise UsageError(
             f"the run left {report.export.failed} conversations failed; fix the cause and run the pipeline again "

@@ -14,27 +14,29 @@ import asyncio
 import hashlib
 import os
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import orjson
 
+from formats.intake import check_not_blank, format_hint, screened
 from formats.rejects import RejectsWriter, rejects_path_for
 
 from .cache import Cache, check_file
 from .client import TeacherClient
-from .conversation import Conversation, Record
-from .cost import BudgetReached, Price, budget_for
+from .conversation import Conversation, Record, Reject
+from .cost import BUDGET_SCOPES, Budget, BudgetReached, Price, budget_for
 from .engine import Engine
 from .errors import DistillError, UsageError
 from .estimate import estimate_records
 from .export import ExportResult, export
-from .progress import Progress, summary
+from .preflight import CheckedClient, check_key, preflight
+from .progress import RunObserver
+from .rejected import DEFAULT_MAX_REJECT_SHARE, RejectTally, check_max_share, judge
 from .settings import RunSettings
 from .shard import Shard
 from .stats import RunStats
@@ -44,9 +46,13 @@ if TYPE_CHECKING:
 
 
 class Interrupted(DistillError):
-    """The run was stopped by a signal; everything answered so far is in the cache."""
+    """The run was stopped by a signal; everything answered so far is in the cache. ``stats`` says how far it got."""
 
     exit_code = 130
+
+    def __init__(self, message: str, stats: RunStats | None = None) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 @dataclass(slots=True)
@@ -60,13 +66,16 @@ class RunJob:
     reader_options: dict = field(default_factory=dict)
     limit: int | None = None
     api_key: str | None = None
-    quiet: bool = False
+    api_key_env: str = "TOGETHER_API_KEY"  # named in the messages about the key
     check_output: bool = True
     val_fraction: float = 0.0
     shard: Shard | None = None
     budget: float | None = None
+    budget_scope: str = "total"  # "total": everything spent on the cache for these settings; "run": this call
     price: Price | None = None
     batch: BatchOptions | None = None
+    max_reject_share: float = DEFAULT_MAX_REJECT_SHARE
+    preflight: bool = True  # ask GET BASE/models before the first request
 
 
 @dataclass(slots=True)
@@ -76,6 +85,8 @@ class RunReport:
     export: ExportResult
     manifest: Path
     rejects: Path | None
+    input: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -102,16 +113,106 @@ def manifest_path(output: Path) -> Path:
     return output.with_name(output.name + ".manifest.json")
 
 
-def run(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
-    """Run ``job`` to the end (or to a signal) and return its report."""
-    return _run_with_signals(run_async(job, stream))
+def run(job: RunJob, observer: RunObserver | None = None) -> RunReport:
+    """Run ``job`` to the end (or to a signal) and return its report.
+
+    Nothing is printed: ``observer`` (a :class:`~distill.progress.RunObserver`, such as the CLI's
+    :class:`~distill.progress_bar.ProgressBar`) hears the progress, warnings and notes.
+    """
+    stats = RunStats(total_expected=job.limit)
+    return _run_with_signals(run_async(job, observer, stats), stats)
 
 
-async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
+async def run_async(
+    job: RunJob, observer: RunObserver | None = None, stats: RunStats | None = None
+) -> RunReport:
     from formats.readers import ReaderOptions, open_reader
     from formats.writers import open_writer
 
+    observer = observer or RunObserver()
     writer = open_writer(job.output_format)  # an unknown format fails before anything is paid for
+    _check_paths(job)
+    check_max_share(job.max_reject_share)
+    if job.budget_scope not in BUDGET_SCOPES:
+        raise UsageError(
+            f"--budget-scope must be one of {', '.join(BUDGET_SCOPES)}, got {job.budget_scope!r}"
+        )
+    check_key(job.settings.base_url, job.api_key, job.api_key_env)
+    check_not_blank(job.input)
+    reader = open_reader(
+        job.input,
+        job.input_format,
+        ReaderOptions(system_prompt=job.settings.system_prompt, extra=dict(job.reader_options)),
+    )
+    input_path = str(job.input.resolve())
+    run_id = job.settings.run_id(input_path)
+    stats = stats if stats is not None else RunStats(total_expected=job.limit)
+    tally = RejectTally()
+    rejects = RejectsWriter(rejects_path_for(job.output), append=False)
+
+    def on_reject(reject: Reject) -> None:
+        tally.note(reject)
+        rejects.write(reject)
+
+    try:
+        async with (
+            Cache(job.cache) as cache,
+            TeacherClient.for_settings(job.settings, job.api_key) as client,
+        ):
+            budget = _metered_budget(job, cache, run_id, stats)
+            engine = Engine(
+                job.settings,
+                cache,
+                _checked(job, client, observer),
+                stats=stats,
+                on_reject=on_reject,
+                budget=budget,
+                shard=job.shard,
+            )
+            rejects.remove_stale()
+            observer.started(stats)
+            if observer.live and job.limit is None:  # a total for the display's bar and ETA
+                estimating = asyncio.ensure_future(asyncio.to_thread(estimate_records, job.input))
+                estimating.add_done_callback(lambda done: _set_total(stats, done.result()))
+            try:
+                records = screened(limited(reader.read(job.input), job.limit), writer)
+                if job.batch is not None:
+                    await _run_batch(
+                        job, cache, records, run_id, input_path, stats, budget, on_reject, observer
+                    )
+                else:
+                    await engine.run(records, run_id, input_path)
+            finally:
+                observer.stopped(stats)
+    finally:
+        rejects.close()
+    judged = {"input_path": job.input, "rejects_path": rejects.path, "max_share": job.max_reject_share}
+    if stats.conversations_read == 0 and (job.shard is None or tally.rejected):
+        judge(tally, 0, hint=format_hint(job.input, job.input_format), **judged)  # raises: nothing to write
+    result = export(job.cache, job.output, writer.line, run_id, job.val_fraction)
+    if job.check_output and result.written > result.validation_written:  # an empty file has nothing to check
+        check_output(job.output)
+    if job.check_output and result.validation_written:
+        check_output(result.validation_path)
+    manifest = write_manifest(job, run_id, stats, result, getattr(reader, "stats", None), rejects.count)
+    report = RunReport(run_id, stats, result, manifest, rejects.path if rejects.count else None, job.input)
+    try:
+        warning = judge(tally, stats.conversations_read, **judged)
+    except DistillError as error:
+        error.report = report  # type: ignore[attr-defined]
+        raise
+    if warning is not None:
+        report.warnings.append(warning)
+        observer.warn(warning)
+    if budget is not None and budget.refused > 0:
+        stop = BudgetReached(_budget_stop_message(job, budget, result))
+        stop.report = report  # type: ignore[attr-defined]
+        raise stop
+    return report
+
+
+def _check_paths(job: RunJob) -> None:
+    """Every file the run writes can be written, and the cache is one: checked before anything is paid for."""
     check_writable(job.output, "output", "--output")
     for beside, what in (
         (rejects_path_for(job.output), "rejects file"),
@@ -125,69 +226,52 @@ async def run_async(job: RunJob, stream: TextIO = sys.stderr) -> RunReport:
         check_fraction(job.val_fraction)
         check_writable(validation_path(job.output), "validation file", "--output")
     check_file(job.cache)
-    reader = open_reader(
-        job.input,
-        job.input_format,
-        ReaderOptions(system_prompt=job.settings.system_prompt, extra=dict(job.reader_options)),
+
+
+def _checked(job: RunJob, client: TeacherClient, observer: RunObserver) -> CheckedClient:
+    """``client`` behind the pre-flight check (``job.preflight``) and the missing-endpoint rule."""
+    settings = job.settings
+
+    async def check() -> None:
+        await preflight(settings.base_url, settings.model, job.api_key, job.api_key_env, observer.warn)
+
+    return CheckedClient(client, check if job.preflight else None)
+
+
+def _metered_budget(job: RunJob, cache: Cache, run_id: str, stats: RunStats) -> Budget | None:
+    """The run's budget (or a meter without a cap, where the price is known); every charge is kept in the cache."""
+    if job.budget is None and job.price is None:
+        return None
+    spent_before = cache.spent(run_id)
+
+    def on_charge(usd: float, prompt_tokens: int, completion_tokens: int) -> None:
+        stats.cost_usd = (stats.cost_usd or 0.0) + usd
+        cache.add_spend(run_id, usd, prompt_tokens, completion_tokens)
+
+    budget = budget_for(
+        job.budget,
+        job.settings.model,
+        job.price,
+        batch=job.batch is not None,
+        spent_before=spent_before if job.budget_scope == "total" else 0.0,
+        on_charge=on_charge,
     )
-    input_path = str(job.input.resolve())
-    run_id = job.settings.run_id(input_path)
-    stats = RunStats(total_expected=job.limit)
-    budget = budget_for(job.budget, job.settings.model, job.price, batch=job.batch is not None)
-    rejects = RejectsWriter(rejects_path_for(job.output), append=False)
-    progress = Progress(stats, stream, live=None if not job.quiet else False)
-    try:
-        async with (
-            Cache(job.cache) as cache,
-            TeacherClient.for_settings(job.settings, job.api_key) as client,
-        ):
-            engine = Engine(
-                job.settings,
-                cache,
-                client,
-                stats=stats,
-                on_reject=rejects.write,
-                budget=budget,
-                shard=job.shard,
-            )
-            rejects.remove_stale()
-            progress.start()
-            if progress.live and job.limit is None:
-                estimating = asyncio.ensure_future(asyncio.to_thread(estimate_records, job.input))
-                estimating.add_done_callback(lambda done: _set_total(stats, done.result()))
-            try:
-                records = limited(reader.read(job.input), job.limit)
-                if job.batch is not None:
-                    await _run_batch(
-                        job, cache, records, run_id, input_path, stats, budget, rejects.write, stream
-                    )
-                else:
-                    await engine.run(records, run_id, input_path)
-            finally:
-                progress.stop()
-    finally:
-        rejects.close()
-    result = export(job.cache, job.output, writer.line, run_id, job.val_fraction)
-    budget_stopped = budget is not None and budget.refused > 0
-    if job.check_output and result.written > result.validation_written:  # an empty file has nothing to check
-        check_output(job.output)
-    if job.check_output and result.validation_written:
-        check_output(result.validation_path)
-    manifest = write_manifest(job, run_id, stats, result, getattr(reader, "stats", None))
-    report = RunReport(run_id, stats, result, manifest, rejects.path if rejects.count else None)
-    if not job.quiet:
-        print(summary(stats), file=stream)
-        print(f"wrote {result.written} conversations to {job.output} (manifest {manifest})", file=stream)
-    if budget_stopped:
-        stop = BudgetReached(
-            f"{budget.summary()}; the next request would go over it, so the run stopped sending; the "
-            f"{result.written} conversations answered so far "
-            f"are in {job.output}. Run the same command again (with a new --budget) to continue: nothing "
-            "answered is paid for twice"
-        )
-        stop.report = report  # type: ignore[attr-defined]
-        raise stop
-    return report
+    stats.cost_usd, stats.cost_before_usd, stats.budget_usd = 0.0, spent_before, job.budget
+    return budget
+
+
+def _budget_stop_message(job: RunJob, budget: Budget, result: ExportResult) -> str:
+    again = (
+        "Run the same command again with a higher --budget to continue (it counts what was spent on these "
+        "settings before; --budget-scope run caps each invocation alone)"
+        if job.budget_scope == "total"
+        else "Run the same command again to continue (--budget-scope run: each invocation has its own --budget)"
+    )
+    return (
+        f"{budget.summary()}; the next request would go over it, so the run stopped sending; the "
+        f"{result.written} conversations answered so far are in {job.output}. {again}: nothing answered is paid "
+        "for twice"
+    )
 
 
 async def _run_batch(
@@ -199,14 +283,14 @@ async def _run_batch(
     stats: RunStats,
     budget,
     on_reject,
-    stream,
+    observer: RunObserver,
 ) -> None:
     """Answer the run through a provider's Batch API (``--batch``) instead of live requests."""
     from .batch import BatchRunner, open_provider
 
     assert job.batch is not None
     provider = open_provider(job.batch, job.settings, job.api_key)
-    log = None if job.quiet else (lambda line: print(line, file=stream, flush=True))
+    log = observer.note
     runner = BatchRunner(
         job.settings,
         cache,
@@ -251,7 +335,9 @@ def check_output(path: Path) -> None:
         raise DistillError(f"the output {path} failed its own check:\n{report.format()}")
 
 
-def write_manifest(job: RunJob, run_id: str, stats: RunStats, result: ExportResult, reader_stats) -> Path:
+def write_manifest(
+    job: RunJob, run_id: str, stats: RunStats, result: ExportResult, reader_stats, rejected: int = 0
+) -> Path:
     path = manifest_path(job.output)
     settings = asdict(job.settings)
     manifest = {
@@ -271,7 +357,10 @@ def write_manifest(job: RunJob, run_id: str, stats: RunStats, result: ExportResu
         "cache": str(job.cache),
         "model": job.settings.model,
         "settings": settings,
+        "files": files_written(job, result, rejected),
+        "cost_usd": {"this_run": stats.cost_usd, "before": stats.cost_before_usd, "budget": job.budget},
         "counts": {
+            "read": stats.conversations_read,
             "written": result.written,
             "failed": result.failed,
             "incomplete": result.incomplete,
@@ -285,6 +374,22 @@ def write_manifest(job: RunJob, run_id: str, stats: RunStats, result: ExportResu
     }
     path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str))
     return path
+
+
+def files_written(job: RunJob, result: ExportResult, rejected: int) -> dict:
+    """Each file the run wrote and what it holds: conversations, or rejected records."""
+    files = {
+        "output": {"path": str(job.output), "conversations": result.written - result.validation_written},
+        "manifest": {"path": str(manifest_path(job.output))},
+    }
+    if result.validation_path is not None:
+        files["validation"] = {
+            "path": str(result.validation_path),
+            "conversations": result.validation_written,
+        }
+    if rejected:
+        files["rejects"] = {"path": str(rejects_path_for(job.output)), "records": rejected}
+    return files
 
 
 def sha256_file(path: Path) -> str:
@@ -301,7 +406,7 @@ def _version() -> str:
     return __version__
 
 
-def _run_with_signals(coro) -> RunReport:
+def _run_with_signals(coro, stats: RunStats | None = None) -> RunReport:
     loop = asyncio.new_event_loop()
     task = loop.create_task(coro)
     stopped_by: list[str] = []
@@ -318,7 +423,8 @@ def _run_with_signals(coro) -> RunReport:
     except asyncio.CancelledError:
         raise Interrupted(
             f"stopped by {stopped_by[0] if stopped_by else 'cancellation'}; every answer received is saved in the "
-            "cache: run the same command again to resume"
+            "cache: run the same command again to resume",
+            stats,
         ) from None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -24,6 +24,17 @@ class RunStats:
     total_expected: int | None = None
     started: float = field(default_factory=time.monotonic)
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    # conversations whose every turn was already in the cache (done, but no work of this run)
+    conversations_cached: int = 0
+    # how often a request waited for each limit: "concurrency", "rpm", "tpm", "pause" (distill.limiter)
+    waits: dict[str, int] = field(default_factory=dict)
+    # US dollars, where the price is known: spent by this invocation, by earlier ones on the same settings
+    cost_usd: float | None = None
+    cost_before_usd: float | None = None
+    budget_usd: float | None = None
+
+    def count_wait(self, limit: str) -> None:
+        self.waits[limit] = self.waits.get(limit, 0) + 1
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

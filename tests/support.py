@@ -34,3 +34,13 @@ def write_multi_turn(
                 )
             f.write(json.dumps({"id": f"conv-{c}", "messages": messages}) + "\n")
     return path
+
+
+class FakeClock:
+    """A clock that stands still until a test moves ``now``."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 from distill.estimate import estimate_records
-from distill.progress import status_line, summary
+from distill.export import ExportResult
+from distill.progress import status_line
+from distill.runner import RunReport
 from distill.stats import RunStats
+from distill.summary import describe
 
 
 def test_jsonl_records_are_counted_by_line(tmp_path):
@@ -45,22 +48,31 @@ def test_the_status_line_shows_every_counter_and_an_eta():
         prompt_tokens=12_345,
         completion_tokens=6_789,
     )
-    line = status_line(stats)
+    line = status_line(stats, eta=90.0)
     for part in (
         "conversations 50/100",
-        "turns 120",
+        "turns done 120",
         "req/s",
         "tokens 12.3k in 6.8k out",
         "retries 3",
-        "429s 2",
+        "rate limited 2",
+        "ETA 01:30",
     ):
         assert part in line
-    assert "ETA --:--" not in line
 
 
-def test_the_summary_lists_failures():
+def test_the_summary_lists_failures_and_counts_that_add_up(tmp_path):
     stats = RunStats(
-        conversations_done=2, conversations_failed=1, failures=[("c9", "in.json#9", "422 from the teacher")]
+        conversations_read=3,
+        conversations_done=2,
+        conversations_failed=1,
+        failures=[("c9", "in.json#9", "422 from the teacher")],
     )
-    text = summary(stats)
-    assert "2 written, 1 failed" in text and "c9 (in.json#9): 422 from the teacher" in text
+    result = ExportResult(tmp_path / "out.jsonl", "run", written=2, failed=1)
+    text = describe(
+        RunReport("run", stats, result, tmp_path / "out.jsonl.manifest.json", None, tmp_path / "in")
+    )
+    assert "c9 (in.json#9): 422 from the teacher" in text
+    assert "out.jsonl: 2 conversations" in text
+    assert "3 conversations = 2 written + 1 failed + 0 not answered" in text
+    assert "manifest " + str(tmp_path / "out.jsonl.manifest.json") in text

@@ -28,7 +28,6 @@ def make_job(tmp_path: Path, base_url: str, input_path: Path, **kw) -> RunJob:
         cache=kw.pop("cache", tmp_path / "cache.sqlite"),
         settings=settings,
         output_format=output_format,
-        quiet=True,
         **kw,
     )
 
@@ -253,8 +252,10 @@ async def test_rejects_are_written_beside_the_output(tmp_path, teacher):
         + json.dumps({"conversations": [{"from": "gpt", "value": "only an answer"}]})
         + "\n"
     )
-    report = await run_async(make_job(tmp_path, teacher.base_url, data, input_format="sharegpt"))
+    job = make_job(tmp_path, teacher.base_url, data, input_format="sharegpt", max_reject_share=1.0)
+    report = await run_async(job)
     assert report.export.written == 1
+    assert "2 of 3 input records (66.7%) were rejected" in report.warnings[0]
     rejects = read_lines(report.rejects)
     assert [r["source"] for r in rejects] == [f"{data.name}:2", f"{data.name}:3"]
     assert all(r["reason"] for r in rejects)

@@ -196,36 +196,42 @@ def test_bad_first_lines_through_a_whole_run(tmp_path, teacher):
     data = tmp_path / "in.jsonl"
     data.write_text("\n".join([*HEADS["null_then_array"], *HEADS["two_broken_lines"], *good]) + "\n", "utf-8")
     out = tmp_path / "out.jsonl"
-    result = distill_run(teacher, data, out, "--format", "sharegpt")
+    result = distill_run(teacher, data, out, "--format", "sharegpt", "--max-reject-share", "0.6")
     assert result.returncode == 0, result.stderr
+    assert "4 of 7 input records (57.1%) were rejected" in result.stderr  # a loud warning, not an error
     assert user_turns(out) == [f"good record {n}" for n in range(3)]
     rejects = read_jsonl(tmp_path / "out.jsonl.rejects.jsonl")
     assert [r["source"] for r in rejects] == [f"in.jsonl:{i}" for i in range(1, 5)]
 
 
-def test_a_json_list_rejects_bad_items_by_index_and_stops_only_at_a_syntax_error(tmp_path, teacher):
+def test_a_json_list_rejects_bad_items_by_index_and_fails_at_a_syntax_error(tmp_path, teacher):
     items = [GOOD["sharegpt"](0), None, [1], "text", {"conversations": []}, GOOD["sharegpt"](1)]
     body = ", ".join(json.dumps(i) for i in items)
     data = tmp_path / "list.json"
     data.write_text(f'[{body}, {{"conversations": [}}, {json.dumps(GOOD["sharegpt"](2))}]', encoding="utf-8")
     out = tmp_path / "out.jsonl"
     result = distill_run(teacher, data, out, "--format", "sharegpt")
-    assert result.returncode == 0, result.stderr
-    assert user_turns(out) == ["good record 0", "good record 1"]
+    assert result.returncode == 1, result.stderr  # the rest of the file is lost: never a silent success
+    assert (
+        "cannot be read past list.json#6" in result.stderr
+        and "every record after it is lost" in result.stderr
+    )
+    assert user_turns(out) == ["good record 0", "good record 1"]  # what came before is written all the same
     rejects = read_jsonl(tmp_path / "out.jsonl.rejects.jsonl")
     assert [r["source"] for r in rejects] == [f"list.json#{i}" for i in (1, 2, 3, 4, 6)]
     assert "everything after it cannot be read" in rejects[-1]["reason"]
 
 
-def test_an_input_where_nothing_is_usable_writes_an_empty_output_and_every_reject(tmp_path, teacher):
+def test_an_input_where_nothing_is_usable_fails_and_writes_every_reject(tmp_path, teacher):
     data = tmp_path / "hopeless.jsonl"
     data.write_text('null\n[1]\n{"conversations": []}\n"text"\n', encoding="utf-8")
     out = tmp_path / "out.jsonl"
     teacher.reset_stats()
     result = distill_run(teacher, data, out, "--format", "sharegpt")
     assert "Traceback" not in result.stderr
-    assert result.returncode == 0, result.stderr
-    assert out.read_bytes() == b""
+    assert result.returncode == 2, result.stderr
+    assert "no conversation could be read" in result.stderr and "out.jsonl.rejects.jsonl" in result.stderr
+    assert not out.exists()
     assert len(read_jsonl(tmp_path / "out.jsonl.rejects.jsonl")) == 4
     assert teacher.stats(with_hashes=False)["requests"] == 0
 

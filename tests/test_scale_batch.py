@@ -37,7 +37,6 @@ def job(teacher, tmp: Path, data: Path, provider: str = "together", name: str = 
         cache=tmp / f"{name}.sqlite",
         settings=settings,
         api_key="test-key",
-        quiet=True,
         batch=options,
         **kw,
     )
@@ -50,7 +49,6 @@ async def live_output(teacher, tmp: Path, data: Path, **settings) -> bytes:
         output=tmp / "live.jsonl",
         cache=tmp / "live.sqlite",
         settings=RunSettings(model="teacher", base_url=teacher.base_url, **settings),
-        quiet=True,
     )
     await run_async(live)
     return live.output.read_bytes()
@@ -261,5 +259,5 @@ async def test_batch_run_from_the_command_line(tmp_path, teacher, sharegpt_60):
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
-    assert "submitted 11 requests" in err.decode() and "wrote 60 conversations" in err.decode()
+    assert "submitted 11 requests" in err.decode() and "cli.jsonl: 60 conversations" in err.decode()
     assert (tmp_path / "cli.jsonl").read_bytes() == await live_output(teacher, tmp_path, sharegpt_60)

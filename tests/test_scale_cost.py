@@ -36,7 +36,6 @@ def live_job(tmp: Path, url: str, name: str, **kw) -> RunJob:
         output=tmp / f"{name}.jsonl",
         cache=tmp / f"{name}.sqlite",
         settings=settings,
-        quiet=True,
         **kw,
     )
 
@@ -127,7 +126,7 @@ async def test_budget_stops_sending_and_the_same_command_finishes_paying_once(tm
         BudgetReached, match=r"of --budget \$1\.00; the next request would go over it"
     ) as stop:
         await run_async(job)
-    assert "Run the same command again (with a new --budget) to continue" in str(stop.value)
+    assert "Run the same command again with a higher --budget to continue" in str(stop.value)
     stopped = teacher.stats
     spent = price.cost(stopped.prompt_tokens, stopped.completion_tokens)  # as the server billed it
     costliest = max(price.cost(*t) for t in _request_tokens(tmp_path / "budget.sqlite"))
@@ -173,7 +172,7 @@ def test_budget_stop_exits_75_and_says_how_to_continue(tmp_path):
         )
         assert stopped.returncode == 75, stopped.stderr
         assert "of --budget $0.05; the next request would go over it" in stopped.stderr
-        assert "Run the same command again (with a new --budget) to continue" in stopped.stderr
+        assert "Run the same command again with a higher --budget to continue" in stopped.stderr
         no_price = subprocess.run([*args, "--budget", "1"], capture_output=True, text=True, timeout=60)
         assert no_price.returncode == 2 and "--price-in" in no_price.stderr
         assert subprocess.run(args, capture_output=True, timeout=60).returncode == 0

@@ -33,7 +33,6 @@ def run_job(teacher, data: Path, directory: Path, **kw) -> RunJob:
         output=directory / "out.jsonl",
         cache=directory / "cache.sqlite",
         settings=RunSettings(model="teacher", base_url=teacher.base_url),
-        quiet=True,
         **kw,
     )
 

@@ -20,9 +20,11 @@ from importlib.resources import files
 from pathlib import Path
 
 from distill.pipeline import run_pipeline
+from distill.progress_bar import ProgressBar
 from distill.runner import RunJob, run
 from distill.servers.teacher import TeacherKnobs, start_teacher_process
 from distill.settings import RunSettings
+from distill.summary import describe
 
 DEMO_KEY = "demo-key-for-the-local-fakes"
 
@@ -50,8 +52,10 @@ def distil_sample(directory: Path, base_url: str) -> int:
         output = directory / f"sample.{output_format}.jsonl"
         print(f"\n$ distill run {sample.name} --output-format {output_format} --rpm 3000", file=sys.stderr)
         report = run(
-            RunJob(sample, output, directory / "cache.sqlite", settings, output_format=output_format)
+            RunJob(sample, output, directory / "cache.sqlite", settings, output_format=output_format),
+            ProgressBar(sys.stderr),
         )
+        print(describe(report), file=sys.stderr)
         if report.exit_code:
             return report.exit_code
     return 0
@@ -109,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOGETHER_API_KEY", DEMO_KEY)
     print(f"starting the local teacher; writing into {directory}/", file=sys.stderr)
-    with start_teacher_process(TeacherKnobs(latency=0.02, answer_words=20)) as teacher:
+    with start_teacher_process(TeacherKnobs(latency=0.02, answer_words=20, model="local-teacher")) as teacher:
         status = distil_sample(directory, teacher.base_url)
         if status:
             return status

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from distill.batch import BatchOptions
 from distill.config import add_config_flag, option, resolve
-from distill.cost import resolve_price
+from distill.cost import BUDGET_SCOPES, resolve_price
 from distill.dry_run import dry_run
-from distill.errors import UsageError
-from distill.runner import RunJob, run
+from distill.errors import DistillError, UsageError
+from distill.progress_bar import ProgressBar
+from distill.rejected import DEFAULT_MAX_REJECT_SHARE
+from distill.runner import Interrupted, RunJob, run
 from distill.settings import RunSettings, Sampling
 from distill.shard import Shard
+from distill.summary import describe, describe_interrupted
 
 DEFAULT_CACHE = Path("distill-cache.sqlite")
 DEFAULT_KEY_ENV = "TOGETHER_API_KEY"
@@ -31,7 +35,11 @@ def add_parser(subparsers) -> None:
     add_config_flag(p)
     add_teacher_options(p)
     option(
-        p, "--output", "-o", type=Path, help="fine-tuning file to write (default: INPUT_STEM.FORMAT.jsonl)"
+        p,
+        "--output",
+        "-o",
+        type=file_path,
+        help="fine-tuning file to write (default: INPUT_STEM.FORMAT.jsonl)",
     )
     option(p, "--output-format", default="messages", help="messages | llama2 | ... (default: messages)")
     option(p, "--format", dest="input_format", help="input format (default: detected from the file)")
@@ -61,7 +69,29 @@ def add_parser(subparsers) -> None:
         default=False,
         help="send again the requests that failed for good on an earlier run",
     )
-    option(p, "--quiet", "-q", action="store_true", default=False, help="no progress display or summary")
+    option(
+        p,
+        "--max-reject-share",
+        type=float,
+        default=DEFAULT_MAX_REJECT_SHARE,
+        help="share of input records that may be rejected before the run fails (default: "
+        f"{DEFAULT_MAX_REJECT_SHARE:g}; any reject is a warning)",
+    )
+    option(
+        p,
+        "--skip-preflight",
+        action="store_true",
+        default=False,
+        help="do not ask GET BASE/models before the first request (for servers without it)",
+    )
+    option(
+        p,
+        "--quiet",
+        "-q",
+        action="store_true",
+        default=False,
+        help="no progress display or summary; warnings only",
+    )
     add_scale_options(p)
     p.set_defaults(func=main)
 
@@ -93,7 +123,15 @@ def add_scale_options(p: argparse.ArgumentParser) -> None:
         "--budget",
         type=float,
         metavar="USD",
-        help="stop sending once the answers received cost this much (resumable; exit code 75)",
+        help="stop sending once everything spent on this cache for these settings reaches this much "
+        "(resumable with a higher --budget; exit code 75)",
+    )
+    option(
+        p,
+        "--budget-scope",
+        choices=list(BUDGET_SCOPES),
+        default="total",
+        help="total: --budget covers every invocation on these settings (default); run: this invocation alone",
     )
     option(
         p,
@@ -185,6 +223,15 @@ def teacher_settings(args: argparse.Namespace) -> RunSettings:
     )
 
 
+def file_path(value: str) -> Path:
+    """A file path flag: a path ending in a slash names a directory, which is refused at once."""
+    if value.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(
+            f"{value} is a directory path; pass a file path such as {value}out.jsonl"
+        )
+    return Path(value)
+
+
 def api_key(args: argparse.Namespace) -> str | None:
     """The key from the variable ``--api-key-env`` names; a local server may need none."""
     key = os.environ.get(args.api_key_env)
@@ -209,7 +256,18 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(job, job.price, sys.stdout)
         return 0
-    report = run(job, sys.stderr)
+    try:
+        report = run(job, ProgressBar(sys.stderr, quiet=args.quiet))
+    except Interrupted as stopped:
+        if stopped.stats is not None and not args.quiet:
+            print(describe_interrupted(stopped.stats, job.cache, resume_command()), file=sys.stderr)
+        raise
+    except DistillError as error:
+        if getattr(error, "report", None) is not None and not args.quiet:
+            print(describe(error.report), file=sys.stderr)  # what was written, before the error's own line
+        raise
+    if not args.quiet:
+        print(describe(report), file=sys.stderr)
     if report.exit_code and not args.quiet:
         print(
             f"{len(report.stats.failures)} conversations failed; the same command again retries those that ran "
@@ -217,6 +275,11 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return report.exit_code
+
+
+def resume_command() -> str:
+    """The command line that resumes this run: the same one."""
+    return shlex.join(["distill", *sys.argv[1:]])
 
 
 def job_from_args(args: argparse.Namespace) -> RunJob:
@@ -239,9 +302,12 @@ def job_from_args(args: argparse.Namespace) -> RunJob:
         limit=args.limit,
         val_fraction=args.val_fraction,
         api_key=None if args.dry_run else api_key(args),
-        quiet=args.quiet,
+        api_key_env=args.api_key_env,
         shard=Shard.parse(args.shard) if args.shard else None,
         budget=args.budget,
+        budget_scope=args.budget_scope,
+        max_reject_share=args.max_reject_share,
+        preflight=not args.skip_preflight,
         price=resolve_price(settings.model, args.price_in, args.price_out),
         batch=BatchOptions(
             provider="auto" if args.batch is True else args.batch, poll_seconds=args.batch_poll

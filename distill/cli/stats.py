@@ -10,6 +10,7 @@ import orjson
 
 from distill.cache import connect_readonly, reported
 from distill.config import add_config_flag, option, resolve
+from distill.progress import dollars
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +30,10 @@ def cache_stats(conn: sqlite3.Connection) -> dict:
         {"key": k, "reason": r, "status": s}
         for k, r, s in conn.execute("SELECT key, reason, status FROM failures ORDER BY updated")
     ]
+    spending = {
+        run_id: (usd, requests)
+        for run_id, usd, requests in conn.execute("SELECT run_id, usd, requests FROM spending")
+    }
     runs = []
     for run_id, input_path, settings, created, updated in conn.execute(
         "SELECT id, input, settings, created, updated FROM runs ORDER BY created"
@@ -46,6 +51,8 @@ def cache_stats(conn: sqlite3.Connection) -> dict:
                 "history": s["history"],
                 "conversations": n,
                 "finished": finished,
+                "cost_usd": spending.get(run_id, (None, 0))[0],
+                "requests_paid": spending.get(run_id, (None, 0))[1],
                 "created": created,
                 "updated": updated,
             }
@@ -56,6 +63,7 @@ def cache_stats(conn: sqlite3.Connection) -> dict:
         "completion_tokens": ctok,
         "finished_length": length,
         "failures": failures,
+        "cost_usd": sum(usd for usd, _ in spending.values()) if spending else None,
         "runs": runs,
     }
 
@@ -75,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
         f"cache {args.cache}: {stats['responses']} answers, {stats['prompt_tokens']} prompt and "
         f"{stats['completion_tokens']} completion tokens, {stats['finished_length']} cut off at max_tokens"
     )
+    if stats["cost_usd"] is not None:
+        print(f"spent {dollars(stats['cost_usd'])} in all (answers paid for where the price was known)")
     print(f"{len(stats['failures'])} requests failed for good" + (":" if stats["failures"] else ""))
     for f in stats["failures"][:20]:
         print(f"  {f['key'][:12]}  {f['reason']}")
@@ -83,5 +93,6 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"  {r['id']}  {r['model']} ({r['api']}, history {r['history']})  "
             f"{r['conversations']} conversations ({r['finished']} finished)  from {r['input']}"
+            + (f"  spent {dollars(r['cost_usd'])}" if r["cost_usd"] is not None else "")
         )
     return 0

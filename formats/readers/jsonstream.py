@@ -45,6 +45,7 @@ class ParseFailure:
 
     reason: str
     text: str = ""
+    rest_lost: bool = False  # the file cannot be read past this point: every later record is lost
 
 
 def layout_of(head: bytes, lines: Iterable[bytes] | None = None) -> Layout | None:
@@ -340,7 +341,9 @@ def _may_continue(text: str, end: int) -> bool:
 
 
 def _rest_failed(name: str, index: int, why: str) -> tuple[str, ParseFailure]:
-    return f"{name}#{index}", ParseFailure(f"{why}; item {index} and everything after it cannot be read")
+    return f"{name}#{index}", ParseFailure(
+        f"{why}; item {index} and everything after it cannot be read", rest_lost=True
+    )
 
 
 def _iter_object(path: Path) -> Iterator[tuple[str, Any]]:
@@ -352,10 +355,11 @@ def _iter_object(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             value = buf.decode(decoder)
         except json.JSONDecodeError as e:
-            yield f"{name}#0", ParseFailure(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}")
+            reason = f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            yield f"{name}#0", ParseFailure(reason, rest_lost=True)
             return
         except RecursionError:
-            yield f"{name}#0", ParseFailure("invalid JSON: nested too deeply")
+            yield f"{name}#0", ParseFailure("invalid JSON: nested too deeply", rest_lost=True)
             return
         yield f"{name}#0", value
         if buf.skip_ws():

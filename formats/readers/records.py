@@ -49,7 +49,7 @@ class RecordReader(Reader):
         self.check_options()
         for source, value in iter_values(Path(path), unwrap=self.unwrap):
             if isinstance(value, ParseFailure):
-                yield Reject(source, value.reason, value.text or None)
+                yield Reject(source, value.reason, value.text or None, ends_input=value.rest_lost)
                 continue
             yield self.record(source, value)
 

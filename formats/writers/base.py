@@ -44,6 +44,14 @@ class Writer(ABC):
     def render(self, conversation: Conversation) -> dict[str, Any]:
         """The JSON object for one line of the output file."""
 
+    def refusal(self, conversation: Conversation) -> str | None:
+        """Why this writer cannot write ``conversation`` whatever the teacher answers, else None.
+
+        Asked of every conversation as it is read, so one the output format cannot hold is rejected before any
+        request is paid for.
+        """
+        return None
+
     def line(self, conversation: Conversation) -> bytes:
         """The output line for one conversation, newline included (what :func:`distill.export.export` takes)."""
         return encode_line(self.render(conversation))

@@ -22,6 +22,15 @@ class PromptCompletionWriter(Writer):
 
     name = "prompt-completion"
 
+    def refusal(self, conversation: Conversation) -> str | None:
+        users = sum(m.role == "user" for m in conversation.messages)
+        if users == 1:
+            return None
+        return (
+            f"prompt-completion holds one user turn and its answer; this conversation has {users} user turns: "
+            "use --output-format messages for multi-turn data"
+        )
+
     def render(self, conversation: Conversation) -> dict[str, Any]:
         roles = [m.role for m in conversation.messages if m.role != "system"]
         if roles != ["user", "assistant"]:

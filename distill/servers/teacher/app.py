@@ -127,6 +127,9 @@ def build_app(state: TeacherState) -> web.Application:
         return await state.handle(request, "completions")
 
     async def models(request: web.Request) -> web.Response:
+        key = state.knobs.api_key
+        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+            return _error(401, "invalid or missing API key", {}, code="invalid_api_key")
         model = {"id": state.knobs.model, "object": "model", "created": 0, "owned_by": "distill"}
         return web.json_response({"object": "list", "data": [model]}, dumps=_dumps)
 
