@@ -18,7 +18,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("distill", "formats", "trainers", "bench")
-ORCHESTRATION = ("distill.cli", "distill.runner", "distill.pipeline", "distill.dry_run", "distill.__main__")
+ORCHESTRATION = (
+    "distill.cli",
+    "distill.runner",
+    "distill.pipeline",
+    "distill.dry_run",
+    "distill.manifest",
+    "distill.__main__",
+)
 SERVERS = "distill.servers"
 SERVERS_MAY_IMPORT = ("distill.errors", "distill.tokens", "distill.requests")
 NOT_FOR_THE_CORE = ("formats", "trainers", SERVERS, *ORCHESTRATION)
