@@ -28,6 +28,8 @@ SCRIPTS = (
     "memory",
     "export_speed",
     "curator",
+    "view_list",
+    "cluster",
 )
 
 METHOD = """\

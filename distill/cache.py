@@ -53,6 +53,7 @@ from .cache_file import (  # noqa: F401
     reported,
     writable,
 )
+from .cache_view import ViewRecords, ViewRows
 from .errors import CacheError
 from .requests import TeacherResponse
 
@@ -79,7 +80,7 @@ class Failure:
 CacheEntry = TeacherResponse | Failure
 
 
-class Cache(GroupCommits):
+class Cache(GroupCommits, ViewRecords):
     """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``.
 
     Reads are here; the queued writes and their group commits are :class:`~distill.cache_commits.GroupCommits`.
@@ -101,10 +102,11 @@ class Cache(GroupCommits):
         self._response_rows: list[tuple[Any, ...]] = []
         self._failure_rows: list[tuple[Any, ...]] = []
         self._conversation_rows: list[tuple[Any, ...]] = []
-        self._finished_rows: list[tuple[str, int]] = []
+        self._finished_rows: list[tuple[Any, ...]] = []
         self._spend: dict[
             str, list[float]
         ] = {}  # run id -> [usd, requests, prompt, completion] not committed
+        self._view_rows = ViewRows()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
@@ -185,6 +187,7 @@ class Cache(GroupCommits):
     def _close_writer_db(self) -> None:
         db = getattr(self._writer_state, "db", None)
         if db is not None:
+            self._index_before_closing(db)
             db.close()
             self._writer_state.db = None
 
@@ -270,6 +273,15 @@ class Cache(GroupCommits):
                 "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
                 (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
             )
+
+    async def record_run_end(self, run_id: str) -> None:
+        with reported(self.path):
+            self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (time.time(), run_id))
+
+    async def clear_rejects(self, run_id: str) -> None:
+        """Forget a run's rejected records before it reads its input again (as its rejects file is rewritten)."""
+        with reported(self.path):
+            self._db.execute("DELETE FROM rejects WHERE run_id = ?", (run_id,))
 
     async def forget_failures(self) -> int:
         """Drop every recorded failure so the requests are tried again (``--retry-failed``)."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .cache_file import reported
+from .cache_view import FINISHED_UPDATE, ViewRows, finished_row
 from .requests import TeacherResponse
 
 BACKLOG_BATCHES = 4  # rows queued beyond this many batches make producers wait (Cache.room)
@@ -46,11 +47,13 @@ class GroupCommits:
     _response_rows: list[tuple[Any, ...]]
     _failure_rows: list[tuple[Any, ...]]
     _conversation_rows: list[tuple[Any, ...]]
-    _finished_rows: list[tuple[str, int]]
+    _finished_rows: list[tuple[Any, ...]]
     _spend: dict[str, list[float]]
     _flush_handle: asyncio.TimerHandle | None
     _flushing: asyncio.Task[None] | None
     _failures_possible: bool
+    _take_view_rows: Callable[[], ViewRows]  # from distill.cache_view.ViewRecords
+    _index_if_due: Callable[[sqlite3.Connection, int], None]
 
     def put(self, key: str, identity: bytes, response: TeacherResponse) -> None:
         """Queue an answer for the next group commit (readable at once through ``get``)."""
@@ -78,9 +81,9 @@ class GroupCommits:
         self._conversation_rows.extend((run_id, *row) for row in rows)
         self._schedule_flush()
 
-    def mark_finished(self, run_id: str, position: int) -> None:
-        """Queue the mark that every turn of the conversation at ``position`` is answered."""
-        self._finished_rows.append((run_id, position))
+    def mark_finished(self, run_id: str, position: int, answers: Sequence[TeacherResponse] = ()) -> None:
+        """Queue the mark that every turn of the conversation at ``position`` is answered (by ``answers``)."""
+        self._finished_rows.append(finished_row(run_id, position, answers))
         self._schedule_flush()
 
     def add_spend(self, run_id: str, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
@@ -133,13 +136,14 @@ class GroupCommits:
         finished, self._finished_rows = self._finished_rows, []
         spend = [(run_id, *total, time.time()) for run_id, total in self._spend.items()]
         self._spend = {}
-        if not (responses or failures or conversations or finished or spend):
+        viewed = self._take_view_rows()
+        if not (responses or failures or conversations or finished or spend or viewed):
             return
         with reported(self.path):
             # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
             # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
             await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write, responses, failures, conversations, finished, spend
+                self._writer, self._write, responses, failures, conversations, finished, spend, viewed
             )
         self.commits += 1
         for row in responses:
@@ -156,7 +160,13 @@ class GroupCommits:
             await self._flush_once()
 
     def _write(
-        self, responses: list, failures: list, conversations: list, finished: list, spend: list = ()
+        self,
+        responses: list,
+        failures: list,
+        conversations: list,
+        finished: list,
+        spend: list = (),
+        viewed: ViewRows | None = None,
     ) -> None:
         db = self._writer_db()
         db.execute("BEGIN")
@@ -174,13 +184,14 @@ class GroupCommits:
                     conversations,
                 )
             if finished:
-                db.executemany(
-                    "UPDATE conversations SET finished = 1 WHERE run_id = ? AND position = ?", finished
-                )
+                db.executemany(FINISHED_UPDATE, finished)
             if spend:
                 db.executemany(SPEND_UPSERT, spend)
+            if viewed:
+                viewed.write(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._index_if_due(db, len(conversations))

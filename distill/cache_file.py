@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from .cache_view import VIEW_MIGRATION
 from .errors import CacheError
 
 APPLICATION_ID = 0x64737431  # "dst1"
@@ -83,6 +84,8 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # migration 6: what `distill view` shows (issue 15); the SQL is in distill/cache_view.py
+    VIEW_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -134,7 +134,7 @@ class TeacherClient:
         rate = parse_rate_headers(headers)
         if status != 200:
             raise self._redacted(error_for_status(status, body, headers))
-        return parse_answer(request.api, body), rate
+        return cut_at_stop(parse_answer(request.api, body), request), rate
 
     def _redacted(self, error: TeacherError) -> TeacherError:
         """``error`` with the API key cut out: some providers quote the key they refused in their message."""
@@ -197,6 +197,19 @@ def parse_answer(api: str, body: bytes) -> TeacherResponse:
     )
 
 
+def cut_at_stop(response: TeacherResponse, request: TeacherRequest) -> TeacherResponse:
+    """``response`` without its first stop sequence and what follows, as the OpenAI API defines ``stop``.
+
+    A server that stops on a token containing the sequence may return it (``transformers serve`` does, with the
+    rest of that token); the answer stored and written is the text before it, as from any other server.
+    """
+    stops = [s for s in dict(request.params).get("stop") or () if s]
+    found = [i for i in (response.text.find(s) for s in stops) if i >= 0]
+    if not found:
+        return response
+    return replace(response, text=response.text[: min(found)])
+
+
 def error_for_status(status: int, body: bytes, headers) -> TeacherError:
     reason = _error_message(body)
     if status == 429:
@@ -228,9 +241,16 @@ def _retry_after(headers) -> float | None:
 
 
 def _error_message(body: bytes) -> str:
+    """The server's reason: OpenAI's ``{"error": {"message"}}``, or FastAPI's ``{"detail": str | [{"msg"}]}``
+    (``transformers serve``), else the body's start."""
     try:
         data = orjson.loads(body)
         message = data["error"]["message"] if isinstance(data.get("error"), dict) else data.get("error")
+        detail = data.get("detail")
+        if not message and isinstance(detail, list):
+            message = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+        elif not message:
+            message = detail
         if message:
             return str(message)[:300]
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):

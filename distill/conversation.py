@@ -6,6 +6,7 @@ it cannot use). The engine only ever sees these, so a new dataset format is a ne
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -84,3 +85,17 @@ class Reject:
 
 
 Record = Conversation | Reject
+
+
+def limited(records: Iterator[Record], limit: int | None) -> Iterator[Record]:
+    """``records`` up to ``limit`` conversations (rejects pass through and do not count)."""
+    if limit is None:
+        yield from records
+        return
+    taken = 0
+    for record in records:
+        if taken >= limit:
+            return
+        if isinstance(record, Conversation):
+            taken += 1
+        yield record

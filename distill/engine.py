@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class TurnFailed(Exception):
     """A conversation's turn could not be answered; carries the reason for the report."""
 
     reason: str
+    key: str = ""  # the request that failed
 
 
 class Engine:
@@ -99,6 +101,7 @@ class Engine:
             raise first_error(group_error) from None
         finally:
             await self.cache.flush()
+            await self.cache.record_run_end(run_id)
         return self.stats
 
     async def _produce(self, records, run_id: str, queue: asyncio.Queue, workers: int) -> None:
@@ -110,7 +113,7 @@ class Engine:
                     self.stats.rejects += 1
                     if self.on_reject:
                         self.on_reject(record)
-            elif self.shard is not None and not self.shard.owns(record.id):
+            elif self.shard is not None and not self.shard.owns_conversation(record):
                 # another shard's: positions stay those of the whole input, so merged shards keep its order
                 position += 1
             else:
@@ -161,7 +164,7 @@ class Engine:
         for (position, conversation), (answered, turns) in zip(pending, answers, strict=True):
             if len(answered) == turns:
                 self._count_stored(turns)
-                self.cache.mark_finished(run_id, position)
+                self.cache.mark_finished(run_id, position, answered)
             else:
                 await queue.put((position, conversation, answered))
 
@@ -191,15 +194,16 @@ class Engine:
         while (item := await queue.get()) is not None:
             position, conversation, answered = item
             try:
-                await self.answer_conversation(conversation, answered)
+                answers = await self.answer_conversation(conversation, answered)
             except TurnFailed as failed:
                 self.stats.conversations_failed += 1
                 self.stats.failures.append((conversation.id, conversation.source, failed.reason))
+                self.cache.mark_failed(run_id, position, failed.key)
             except BudgetReached:
                 pass  # --budget has no room for it: the conversation stays unanswered for the next run
             else:
                 self.stats.conversations_done += 1
-                self.cache.mark_finished(run_id, position)
+                self.cache.mark_finished(run_id, position, answers)
             await self.cache.room()
 
     # -- conversations and requests -------------------------------------------------------------------------
@@ -226,7 +230,7 @@ class Engine:
     async def _answer_turn(self, request: TeacherRequest) -> TeacherResponse:
         result = await self.answer(request)
         if isinstance(result, Failure):
-            raise TurnFailed(result.reason)
+            raise TurnFailed(result.reason, request.key)
         self.stats.turns_done += 1
         return result
 
@@ -303,13 +307,17 @@ class Engine:
 
     async def _send_once(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
         self.stats.requests_sent += 1
+        sent_at, started = time.time(), time.perf_counter()
         try:
             response, rate = await self.client.send(request)
         except TeacherError as e:
+            latency = time.perf_counter() - started
+            self.cache.log_attempt(request.key, sent_at, latency, e.status, type(e).__name__)
             if e.status == 429:
                 self.stats.rate_limited += 1
                 self.limiter.on_rate_limited(getattr(e, "retry_after", None))
             raise
+        self.cache.log_attempt(request.key, sent_at, time.perf_counter() - started, 200, None)
         self.limiter.on_headers(rate.budget_left, rate.reset_seconds)
         if response.prompt_tokens is not None and response.completion_tokens is not None:
             self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)

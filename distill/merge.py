@@ -4,8 +4,8 @@
   hold *different* answers for the same request (sampling at a temperature, say), the first one merged is kept
   and the others are counted as conflicts.
 - **Failures** are kept only for requests that no cache answered.
-- **Runs and conversations** are kept. Runs with the same settings over an input file of the same name are one
-  run: the shards of one dataset, whatever directory each machine kept it in. Shards store each conversation at
+- **Runs and conversations** are kept. A run already in ``OUT`` under the same id is that run; otherwise runs with
+  the same settings over an input file of the same name are one run: the shards of one dataset, whatever directory each machine kept it in. Shards store each conversation at
   its position in the whole input, so the merged run lists the dataset in its order and ``distill export`` writes
   it whole. Two caches that put different conversations at the same position of the same run did not read the
   same input: that is an error, and nothing of that cache is merged.
@@ -60,14 +60,17 @@ class MergeResult:
         return "\n".join(lines)
 
 
-def merge(output: Path, inputs: list[Path]) -> MergeResult:
-    """Merge the caches ``inputs`` into ``output`` (created if missing); see the module for the rules."""
+def merge(output: Path, inputs: list[Path], *, output_locked: bool = False) -> MergeResult:
+    """Merge the caches ``inputs`` into ``output`` (created if missing); see the module for the rules.
+
+    ``output_locked``: the caller already holds ``output``'s run lock (a cluster run's driver does).
+    """
     output = Path(output)
     inputs = [Path(p) for p in inputs]
     _check_paths(output, inputs)
     for path in inputs:
         _check_input(path)
-    locks = [RunLock(output), *(RunLock(p) for p in inputs)]
+    locks = [*([] if output_locked else [RunLock(output)]), *(RunLock(p) for p in inputs)]
     held: list[RunLock] = []
     try:
         for lock in locks:
@@ -182,7 +185,10 @@ def _merge_runs(
         "SELECT 1 FROM src.sqlite_master WHERE type = 'table' AND name = 'spending'"
     ).fetchone()
     for run_id, input_path, settings, created, updated in runs:
-        target = run_ids.setdefault((Path(input_path).name, bytes(settings)), run_id)
+        if conn.execute("SELECT 1 FROM main.runs WHERE id = ?", (run_id,)).fetchone():
+            target = run_id  # the very same run (the same input path): no need to match it by file name
+        else:
+            target = run_ids.setdefault((Path(input_path).name, bytes(settings)), run_id)
         clash = conn.execute(
             "SELECT c.position, m.id, c.id FROM src.conversations c JOIN main.conversations m "
             "ON m.run_id = ? AND m.position = c.position WHERE c.run_id = ? AND m.id != c.id LIMIT 1",

@@ -178,25 +178,28 @@ def eval_step(
 
 
 def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
-    """Run every step; write ``report.json`` and ``report.md`` into the pipeline's directory and return the JSON."""
-    from trainers import eval as evaluation
+    """Run every step; write ``report.json`` and ``report.md`` into the pipeline's directory and return the JSON.
+
+    The bundled servers the file names (:mod:`distill.servers.bundled`) run for the pipeline's duration."""
+    from .servers.bundled import bundled_servers, substituted, wanted
 
     config = load_config(config_path)
     config.directory.mkdir(parents=True, exist_ok=True)
+    with bundled_servers(wanted(config.tables)) as urls:
+        config.tables = substituted(config.tables, urls)
+        return _run_steps(config, stream)
+
+
+def _run_steps(config: PipelineConfig, stream: TextIO) -> dict[str, Any]:
+    from trainers import eval as evaluation
+
     print(f"[1/4] distil: {config.tables['run']['input']}", file=stream)
     run_report = run_step(config, stream)
     manifest = orjson.loads(run_report.manifest.read_bytes())
     print(f"[2/4] train on {run_report.export.path} (checked before upload)", file=stream)
     validation = run_report.export.validation_path if run_report.export.validation_written else None
     trained, base_model = train_step(config, run_report.export.path, validation)
-    base_model = config.tables["eval"].get("base-model", base_model)
-    print(f"[3/4] evaluate the base model {base_model} and the student {trained.model}", file=stream)
-    base = eval_step(config, base_model, "base")
-    endpoint = None
-    if "deploy" in config.tables:
-        tuned, endpoint = deployed_eval(config, trained.model, stream)
-    else:
-        tuned = eval_step(config, trained.model, "tuned")
+    base, tuned, endpoint = evaluate_both(config, trained, base_model, stream)
     comparison = evaluation.compare(base, tuned)
     summary = {
         "dataset": {
@@ -220,6 +223,59 @@ def run_pipeline(config_path: Path, stream: TextIO) -> dict[str, Any]:
     (config.directory / "report.md").write_text(markdown(summary, comparison))
     print(f"[4/4] report: {config.directory / 'report.md'}\n\n{comparison}", file=stream)
     return summary
+
+
+def evaluate_both(
+    config: PipelineConfig, trained: Any, trained_from: str, stream: TextIO
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The base model's and the student's reports, and the endpoint's usage where [deploy] served the student.
+
+    A student trained here (``backend = "local"``) is a folder no remote server knows: unless [eval] names a
+    base-url, it is served here with its base (``distill serve``'s server) and both are evaluated against that;
+    with a base-url, that server must list it."""
+    base_model = config.tables["eval"].get("base-model", trained_from)
+    print(f"[3/4] evaluate the base model {base_model} and the student {trained.model}", file=stream)
+    if "deploy" in config.tables:
+        base = eval_step(config, base_model, "base")
+        return (base, *deployed_eval(config, trained.model, stream))
+    if config.tables["train"].get("backend") != "local":
+        return eval_step(config, base_model, "base"), eval_step(config, trained.model, "tuned"), None
+    if "base-url" in config.tables["eval"]:
+        require_served(config.tables["eval"]["base-url"], trained.model)
+        return eval_step(config, base_model, "base"), eval_step(config, trained.model, "tuned"), None
+    if base_model != trained_from:
+        raise ConfigError(
+            f"{config.path}: [eval] base-model {base_model!r} is not the model the student was trained from "
+            f"({trained_from!r}); drop base-model, or give [eval] a base-url that serves both"
+        )
+    from trainers.local.server import serving
+
+    if (Path(trained.model) / "adapter_config.json").is_file():
+        with serving(trained_from, trained.model) as url:
+            print(f"      serving {trained_from} and its adapter {trained.model} at {url}", file=stream)
+            base = eval_step(config, base_model, "base", url)
+            return base, eval_step(config, trained.model, "tuned", url), None
+    with serving(trained_from) as url:
+        base = eval_step(config, base_model, "base", url)
+    with serving(trained.model) as url:
+        return base, eval_step(config, trained.model, "tuned", url), None
+
+
+def require_served(base_url: str, model: str) -> None:
+    """A TrainerError unless the server at ``base_url`` lists ``model`` (where it lists its models at all)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=10) as response:
+            listed = [m.get("id") for m in orjson.loads(response.read()).get("data", [])]
+    except (OSError, ValueError, AttributeError):
+        return  # no model list to check against: the evaluation itself will say what is wrong
+    if model not in listed:
+        raise TrainerError(
+            f"cannot evaluate the student: the [eval] server {base_url} does not serve {model} (it lists "
+            f"{', '.join(map(str, listed)) or 'nothing'}); drop base-url from [eval] so the pipeline serves the "
+            "local model itself, or serve it there with: distill serve --model BASE --adapter " + model
+        )
 
 
 def trained_base(config: PipelineConfig) -> str:

@@ -14,7 +14,6 @@ import asyncio
 import os
 import signal
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +23,7 @@ from formats.rejects import RejectsWriter, rejects_path_for
 
 from .cache import Cache, check_file
 from .client import TeacherClient
-from .conversation import Conversation, Record, Reject
+from .conversation import Reject, limited
 from .cost import BUDGET_SCOPES, Budget, BudgetReached, Price, budget_for
 from .engine import Engine
 from .errors import DistillError, UsageError
@@ -40,6 +39,7 @@ from .stats import RunStats
 
 if TYPE_CHECKING:
     from .batch import BatchOptions
+    from .cluster import ClusterOptions
 
 
 class Interrupted(DistillError):
@@ -71,6 +71,7 @@ class RunJob:
     budget_scope: str = "total"  # "total": everything spent on the cache for these settings; "run": this call
     price: Price | None = None
     batch: BatchOptions | None = None
+    cluster: ClusterOptions | None = None  # --ray/--shards: answered by shards on Ray (distill.cluster)
     max_reject_share: float = DEFAULT_MAX_REJECT_SHARE
     preflight: bool = True  # ask GET BASE/models before the first request
 
@@ -143,9 +144,12 @@ async def run_async(
     tally = RejectTally()
     rejects = RejectsWriter(rejects_path_for(job.output), append=False)
 
-    def on_reject(reject: Reject) -> None:
+    def on_reject(
+        reject: Reject,
+    ) -> None:  # called only inside the ``async with`` below, where ``cache`` is open
         tally.note(reject)
         rejects.write(reject)
+        cache.put_reject(run_id, reject)
 
     try:
         async with (
@@ -163,6 +167,7 @@ async def run_async(
                 shard=job.shard,
             )
             rejects.remove_stale()
+            await cache.clear_rejects(run_id)
             observer.started(stats)
             if observer.live and job.limit is None:  # a total for the display's bar and ETA
                 estimating = asyncio.ensure_future(asyncio.to_thread(estimate_records, job.input))
@@ -173,6 +178,11 @@ async def run_async(
                     await _run_batch(
                         job, cache, records, run_id, input_path, stats, budget, on_reject, observer
                     )
+                elif job.cluster is not None:
+                    from .cluster.driver import answer_on_cluster
+
+                    reader_stats = getattr(reader, "stats", None)
+                    await answer_on_cluster(job, run_id, input_path, stats, on_reject, reader_stats)
                 else:
                     await engine.run(records, run_id, input_path)
             finally:
@@ -303,20 +313,6 @@ async def _run_batch(
 
 def _set_total(stats: RunStats, estimate: int | None) -> None:
     stats.total_expected = estimate
-
-
-def limited(records: Iterator[Record], limit: int | None) -> Iterator[Record]:
-    """``records`` up to ``limit`` conversations (rejects pass through and do not count)."""
-    if limit is None:
-        yield from records
-        return
-    taken = 0
-    for record in records:
-        if taken >= limit:
-            return
-        if isinstance(record, Conversation):
-            taken += 1
-        yield record
 
 
 def check_output(path: Path) -> None:

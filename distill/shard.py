@@ -15,7 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from .conversation import Reject
+from .conversation import Conversation, Reject
 from .errors import UsageError
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -52,9 +52,29 @@ class Shard:
         """Whether the conversation with this id is answered by this shard."""
         return bucket(conversation_id, self.count) == self.index - 1
 
+    def owns_conversation(self, conversation: Conversation) -> bool:
+        """Whether ``conversation`` is answered by this shard (by its id; see :class:`OpeningShard`)."""
+        return self.owns(conversation.id)
+
     def owns_reject(self, reject: Reject) -> bool:
         """Whether this shard reports ``reject`` (each reject is reported by one shard only)."""
         return bucket("reject\x00" + reject.source, self.count) == self.index - 1
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True, slots=True)
+class OpeningShard(Shard):
+    """A shard chosen by how a conversation opens (its system prompt and first user turn), not by its id.
+
+    Every request of a conversation starts with those two messages, so two conversations that could ever send the
+    same request open the same way and land in the same shard: each distinct request is sent once for all shards
+    together, as in one process (real datasets hold many conversations that open with the same "hi"). Every turn
+    of a conversation stays in one shard. Cluster runs (``--ray``) split this way.
+    """
+
+    def owns_conversation(self, conversation: Conversation) -> bool:
+        users = conversation.user_turns
+        opening = f"opening\x00{conversation.system or ''}\x00{users[0] if users else ''}"
+        return bucket(opening, self.count) == self.index - 1

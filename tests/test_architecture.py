@@ -25,6 +25,8 @@ ORCHESTRATION = (
     "distill.dry_run",
     "distill.manifest",
     "distill.__main__",
+    "distill.view",
+    "distill.cluster",
 )
 SERVERS = "distill.servers"
 SERVERS_MAY_IMPORT = ("distill.errors", "distill.tokens", "distill.requests")

@@ -24,6 +24,7 @@ from bench import (
     resume,
     run_all,
     throughput,
+    view_list,
 )
 
 
@@ -94,3 +95,8 @@ def test_run_all_writes_the_table(tmp_path):
     text = out.read_text()
     assert "| 6 export |" in text and "nproc" not in text and "cores" in text
     assert "Command: `python -m bench.run_all --tiny`" in text
+
+
+def test_view_list_pages_a_filled_cache(tmp_path):
+    [row] = rows_of(view_list, tmp_path)
+    assert row["detail"]["median_ms"]["first page"] > 0 and row["reference"] > 0

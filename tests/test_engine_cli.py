@@ -63,15 +63,24 @@ def test_run_then_export_and_stats_from_the_cache_alone(tmp_path, fast_teacher, 
     assert manifest["output"]["sha256"] and manifest["cache"].endswith("out.sqlite")
 
 
+def wait_until_received(server, requests: int, timeout: float = 60.0) -> None:
+    """Return once ``server`` has received ``requests`` requests in all (a later group commit has then saved some)."""
+    deadline = time.monotonic() + timeout
+    while server.stats(with_hashes=False)["requests"] < requests:
+        assert time.monotonic() < deadline, f"the teacher never received {requests} requests"
+        time.sleep(0.02)
+    time.sleep(0.1)
+
+
 def test_resume_after_sigkill_writes_the_same_bytes_and_pays_once(tmp_path, slow_teacher):
     data = write_multi_turn(tmp_path / "in.jsonl", 150, 3)  # 450 requests, about 3.5 s at 4 in flight
     clean = distill(*run_args(slow_teacher, data, tmp_path, "clean", "--concurrency", "4"))
     assert clean.returncode == 0, clean.stderr
     slow_teacher.reset_stats()
     args = run_args(slow_teacher, data, tmp_path, "killed", "--concurrency", "4")
-    for delay in (1.0, 1.4, 1.2):
+    for answered in (60, 160, 260):  # killed mid-run by progress at the teacher, not by the clock: load-proof
         proc = subprocess.Popen([*DISTILL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        wait_until_received(slow_teacher, answered)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL

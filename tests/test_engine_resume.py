@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from distill import plan
-from distill.cache import MIGRATIONS, SCHEMA_VERSION
+from distill.cache import APPLICATION_ID, MIGRATIONS
 from distill.runner import run_async
 from tests.test_engine_run import make_job, read_lines, write_sharegpt
 
@@ -19,6 +19,31 @@ THREE = [
 def finished_marks(cache) -> list[tuple[int, str, int]]:
     with sqlite3.connect(cache) as conn:
         return conn.execute("SELECT position, id, finished FROM conversations ORDER BY position").fetchall()
+
+
+SCHEMA_2_COLUMNS = {
+    "responses": "key, request, text, finish_reason, prompt_tokens, completion_tokens, created",
+    "runs": "id, input, settings, created, updated",
+    "conversations": "run_id, position, id, source, data",
+}
+
+
+def rewrite_as_schema_2(cache) -> None:
+    """Rewrite ``cache`` as schema 2 (before the finished marks) would hold the same rows."""
+    with sqlite3.connect(cache) as conn:
+        rows = {t: conn.execute(f"SELECT {c} FROM {t}").fetchall() for t, c in SCHEMA_2_COLUMNS.items()}
+    conn.close()
+    for path in (cache, cache.with_name(cache.name + "-wal"), cache.with_name(cache.name + "-shm")):
+        path.unlink(missing_ok=True)
+    with sqlite3.connect(cache) as conn:
+        for migration in MIGRATIONS[:2]:
+            conn.executescript(migration)
+        for table, columns in SCHEMA_2_COLUMNS.items():
+            marks = ", ".join("?" * len(columns.split(",")))
+            conn.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows[table])
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.close()
 
 
 class PlanCounter:
@@ -95,13 +120,8 @@ async def test_a_cache_from_before_the_marks_is_migrated_and_marked_by_its_first
     data = write_sharegpt(tmp_path / "in.json", THREE)
     first = await run_async(make_job(tmp_path, teacher.base_url, data))
     cache = tmp_path / "cache.sqlite"
-    marks = next(i for i, migration in enumerate(MIGRATIONS) if "finished" in migration)
-    with sqlite3.connect(cache) as conn:  # the cache as schema 2 left it
-        conn.execute("ALTER TABLE conversations DROP COLUMN finished")
-        for later in ("spending",):  # tables of the migrations after the marks
-            conn.execute(f"DROP TABLE {later}")
-        conn.execute(f"PRAGMA user_version = {marks}")
-    assert marks < SCHEMA_VERSION
+    rewrite_as_schema_2(cache)
+    assert "finished" in MIGRATIONS[2]
     sent = teacher.stats.requests
     again = await run_async(make_job(tmp_path, teacher.base_url, data))
     assert teacher.stats.requests == sent

@@ -95,6 +95,20 @@ def test_the_readme_demo_runs_offline(tmp_path):
         text=True,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+    # The pipeline.toml it leaves runs again as it is: its servers are started by the command.
+    first = (tmp_path / "pipeline" / "report.json").read_text()
+    again = subprocess.run(
+        [sys.executable, "-m", "distill", "pipeline", str(tmp_path / "pipeline.toml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert again.returncode == 0, again.stderr
+    rerun = json.loads((tmp_path / "pipeline" / "report.json").read_text())
+    # the same data and base scores; the fake Together started afresh knows no earlier job, so it makes a new one
+    assert rerun["dataset"] == json.loads(first)["dataset"]
+    assert rerun["eval"]["base"] == json.loads(first)["eval"]["base"]
 
 
 @pytest.mark.slow

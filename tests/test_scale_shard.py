@@ -7,6 +7,7 @@ import json
 import shutil
 import sqlite3
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,22 @@ async def test_merge_from_the_command_line(tmp_path, teacher, capsys):
     assert export(tmp_path / "m.sqlite", tmp_path / "m.jsonl", open_writer("messages").line).written == len(
         records
     )
+
+
+async def test_a_run_already_in_the_output_keeps_its_id_over_a_namesake(tmp_path, teacher):
+    """Inputs of the same name and settings are one run to merge, unless the output holds the exact run (a cluster
+    run's driver records its run before merging its shards)."""
+    first, second = tmp_path / "a" / "data.jsonl", tmp_path / "b" / "data.jsonl"
+    for path, text in ((first, "one"), (second, "two")):
+        path.parent.mkdir()
+        path.write_text(json.dumps({"messages": [{"role": "user", "content": text}]}) + "\n")
+    await run_async(run_job(teacher, first, tmp_path / "older"))
+    newer = await run_async(run_job(teacher, second, tmp_path / "newer"))
+    out = Path(shutil.copy(tmp_path / "older" / "cache.sqlite", tmp_path / "out.sqlite"))
+    columns = "id, input, settings, created, updated"
+    with closing(sqlite3.connect(out)) as conn, conn:
+        conn.execute("ATTACH DATABASE ? AS newer", (str(tmp_path / "newer" / "cache.sqlite"),))
+        conn.execute(f"INSERT INTO runs ({columns}) SELECT {columns} FROM newer.runs")
+    merge(out, [tmp_path / "newer" / "cache.sqlite"])
+    export(out, tmp_path / "out.jsonl", open_writer("messages").line, run_id=newer.run_id)
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "newer" / "out.jsonl").read_bytes()

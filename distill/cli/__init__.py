@@ -31,6 +31,8 @@ COMMANDS = (
     "pipeline",
     "demo",
     "teacher",
+    "serve",
+    "view",
 )
 
 

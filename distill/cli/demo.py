@@ -14,7 +14,6 @@ the machinery working, not a real student's quality.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -22,11 +21,10 @@ from pathlib import Path
 from distill.pipeline import run_pipeline
 from distill.progress_bar import ProgressBar
 from distill.runner import RunJob, run
-from distill.servers.teacher import TeacherKnobs, start_teacher_process
+from distill.servers import bundled
+from distill.servers.teacher import start_teacher_process
 from distill.settings import RunSettings
 from distill.summary import describe
-
-DEMO_KEY = "demo-key-for-the-local-fakes"
 
 
 def add_parser(subparsers) -> None:
@@ -61,9 +59,14 @@ def distil_sample(directory: Path, base_url: str) -> int:
     return 0
 
 
-def pipeline_config(directory: Path, teacher_url: str, together_root: str) -> Path:
+def pipeline_config(
+    directory: Path, teacher_url: str = bundled.TEACHER, together_root: str = bundled.TOGETHER
+) -> Path:
+    """Write the demo's ``pipeline.toml``; by default it starts its own servers (:mod:`distill.servers.bundled`)."""
     config = directory / "pipeline.toml"
     config.write_text(f"""# The Together cookbook's CoQA recipe, pointed at the local teacher and the local Together fake.
+# "bundled:teacher" and "bundled:together" start them for the pipeline's duration: run this file again with
+# distill pipeline {directory / "pipeline.toml"}
 [pipeline]
 dir = "{directory / "pipeline"}"
 
@@ -107,13 +110,10 @@ jobs-db = "{directory / "jobs.sqlite3"}"
 
 
 def main(args: argparse.Namespace) -> int:
-    from distill.servers.together import FakeTogether
-
     directory = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TOGETHER_API_KEY", DEMO_KEY)
     print(f"starting the local teacher; writing into {directory}/", file=sys.stderr)
-    with start_teacher_process(TeacherKnobs(latency=0.02, answer_words=20, model="local-teacher")) as teacher:
+    with start_teacher_process(bundled.teacher_knobs()) as teacher:
         status = distil_sample(directory, teacher.base_url)
         if status:
             return status
@@ -122,9 +122,11 @@ def main(args: argparse.Namespace) -> int:
             f"\nthe teacher received {received} requests for both files: the second came from the cache",
             file=sys.stderr,
         )
-        print("\nstarting the fake Together API; $ distill pipeline pipeline.toml", file=sys.stderr)
-        with FakeTogether(seconds_per_state=0.3).in_thread() as together:
-            run_pipeline(pipeline_config(directory, teacher.base_url, together.url), sys.stderr)
+    config = pipeline_config(directory)
+    print(
+        f"\n$ distill pipeline {config} (starts the local teacher and the fake Together API)", file=sys.stderr
+    )
+    run_pipeline(config, sys.stderr)
     print(
         f"\nnext: distill check {directory}/sample.messages.jsonl; distill stats --cache {directory}/cache.sqlite",
         file=sys.stderr,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from distill.batch import BatchOptions
+from distill.cli.cluster_options import add_cluster_options, cluster_from_args
 from distill.config import add_config_flag, option, resolve
 from distill.cost import BUDGET_SCOPES, resolve_price
 from distill.dry_run import dry_run
@@ -93,6 +94,7 @@ def add_parser(subparsers) -> None:
         help="no progress display or summary; warnings only",
     )
     add_scale_options(p)
+    add_cluster_options(p)
     p.set_defaults(func=main)
 
 
@@ -314,4 +316,5 @@ def job_from_args(args: argparse.Namespace) -> RunJob:
         )
         if args.batch
         else None,
+        cluster=cluster_from_args(args),
     )

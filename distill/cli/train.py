@@ -83,6 +83,13 @@ def add_parser(subparsers) -> None:
     option(p, "--poll-interval", type=float, default=10.0, help="seconds between status checks (default: 10)")
     option(p, "--quiet", "-q", action="store_true", default=False, help="no progress display")
     p.add_argument("--status", action="store_true", help="list the recorded jobs and exit")
+    p.add_argument(
+        "--make-tiny-model",
+        type=Path,
+        metavar="DIR",
+        help="build a tiny random Llama with a locally trained tokenizer and chat template in DIR, offline, "
+        "and exit (a student to try --backend local on; needs the local extra)",
+    )
     p.set_defaults(func=main)
 
 
@@ -153,11 +160,28 @@ def make_trainer(args: argparse.Namespace) -> Trainer:
 def main(args: argparse.Namespace) -> int:
     environ = {k: v for k, v in os.environ.items() if k not in TEACHER_ENVIRONMENT}
     resolve(args, "train", environ)
+    if args.make_tiny_model is not None:
+        return make_tiny_model(args.make_tiny_model)
     if args.status:
         print(format_jobs(refreshed_jobs(JobStore(args.jobs_db))))
         return 0
     result = make_trainer(args).train(train_spec(args))
     return report(result)
+
+
+def make_tiny_model(directory: Path) -> int:
+    """``--make-tiny-model DIR``: build the model, say what it is and how to train it (stdout: the folder)."""
+    from trainers.local.tiny_model import make_tiny_model as build
+
+    model = build(directory)
+    print(
+        f"distill train: wrote a tiny Llama ({model.parameters:,} parameters, random weights, a {model.vocab_size}-token "
+        f"BPE tokenizer and a Llama-3-like chat template) to {model.path}; train it with "
+        f"distill train --backend local --model {model.path} --file FILE",
+        file=sys.stderr,
+    )
+    print(model.path)
+    return 0
 
 
 def report(result: TrainResult) -> int:

@@ -12,6 +12,7 @@ the trainer registry) imports without the extra.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from dataclasses import replace
 from types import ModuleType
 
@@ -20,6 +21,7 @@ from trainers.base import TRAINERS, Trainer, TrainResult, TrainSpec
 
 from . import manifest
 from .data import read_training_file
+from .model_ref import resolve_model
 from .options import local_options
 
 INSTALL_HINT = "pip install 'distill[local]'"
@@ -50,6 +52,10 @@ class LocalTrainer(Trainer):
         key = manifest.run_key(spec)
         if (done := manifest.finished_result(options.output_dir, key)) is not None:
             return replace(done, details={**done.details, "reused": True})
+        _require_extra()
+        resolve_model(
+            spec.model
+        )  # a missing folder or an unreachable hub is said now, before the heavy imports
         training = _import_training()
         outcome = training.fit(spec, options, train_data, eval_data, quiet=self.quiet)
         training.save(outcome, options.output_dir)
@@ -61,6 +67,17 @@ class LocalTrainer(Trainer):
         )
         manifest.record(options.output_dir, key, result)
         return result
+
+
+def _require_extra() -> None:
+    """The extra's packages are installed (found, not imported: importing torch takes seconds)."""
+    for name in ("torch", "transformers", "peft", "trl"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UsageError(f"--backend local needs the 'local' extra ({name} is missing): {INSTALL_HINT}")
 
 
 def _import_training() -> ModuleType:

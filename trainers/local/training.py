@@ -32,6 +32,7 @@ from trainers.base import TrainSpec
 
 from .data import TrainingData
 from .masking import LabelledExample, label_record, resolve_mode
+from .model_ref import resolve_model
 from .options import LocalOptions
 
 
@@ -112,17 +113,21 @@ def pick_device() -> Device:
 
 
 def load_tokenizer(model_ref: str) -> Any:
-    """The tokenizer saved with the model (a path or a hub name)."""
+    """The tokenizer saved with the model (a folder or a hub name, checked by :func:`resolve_model`)."""
+    source = resolve_model(model_ref)
     try:
-        return AutoTokenizer.from_pretrained(model_ref)
+        return AutoTokenizer.from_pretrained(source.ref, local_files_only=source.local_files_only)
     except OSError as e:
         raise TrainerError(f"cannot load the tokenizer of --model {model_ref}: {e}") from None
 
 
 def load_model(model_ref: str, device: Device) -> PreTrainedModel:
     """The causal LM to fine-tune, in the device's precision."""
+    source = resolve_model(model_ref)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=device.dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.ref, dtype=device.dtype, local_files_only=source.local_files_only
+        )
     except OSError as e:
         raise TrainerError(f"cannot load --model {model_ref}: {e}") from None
     model.config.use_cache = False  # the KV cache only serves generation and clashes with checkpointing

@@ -12,7 +12,6 @@ the compact JSON of ``[[role, text], ...]`` over every message (or of the whole 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ import orjson
 
 from distill import tokens
 from distill.errors import DistillError
+from distill.servers.openai_body import completion_body
 
 CHAT_ROLES = frozenset(("system", "user", "assistant"))
 HEAD_CHARS = 60
@@ -223,23 +223,12 @@ def _truncate(text: str, max_tokens: int, counter: str) -> str:
 
 def answer_json(parsed: TeacherRequest, completion: Completion, request_hash: str) -> dict[str, Any]:
     """The OpenAI-style JSON body of an answer (``chat.completion`` or ``text_completion``)."""
-    usage = {
-        "prompt_tokens": parsed.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": parsed.prompt_tokens + completion.completion_tokens,
-    }
-    if parsed.kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": completion.text}}
-        obj, prefix = "chat.completion", "chatcmpl"
-    else:
-        choice = {"index": 0, "text": completion.text, "logprobs": None}
-        obj, prefix = "text_completion", "cmpl"
-    choice["finish_reason"] = completion.finish_reason
-    return {
-        "id": f"{prefix}-{request_hash}",
-        "object": obj,
-        "created": int(time.time()),
-        "model": parsed.model,
-        "choices": [choice],
-        "usage": usage,
-    }
+    return completion_body(
+        parsed.kind,
+        answer_id=request_hash,
+        model=parsed.model,
+        text=completion.text,
+        finish_reason=completion.finish_reason,
+        prompt_tokens=parsed.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+    )

@@ -17,13 +17,13 @@ from aiohttp import web
 
 from distill import tokens
 from distill.errors import UsageError
+from distill.servers.loopback import HOST, listen
 
 from . import answers, batch_routes, faults
 from .knobs import TeacherKnobs
 from .ratelimit import WindowLimiter
 from .stats import TeacherStats
 
-HOST = "127.0.0.1"
 _PARSERS = {"chat": answers.parse_chat, "completions": answers.parse_completion}
 
 
@@ -217,14 +217,13 @@ class TeacherServer(LoopbackAddress):
         """Bind and start serving; ``port`` holds the port afterwards."""
         if self.state.knobs.token_counter == "tiktoken":
             tokens.encoding()  # load the BPE now, not during the first request
-        runner = web.AppRunner(
-            build_app(self.state), access_log=None, handler_cancellation=True, shutdown_timeout=0.25
+        self._runner, self.port = await listen(
+            build_app(self.state),
+            self._port,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=0.25,
         )
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, self._port, backlog=1024)
-        await site.start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
         return self
 
     async def stop(self) -> None:

@@ -11,13 +11,14 @@ key of a job body is kept in memory only (``create_bodies``, for tests) and neve
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
+
+from distill.servers import loopback
+from distill.servers.loopback import listen
 
 from . import endpoint_routes
 from .clock import Clock
@@ -92,11 +93,7 @@ class FakeTogether(FileRoutes, FineTuneRoutes):
         await self.stop()
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await listen(self.app(), self.port, host=self.host, access_log=None)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -106,24 +103,8 @@ class FakeTogether(FileRoutes, FineTuneRoutes):
     @contextmanager
     def in_thread(self) -> Iterator[FakeTogether]:
         """Serve from a background thread's event loop, for synchronous callers such as the SDK's client."""
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        thread = threading.Thread(target=self._serve_forever, args=(loop, started), daemon=True)
-        thread.start()
-        started.wait(timeout=10)
-        try:
+        with loopback.in_thread(self.start, self.stop):
             yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
-
-    def _serve_forever(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(self.start())
-        started.set()
-        loop.run_forever()
 
     # the application
 
