@@ -20,9 +20,18 @@ import orjson
 from bench.common import REPO, machine
 
 SCRIPTS = (
-    "throughput", "rate_limit", "latency", "resume", "memory", "export_speed", "curator", "view_list",
-    "cluster", "adaptive_rate",
-)  # fmt: skip
+    "throughput",
+    "cpu_per_request",
+    "rate_limit",
+    "latency",
+    "resume",
+    "memory",
+    "export_speed",
+    "curator",
+    "view_list",
+    "cluster",
+    "adaptive_rate",
+)
 
 METHOD = """\
 ## How the figures are taken

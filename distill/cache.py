@@ -7,32 +7,28 @@ of it is answered; a rerun that reads the same conversation at the same position
 computing a single request key, which is what makes resuming over a large finished prefix fast. A rerun rewrites
 only the rows whose conversation changed, and drops the rows past the input's end once it has read it all (an
 interrupted rerun leaves the previous run's rows after the point it reached). The database is in WAL mode; answers
-are committed in small groups a few milliseconds apart, so a ``kill -9`` loses at most the requests in flight.
+are committed in groups some 20 milliseconds apart, so a ``kill -9`` loses at most the requests in flight and the
+answers of those last milliseconds.
 
 Look-ups and writes are batched: every ``get`` issued in the same event-loop turn is answered by one ``SELECT``
 on the event loop's own thread, and writes are committed by one transaction at most ``commit_interval`` seconds
 after they were queued, on a writer thread with its own connection. A look-up batch costs tens of microseconds of
 SQLite work, less than a thread hand-over (aiosqlite, the first design, sent every statement to a thread: 283
-against 217 microseconds of CPU per request); a group commit is one hand-over per few milliseconds, and SQLite
+against 217 microseconds of CPU per request); a group commit is one hand-over per 20 milliseconds, and SQLite
 releases the GIL while it inserts, so the loop goes on meanwhile (answers not yet committed are served from
 memory). WAL mode lets the two connections read and write at once, and ``synchronous = NORMAL`` means a commit
 does not wait for the disk; only SQLite's checkpoints do.
 
-The schema is versioned with ``PRAGMA user_version`` and upgraded by the numbered ``MIGRATIONS``; the file is
-marked with ``PRAGMA application_id`` so a foreign database is refused instead of written over. One run at a time
-holds ``CACHE.lock`` (an advisory lock that the OS frees when the process dies, even by SIGKILL).
+The file itself (its schema and migrations, the checks before it is opened, the lock of the run writing it) is
+:mod:`distill.cache_file`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,90 +36,28 @@ from typing import Any
 
 import orjson
 
-from . import learned_limits
-from .cache_view import FINISHED_UPDATE, VIEW_MIGRATION, ViewRecords, ViewRows, finished_row
+from .cache_commits import BACKLOG_BATCHES, COMMIT_INTERVAL, SPEND_UPSERT, GroupCommits  # noqa: F401
+
+# The file's helpers stay importable from here too, as before the file had a module of its own.
+from .cache_file import (  # noqa: F401
+    APPLICATION_ID,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SQLITE_HEADER,
+    RunLock,
+    check_cache_writable,
+    check_file,
+    check_whole,
+    connect_readonly,
+    prepare,
+    reported,
+    writable,
+)
+from .cache_view import ViewRecords, ViewRows
 from .errors import CacheError
 from .requests import TeacherResponse
 
-APPLICATION_ID = 0x64737431  # "dst1"
-SQLITE_HEADER = b"SQLite format 3\x00"
 LOOKUP_CHUNK = 500
-BACKLOG_BATCHES = 4  # rows queued beyond this many batches make producers wait (Cache.room)
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: the first schema
-    """
-    CREATE TABLE responses (
-        key TEXT PRIMARY KEY,
-        request BLOB NOT NULL,
-        text TEXT NOT NULL,
-        finish_reason TEXT,
-        prompt_tokens INTEGER,
-        completion_tokens INTEGER,
-        created REAL NOT NULL
-    );
-    CREATE TABLE failures (
-        key TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        status INTEGER,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE runs (
-        id TEXT PRIMARY KEY,
-        input TEXT NOT NULL,
-        settings BLOB NOT NULL,
-        created REAL NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE conversations (
-        run_id TEXT NOT NULL,
-        position INTEGER NOT NULL,
-        id TEXT NOT NULL,
-        source TEXT NOT NULL,
-        data BLOB NOT NULL,
-        PRIMARY KEY (run_id, position)
-    ) WITHOUT ROWID;
-    """,
-    # 2: batches in flight at a provider's Batch API (distill.batch.ledger), so an interrupted run re-attaches
-    """
-    CREATE TABLE batches (
-        part TEXT PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        requests INTEGER NOT NULL,
-        input_file_id TEXT,
-        batch_id TEXT,
-        status TEXT NOT NULL,
-        created REAL NOT NULL,
-        updated REAL NOT NULL
-    );
-    """,
-    # 3: conversations whose every turn is answered, so a rerun skips them without planning their requests
-    """
-    ALTER TABLE conversations ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
-    """,
-    # migration 4: learned rate limits and the observation windows that found them (issue 11)
-    learned_limits.MIGRATION,
-    # migration 5: what each run's settings have spent, so --budget caps the total over invocations (issue 13)
-    """
-    CREATE TABLE spending (
-        run_id TEXT PRIMARY KEY,
-        usd REAL NOT NULL,
-        requests INTEGER NOT NULL,
-        prompt_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        updated REAL NOT NULL
-    );
-    """,
-    # migration 6: what `distill view` shows (issue 15); the SQL is in distill/cache_view.py
-    VIEW_MIGRATION,
-)
-SPEND_UPSERT = (
-    "INSERT INTO spending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
-    "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = completion_tokens + excluded.completion_tokens, updated = excluded.updated"
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,154 +80,15 @@ class Failure:
 CacheEntry = TeacherResponse | Failure
 
 
-def check_file(path: Path) -> None:
-    """Refuse a file that exists but is not a distill cache, before anything opens it for writing."""
-    if path.is_dir():
-        raise CacheError(f"cache {path} is a directory; pass a file path to --cache")
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb") as f:
-        header = f.read(len(SQLITE_HEADER))
-    if header != SQLITE_HEADER:
-        raise CacheError(
-            f"{path} is not a SQLite database; pass another --cache (distill will not overwrite it)"
-        )
+class Cache(GroupCommits, ViewRecords):
+    """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``.
 
+    Reads are here; the queued writes and their group commits are :class:`~distill.cache_commits.GroupCommits`.
+    """
 
-def check_cache_writable(path: Path) -> None:
-    """A CacheError saying the cache is read-only when it (or its directory, where SQLite keeps its journal and
-    distill its lock) cannot be written."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if path.exists() and not writable(path):
-        raise CacheError(
-            f"cache {path} is read-only: a run writes every answer to it; make it writable (chmod u+w) or pass "
-            "another --cache ('distill export' and 'distill stats' only read it)"
-        )
-    if directory.is_dir() and not writable(directory):
-        raise CacheError(
-            f"the directory of cache {path} is read-only: a run keeps its journal and lock file beside the cache; "
-            "pass a --cache in a writable directory"
-        )
-
-
-def writable(path: Path) -> bool:
-    """Whether ``path`` may be written, and is not marked read-only (no write bit: root could, but must not)."""
-    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
-
-
-def prepare(conn: sqlite3.Connection, path: Path) -> None:
-    """Check identity and version, then create or migrate the schema (synchronous: runs on any connection)."""
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    except sqlite3.DatabaseError as e:
-        raise CacheError(f"{path} is corrupt or not a database ({e}); pass another --cache") from None
-    if app_id != APPLICATION_ID and tables:
-        raise CacheError(f"{path} is a SQLite database but not a distill cache; pass another --cache")
-    if version > SCHEMA_VERSION:
-        raise CacheError(
-            f"{path} was written by a newer distill (schema {version}, this one knows {SCHEMA_VERSION}); upgrade distill"
-        )
-    if tables and version < SCHEMA_VERSION:
-        check_whole(conn, path)  # a migration writes: never into a damaged file
-    for number in range(version, SCHEMA_VERSION):
-        # One transaction for the tables, the version and the mark: a process killed while creating the cache
-        # leaves an empty file (used again), never tables without the mark (refused as a foreign database).
-        conn.executescript(
-            f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; "
-            f"PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
-        )
-    if app_id != APPLICATION_ID:
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.commit()
-
-
-@contextlib.contextmanager
-def reported(path: Path) -> Iterator[None]:
-    """Turn an SQLite failure met mid-run (a damaged page, a full disk) into a CacheError naming the file."""
-    try:
-        yield
-    except sqlite3.OperationalError as e:
-        if "readonly" in str(e):  # a read-only file system, where permissions did not say so
-            raise CacheError(f"cache {path} is read-only ({e}); pass a --cache on a writable disk") from None
-        raise _failed(path, e) from None
-    except sqlite3.DatabaseError as e:
-        raise _failed(path, e) from None
-
-
-def _failed(path: Path, e: sqlite3.DatabaseError) -> CacheError:
-    return CacheError(
-        f"the cache {path} failed: {e}. If the file is damaged, move it aside (distill leaves it as it is) "
-        "and pass another --cache; if the disk is full, free space and run the same command again"
-    )
-
-
-def check_whole(conn: sqlite3.Connection, path: Path) -> None:
-    """Raise CacheError unless SQLite's quick check finds the file whole (it reads every page: use sparingly)."""
-    try:
-        verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-    except sqlite3.DatabaseError as e:
-        verdict = str(e)
-    if verdict != "ok":
-        raise CacheError(
-            f"{path} is damaged ({verdict}); move it aside (distill leaves it as it is) and pass another --cache"
-        )
-
-
-def connect_readonly(path: Path) -> sqlite3.Connection:
-    """A synchronous read connection for export and stats."""
-    if not path.exists():
-        raise CacheError(f"cache {path} does not exist; pass the --cache file a run wrote")
-    check_file(path)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.DatabaseError as e:
-        raise CacheError(f"{path} is corrupt or not a database ({e})") from None
-    if app_id != APPLICATION_ID:
-        raise CacheError(f"{path} is not a distill cache")
-    if version != SCHEMA_VERSION:
-        raise CacheError(
-            f"{path} has schema {version}; this distill reads {SCHEMA_VERSION}: run 'distill run' to migrate"
-        )
-    return conn
-
-
-class RunLock:
-    """An exclusive advisory lock on ``CACHE.lock``: one run writes a cache at a time."""
-
-    def __init__(self, cache_path: Path) -> None:
-        self.path = Path(f"{cache_path}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise CacheError(
-                f"cache {self.path.with_suffix('')} is in use by another distill run (pid {holder}); "
-                "wait for it to finish or pass another --cache"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-class Cache(ViewRecords):
-    """The engine's asynchronous handle on the cache. Use as ``async with Cache(path) as cache``."""
-
-    def __init__(self, path: Path | str, *, commit_interval: float = 0.005, max_batch: int = 2000) -> None:
+    def __init__(
+        self, path: Path | str, *, commit_interval: float = COMMIT_INTERVAL, max_batch: int = 2000
+    ) -> None:
         self.path = Path(path)
         self.commit_interval = commit_interval
         self.max_batch = max_batch
@@ -447,48 +242,6 @@ class Cache(ViewRecords):
             if not fut.done():
                 fut.set_result(found.get(key))
 
-    # -- writes --------------------------------------------------------------------------------------------
-
-    def put(self, key: str, identity: bytes, response: TeacherResponse) -> None:
-        """Queue an answer for the next group commit (readable at once through ``get``)."""
-        self._unflushed[key] = response
-        self._response_rows.append(
-            (
-                key,
-                identity,
-                response.text,
-                response.finish_reason,
-                response.prompt_tokens,
-                response.completion_tokens,
-                time.time(),
-            )
-        )
-        self._schedule_flush()
-
-    def put_failure(self, key: str, reason: str, status: int | None) -> None:
-        self._failures_possible = True
-        self._failure_rows.append((key, reason, status, time.time()))
-        self._schedule_flush()
-
-    def add_conversations(self, run_id: str, rows: Iterable[tuple[int, str, str, bytes]]) -> None:
-        """Queue input conversations ``(position, id, source, data)``, replacing (unfinished) what was there."""
-        self._conversation_rows.extend((run_id, *row) for row in rows)
-        self._schedule_flush()
-
-    def mark_finished(self, run_id: str, position: int, answers: Sequence[TeacherResponse] = ()) -> None:
-        """Queue the mark that every turn of the conversation at ``position`` is answered (by ``answers``)."""
-        self._finished_rows.append(finished_row(run_id, position, answers))
-        self._schedule_flush()
-
-    def add_spend(self, run_id: str, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
-        """Queue the cost of one answer paid for by ``run_id`` (committed with the answers of its group)."""
-        total = self._spend.setdefault(run_id, [0.0, 0, 0, 0])
-        total[0] += usd
-        total[1] += 1
-        total[2] += prompt_tokens
-        total[3] += completion_tokens
-        self._schedule_flush()
-
     def spent(self, run_id: str) -> float:
         """US dollars the cache records as spent on ``run_id`` (every invocation of its settings), committed."""
         with reported(self.path):
@@ -512,6 +265,11 @@ class Cache(ViewRecords):
                 "DELETE FROM conversations WHERE run_id = ? AND position >= ?", (run_id, position)
             )
 
+    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        """One statement on the loop's own connection: for small, rare reads and writes (learned limits)."""
+        with reported(self.path):
+            return self._db.execute(sql, params)
+
     async def record_run(self, run_id: str, input_path: str, settings: dict[str, Any]) -> None:
         now = time.time()
         with reported(self.path):
@@ -520,11 +278,6 @@ class Cache(ViewRecords):
                 "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
                 (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
             )
-
-    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
-        """One statement on the loop's own connection: for small, rare reads and writes (learned limits)."""
-        with reported(self.path):
-            return self._db.execute(sql, params)
 
     async def record_run_end(self, run_id: str) -> None:
         with reported(self.path):
@@ -540,70 +293,6 @@ class Cache(ViewRecords):
         with reported(self.path):
             cursor = self._db.execute("DELETE FROM failures")
         return cursor.rowcount
-
-    def _queued(self) -> int:
-        return len(self._response_rows) + len(self._conversation_rows) + len(self._finished_rows)
-
-    async def room(self) -> None:
-        """Wait while more than ``BACKLOG_BATCHES`` commits' worth of rows are queued behind the one in progress.
-
-        Commits run on the writer thread, so nothing else stops a fast reader or teacher from queueing rows faster
-        than the disk takes them; producers call this to keep memory bounded.
-        """
-        while self._queued() > BACKLOG_BATCHES * self.max_batch:
-            if self._flushing is None or self._flushing.done():
-                self._schedule_flush()  # over max_batch: this starts a commit at once
-            await asyncio.shield(self._flushing)
-
-    def _schedule_flush(self) -> None:
-        queued = self._queued()
-        if queued >= self.max_batch and (self._flushing is None or self._flushing.done()):
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush_handle = None
-            self._flushing = asyncio.ensure_future(self._flush_once())
-        elif self._flush_handle is None:
-            loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(self.commit_interval, self._start_flush)
-
-    def _start_flush(self) -> None:
-        self._flush_handle = None
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.ensure_future(self._flush_once())
-        else:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                self.commit_interval, self._start_flush
-            )
-
-    async def _flush_once(self) -> None:
-        responses, self._response_rows = self._response_rows, []
-        failures, self._failure_rows = self._failure_rows, []
-        conversations, self._conversation_rows = self._conversation_rows, []
-        finished, self._finished_rows = self._finished_rows, []
-        spend = [(run_id, *total, time.time()) for run_id, total in self._spend.items()]
-        self._spend = {}
-        viewed = self._take_view_rows()
-        if not (responses or failures or conversations or finished or spend or viewed):
-            return
-        with reported(self.path):
-            # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
-            # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write, responses, failures, conversations, finished, spend, viewed
-            )
-        self.commits += 1
-        for row in responses:
-            self._unflushed.pop(row[0], None)
-
-    async def flush(self) -> None:
-        """Commit everything queued so far."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self._flushing is not None:
-            await self._flushing
-        if self._db is not None:
-            await self._flush_once()
 
     def _lookup(self, keys: list[str]) -> dict[str, CacheEntry]:
         found: dict[str, CacheEntry] = {}
@@ -628,40 +317,3 @@ class Cache(ViewRecords):
                     Failure(reason, ptok) if reason is not None else TeacherResponse(text, finish, ptok, ctok)
                 )
         return found
-
-    def _write(
-        self,
-        responses: list,
-        failures: list,
-        conversations: list,
-        finished: list,
-        spend: list = (),
-        viewed: ViewRows | None = None,
-    ) -> None:
-        db = self._writer_db()
-        db.execute("BEGIN")
-        try:
-            if responses:
-                db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", responses)
-                if self._failures_possible:
-                    db.executemany("DELETE FROM failures WHERE key = ?", [(r[0],) for r in responses])
-            if failures:
-                db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
-            if conversations:
-                db.executemany(
-                    "INSERT OR REPLACE INTO conversations (run_id, position, id, source, data) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    conversations,
-                )
-            if finished:
-                db.executemany(FINISHED_UPDATE, finished)
-            if spend:
-                db.executemany(SPEND_UPSERT, spend)
-            if viewed:
-                viewed.write(db)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._index_if_due(db, len(conversations))

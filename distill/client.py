@@ -10,6 +10,7 @@ aiohttp carries every call; ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` are hono
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from .deadlines import Deadlines
 from .errors import (
     AuthenticationError,
     ConnectionFailed,
@@ -56,7 +58,9 @@ class TeacherClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         check_header_values(self._headers)
         self._max_connections = max_connections
+        self._urls = {api: self.base_url + path for api, path in ENDPOINTS.items()}
         self._session: aiohttp.ClientSession | None = None
+        self._deadlines: Deadlines | None = None
 
     @classmethod
     def for_settings(cls, settings: RunSettings, api_key: str | None) -> TeacherClient:
@@ -74,32 +78,45 @@ class TeacherClient:
             connector=connector,
             json_serialize=None,
             headers=self._headers,
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            timeout=aiohttp.ClientTimeout(total=None),  # --request-timeout is kept by self._deadlines
             cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookie worth keeping; the jar costs per call
         )
+        self._deadlines = Deadlines(self.timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.close()
+            self._deadlines = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def send(self, request: TeacherRequest) -> tuple[TeacherResponse, RateSignals]:
         """One HTTP call for ``request``: the answer and the server's rate signals (an error carries them too)."""
-        assert self._session is not None, "use 'async with TeacherClient(...)'"
-        url = self.base_url + ENDPOINTS[request.api]
+        assert self._session is not None and self._deadlines is not None, (
+            "use 'async with TeacherClient(...)'"
+        )
+        url = self._urls[request.api]
+        task = self._deadlines.start()
         try:
             async with self._session.post(url, data=orjson.dumps(request.body()), proxy=self._proxy) as resp:
                 status, headers, body = resp.status, resp.headers, await resp.read()
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if not self._deadlines.expired(task):
+                raise
             raise RequestTimeout(
                 f"no answer from {url} within {self.timeout:g} s (--request-timeout)"
             ) from None
+        except TimeoutError:  # not aiohttp's (it has no timeout of its own here): the loop's or the OS's
+            raise RequestTimeout(f"no answer from {url}: {self.timeout:g} s (--request-timeout)") from None
         except aiohttp.ClientError as e:  # refused, reset, a broken TLS or HTTP exchange
             raise ConnectionFailed(f"connection to {url} failed: {type(e).__name__}") from None
+        finally:
+            self._deadlines.finish(task)
         rate = parse_rate_headers(headers)
         if status != 200:
             error = self._redacted(error_for_status(status, body, rate))

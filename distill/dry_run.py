@@ -11,11 +11,11 @@ from typing import TextIO
 from formats.readers import ReaderOptions, open_reader
 
 from .cache import connect_readonly
-from .conversation import Reject
+from .conversation import Reject, limited
 from .cost import BATCH_DISCOUNT, Estimate, Lookup, Price, estimate
 from .errors import CacheError
 from .requests import TeacherResponse
-from .runner import RunJob, limited
+from .runner import RunJob
 
 
 def dry_run(job: RunJob, price: Price | None, stream: TextIO = sys.stdout) -> Estimate:

@@ -11,16 +11,12 @@ the run: what was answered is committed, and the same command resumes it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import orjson
 
 from formats.intake import check_not_blank, format_hint, screened
 from formats.rejects import RejectsWriter, rejects_path_for
@@ -33,6 +29,7 @@ from .engine import Engine
 from .errors import DistillError, UsageError
 from .estimate import estimate_records
 from .export import ExportResult, export
+from .manifest import manifest_path, write_manifest
 from .preflight import CheckedClient, check_key, preflight
 from .progress import RunObserver
 from .rejected import DEFAULT_MAX_REJECT_SHARE, RejectTally, check_max_share, judge
@@ -108,10 +105,6 @@ def check_writable(path: Path, what: str, flag: str) -> None:
             raise PermissionError
     except OSError:
         raise UsageError(f"cannot write {what} {path}; change {flag} or the permissions") from None
-
-
-def manifest_path(output: Path) -> Path:
-    return output.with_name(output.name + ".manifest.json")
 
 
 def run(job: RunJob, observer: RunObserver | None = None) -> RunReport:
@@ -329,77 +322,6 @@ def check_output(path: Path) -> None:
     report = check_fine_tuning_file(path, count_tokens=False)
     if not report.ok:
         raise DistillError(f"the output {path} failed its own check:\n{report.format()}")
-
-
-def write_manifest(
-    job: RunJob, run_id: str, stats: RunStats, result: ExportResult, reader_stats, rejected: int = 0
-) -> Path:
-    path = manifest_path(job.output)
-    settings = asdict(job.settings)
-    manifest = {
-        "distill_version": _version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run_id": run_id,
-        "input": {"path": str(job.input), "format": job.input_format, "sha256": sha256_file(job.input)},
-        "output": {"path": str(job.output), "format": job.output_format, "sha256": sha256_file(job.output)},
-        "validation": {
-            "path": str(result.validation_path),
-            "fraction": job.val_fraction,
-            "conversations": result.validation_written,
-            "sha256": sha256_file(result.validation_path),
-        }
-        if result.validation_path
-        else None,
-        "cache": str(job.cache),
-        "model": job.settings.model,
-        "settings": settings,
-        "files": files_written(job, result, rejected),
-        "cost_usd": {"this_run": stats.cost_usd, "before": stats.cost_before_usd, "budget": job.budget},
-        "counts": {
-            "read": stats.conversations_read,
-            "written": result.written,
-            "failed": result.failed,
-            "incomplete": result.incomplete,
-            "rejects": stats.rejects,
-            "turns": result.turns,
-            "finished_length": result.finished_length,
-        },
-        "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens},
-        "this_run": stats.to_dict(),
-        "reader": reader_stats,
-    }
-    path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str))
-    return path
-
-
-def files_written(job: RunJob, result: ExportResult, rejected: int) -> dict:
-    """Each file the run wrote and what it holds: conversations, or rejected records."""
-    files = {
-        "output": {"path": str(job.output), "conversations": result.written - result.validation_written},
-        "manifest": {"path": str(manifest_path(job.output))},
-    }
-    if result.validation_path is not None:
-        files["validation"] = {
-            "path": str(result.validation_path),
-            "conversations": result.validation_written,
-        }
-    if rejected:
-        files["rejects"] = {"path": str(rejects_path_for(job.output)), "records": rejected}
-    return files
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _run_with_signals(coro, stats: RunStats | None = None) -> RunReport:

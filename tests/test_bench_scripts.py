@@ -16,6 +16,7 @@ import pytest
 # bench/ is not an installed package: pytest puts the repository root on the path (pyproject's pythonpath)
 from bench import (
     adaptive_rate,
+    cpu_per_request,
     curator,
     export_speed,
     latency,
@@ -40,6 +41,13 @@ def test_throughput_sends_each_request_once(tmp_path):
         assert row["detail"]["expected_requests"] == expected
         assert [run["received"] for run in row["detail"]["runs"]] == [expected]
         assert row["figure"] > 0 and row["reference"] > 0 and row["ratio"] > 0
+
+
+def test_cpu_per_request_measures_every_rung(tmp_path):
+    client, engine = rows_of(cpu_per_request, tmp_path)
+    for row in (client, engine):
+        assert row["figure"] > 0 and row["reference"] > 0 and row["ratio"] > 0
+        assert set(row["detail"]["us_per_request"]) == {"bare aiohttp loop", "TeacherClient.send", "engine"}
 
 
 def test_rate_limit_answers_everything_under_both_limits(tmp_path):

@@ -90,8 +90,9 @@ def test_resume_after_sigkill_writes_the_same_bytes_and_pays_once(tmp_path, slow
     assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
     received = slow_teacher.stats()["received_by_hash"]
     resent = [h for h, n in received.items() if n > 1]
-    # At most what was in flight at each kill (4), plus answers still inside the 5 ms group commit (~1 at 130/s).
-    assert len(resent) <= 3 * (4 + 2)
+    # At most what was in flight at each kill (4), plus answers not yet committed: those inside the 20 ms group
+    # commit window (~3 at 130/s) and one commit under way on the writer thread (~3 more).
+    assert len(resent) <= 3 * (4 + 6)
 
 
 def test_sigint_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, slow_teacher):

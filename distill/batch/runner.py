@@ -36,6 +36,7 @@ from .ledger import Ledger, Row
 from .lines import Part, PartWriter, parse_result, read_jsonl, rebuild_request
 from .options import BatchOptions
 from .provider import Provider, endpoint_for
+from .tally import count_outcome
 
 STORE_CHUNK = 1000
 YIELD_EVERY = 256
@@ -122,7 +123,7 @@ class BatchRunner:
                         f"{self.provider.name} ended {stalled} waves of batches in a row without reaching any "
                         "request (expired or cancelled); run the same command again later"
                     )
-            self._count(ledger, run_id)
+            count_outcome(ledger, run_id, self.settings, self.stats, self._stored)
         finally:
             ledger.close()
         with contextlib.suppress(OSError):
@@ -377,38 +378,6 @@ class BatchRunner:
         for path in self.workdir.glob("*.jsonl"):
             if path.name not in keep:
                 path.unlink(missing_ok=True)
-
-    # -- the count ---------------------------------------------------------------------------------------------
-
-    def _count(self, ledger: Ledger, run_id: str) -> None:
-        """Conversations done and failed, answered turns and failure reasons, from the cache."""
-        turns_answered = 0
-        for conversation in stored_conversations(ledger.conn, run_id):
-            answered, reason = self._status(ledger, conversation)
-            turns_answered += answered
-            if reason is not None:
-                self.stats.conversations_failed += 1
-                self.stats.failures.append((conversation.id, conversation.source, reason))
-            elif answered == plan.turn_count(conversation, self.settings):
-                self.stats.conversations_done += 1
-        self.stats.turns_done = turns_answered
-        self.stats.cache_hits = max(0, turns_answered - self._stored)
-
-    def _status(self, ledger: Ledger, conversation: Conversation) -> tuple[int, str | None]:
-        """(answered turns, the failure reason if a turn failed for good)."""
-        answers: list[str] = []
-        answered = 0
-        for k in range(plan.turn_count(conversation, self.settings)):
-            request = plan.request_for(conversation, self.settings, k, answers)
-            text = ledger.answer(request.key)
-            if text is None:
-                reason = ledger.failure(request.key)
-                if reason is not None or self.settings.history == "teacher":
-                    return answered, reason
-                continue
-            answers.append(text)
-            answered += 1
-        return answered, None
 
 
 def _safe(name: str) -> str:

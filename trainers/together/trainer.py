@@ -11,13 +11,10 @@ is left running and the message says how to re-attach.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
@@ -31,26 +28,11 @@ from trainers.jobs import JobRecord, JobStore, UploadRecord, file_sha256, reques
 from .client import NotOnService, make_client, sdk_errors
 from .follow import JobFollower, JobView, job_dict
 from .options import check_price, create_arguments, extra_options
+from .terminal import Confirm, default_confirm, interrupts_held
 
 PURPOSE = "fine-tune"
 FILE_DONE = frozenset({"COMPLETED", "FAILED", "INVALID_FORMAT"})
 TRAIN_ON_INPUTS: dict[str, bool | str] = {"true": True, "false": False, "auto": "auto"}
-
-Confirm = Callable[[str], bool]
-
-
-def ask_on_terminal(question: str) -> bool:
-    """Ask ``question`` on the terminal; True on yes. A second Ctrl-C or end of input counts as no."""
-    try:
-        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-    except (EOFError, KeyboardInterrupt):
-        print(file=sys.stderr)
-        return False
-
-
-def default_confirm() -> Confirm | None:
-    """Ask on the terminal when stdin is one; None (never cancel) otherwise."""
-    return ask_on_terminal if sys.stdin is not None and sys.stdin.isatty() else None
 
 
 def run_file_check(path: Path) -> str | None:
@@ -97,32 +79,6 @@ def wandb_key(spec: TrainSpec) -> str | None:
     if not key:
         raise UsageError(f"--wandb-key-env names {spec.wandb_key_env}, but that variable is not set or empty")
     return key
-
-
-@dataclass(slots=True)
-class Held:
-    """Whether a Ctrl-C came while :func:`interrupts_held` held it."""
-
-    caught: bool = False
-
-
-@contextmanager
-def interrupts_held() -> Iterator[Held]:
-    """Hold Ctrl-C (SIGINT) until the block is over; ``caught`` says whether one came. Main thread only."""
-    held = Held()
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield held
-        return
-
-    def hold(signum: int, frame: object) -> None:
-        held.caught = True
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield held
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @TRAINERS.register("together")

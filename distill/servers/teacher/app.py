@@ -19,7 +19,7 @@ from distill import tokens
 from distill.errors import UsageError
 from distill.servers.loopback import HOST, listen
 
-from . import answers, batch, faults
+from . import answers, batch_routes, faults
 from .knobs import TeacherKnobs
 from .ratelimit import WindowLimiter
 from .stats import TeacherStats
@@ -181,7 +181,7 @@ def build_app(state: TeacherState) -> web.Application:
     app.router.add_post("/stats/reset", reset_stats)
     app.router.add_get("/knobs", get_knobs)
     app.router.add_post("/knobs", post_knobs)
-    batch.add_routes(app, state)
+    batch_routes.add_routes(app, state)
     return app
 
 

@@ -32,108 +32,30 @@ another process); ``GET /batch/stats`` counts uploads, batches and how often eac
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
 import itertools
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-from aiohttp import web
-
-from distill.errors import UsageError
 
 from . import answers
-from .knobs import TeacherKnobs
-
-TOGETHER = "together"
-OPENAI = "openai"
-OPENAI_PREFIX = "/openai/v1"
-TERMINAL = frozenset(("COMPLETED", "FAILED", "EXPIRED", "CANCELLED"))
-ENDPOINTS = {TOGETHER: ("/v1/chat/completions",), OPENAI: ("/v1/chat/completions", "/v1/completions")}
-FILE_PURPOSE = {TOGETHER: "batch-api", OPENAI: "batch"}
-MAX_CUSTOM_ID = 64
+from .batch_state import (
+    ENDPOINTS,
+    FILE_PURPOSE,
+    MAX_CUSTOM_ID,
+    OPENAI,
+    TERMINAL,
+    BadRequest,
+    BatchKnobs,
+    BatchStats,
+    FakeBatch,
+    StoredFile,
+    Teacher,
+    sha256_hex,
+)
 
 _PARSERS = {"/v1/chat/completions": answers.parse_chat, "/v1/completions": answers.parse_completion}
-
-
-class Teacher(Protocol):
-    """What the batch service needs of the teacher it answers for: its knobs, and a place for the service."""
-
-    knobs: TeacherKnobs
-    batch: BatchService
-
-
-@dataclass(frozen=True, slots=True)
-class BatchKnobs:
-    """How the fake Batch API behaves. ``BatchKnobs()`` finishes every batch at once with every answer."""
-
-    validating_seconds: float = 0.0  # how long a new batch stays VALIDATING
-    seconds_per_request: float = 0.0  # processing time of each line
-    hold: bool = False  # batches stay IN_PROGRESS, nothing answered, until this is switched off
-    max_requests: int = 50_000  # lines a batch file may hold (Together and OpenAI: 50,000)
-    max_bytes: int = 100_000_000  # bytes a batch file may hold (Together 100 MB, OpenAI 200 MB)
-    expire_after: int | None = None  # a batch answers at most this many lines, then ends EXPIRED
-    fail_first: int = 0  # the first N submissions of every custom_id get a 500 error line
-
-    def replace(self, **changes: Any) -> BatchKnobs:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - names
-        if unknown:
-            raise UsageError(
-                f"unknown batch knob(s): {', '.join(sorted(unknown))}; known: {', '.join(names)}"
-            )
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(slots=True)
-class StoredFile:
-    id: str
-    flavour: str
-    filename: str
-    purpose: str
-    checksum: str = ""
-    data: bytes | None = None
-    created: float = field(default_factory=time.time)
-
-
-@dataclass(slots=True)
-class FakeBatch:
-    id: str
-    flavour: str
-    endpoint: str
-    input_file_id: str
-    created: float = field(default_factory=time.time)
-    status: str = "VALIDATING"
-    cancel_requested: bool = False
-    total: int = 0
-    done: int = 0
-    failed: int = 0
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    error: str | None = None
-    finished: float | None = None
-
-
-@dataclass(slots=True)
-class BatchStats:
-    uploads: int = 0
-    batches_created: int = 0
-    batches_cancelled: int = 0
-    requests_answered: int = 0
-    submissions: Counter = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "uploads": self.uploads,
-            "batches_created": self.batches_created,
-            "batches_cancelled": self.batches_cancelled,
-            "requests_answered": self.requests_answered,
-            "submissions": dict(self.submissions),
-        }
 
 
 class BatchService:
@@ -163,7 +85,7 @@ class BatchService:
     # -- files ---------------------------------------------------------------------------------------------
 
     def store(self, flavour: str, filename: str, purpose: str, data: bytes) -> StoredFile:
-        stored = StoredFile(self.new_id("file"), flavour, filename, purpose, _sha256(data), data)
+        stored = StoredFile(self.new_id("file"), flavour, filename, purpose, sha256_hex(data), data)
         self.files[stored.id] = stored
         return stored
 
@@ -373,18 +295,6 @@ class BatchService:
         }
 
 
-class BadRequest(Exception):
-    """A request the fake API answers with 400; ``param`` names the field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -407,165 +317,3 @@ def _error_line(custom_id: str, status: int, message: str, kind: str) -> bytes:
 def _unreached_line(custom_id: str, code: str) -> bytes:
     message = "This request could not be executed before the batch ended (expired or cancelled)."
     return _line(custom_id, None, {"code": code, "message": message})
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
-    )
-
-
-def _bad(message: str, param: str | None = None, status: int = 400) -> web.Response:
-    return _json(
-        {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}, status
-    )
-
-
-def add_routes(app: web.Application, state: Teacher) -> BatchService:
-    """Serve the batch endpoints of both flavours from ``app``; the service is also ``state.batch``."""
-    service = BatchService(state)
-    state.batch = service
-    routes = _Routes(service, state)
-    for prefix, flavour in (("/v1", TOGETHER), (OPENAI_PREFIX, OPENAI)):
-        app.router.add_post(f"{prefix}/files", routes.guard(flavour, routes.upload))
-        app.router.add_get(f"{prefix}/files/{{id}}", routes.guard(flavour, routes.retrieve_file))
-        app.router.add_get(f"{prefix}/files/{{id}}/content", routes.guard(flavour, routes.file_content))
-        app.router.add_post(f"{prefix}/batches", routes.guard(flavour, routes.create_batch))
-        app.router.add_get(f"{prefix}/batches", routes.guard(flavour, routes.list_batches))
-        app.router.add_get(f"{prefix}/batches/{{id}}", routes.guard(flavour, routes.retrieve_batch))
-        app.router.add_post(f"{prefix}/batches/{{id}}/cancel", routes.guard(flavour, routes.cancel_batch))
-    app.router.add_post("/v1/files/{id}/preprocess", routes.guard(TOGETHER, routes.preprocess))
-    app.router.add_put("/batch-uploads/{id}", routes.receive_upload)
-    app.router.add_get("/batch/stats", routes.get_stats)
-    app.router.add_post("/batch/knobs", routes.post_knobs)
-
-    async def close(_app: web.Application) -> None:
-        await service.close()
-
-    app.on_cleanup.append(close)
-    return service
-
-
-class _Routes:
-    def __init__(self, service: BatchService, state: Teacher) -> None:
-        self.service = service
-        self.state = state
-
-    def guard(self, flavour: str, handler):
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            key = self.state.knobs.api_key
-            if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
-                return _bad("invalid or missing API key", status=401)
-            try:
-                return await handler(request, flavour)
-            except BadRequest as e:
-                return _bad(str(e), e.param)
-
-        return guarded
-
-    def _file(self, request: web.Request, flavour: str) -> StoredFile:
-        stored = self.service.files.get(request.match_info["id"])
-        if stored is None or stored.flavour != flavour:
-            raise web.HTTPNotFound(
-                body=orjson.dumps({"error": {"message": "no such file"}}), content_type="application/json"
-            )
-        return stored
-
-    def _batch(self, request: web.Request, flavour: str) -> FakeBatch:
-        batch = self.service.batches.get(request.match_info["id"])
-        if batch is None or batch.flavour != flavour:
-            raise web.HTTPNotFound(
-                body=orjson.dumps({"error": {"message": "no such batch"}}), content_type="application/json"
-            )
-        return batch
-
-    async def upload(self, request: web.Request, flavour: str) -> web.Response:
-        form = await request.post()
-        purpose = form.get("purpose")
-        if flavour == OPENAI:
-            upload = form.get("file")
-            if not isinstance(upload, web.FileField) or not isinstance(purpose, str):
-                raise BadRequest("a multipart 'file' and a 'purpose' are required", "file")
-            stored = self.service.store(OPENAI, upload.filename, purpose, upload.file.read())
-            self.service.stats.uploads += 1
-            return _json(self.service.file_json(stored))
-        name, checksum = form.get("file_name"), form.get("checksum")
-        if not all(isinstance(v, str) and v for v in (purpose, name, checksum)):
-            raise BadRequest("form fields purpose, file_name, file_type and checksum are required")
-        if form.get("file_type") != "jsonl":
-            raise BadRequest("the fake takes file_type 'jsonl' only", "file_type")
-        existing = next(
-            (
-                f
-                for f in self.service.files.values()
-                if (f.checksum, f.filename) == (checksum, name) and f.data is not None
-            ),
-            None,
-        )
-        if existing is not None:
-            return _json({"file_id": existing.id, "message": "file already uploaded"}, status=409)
-        stored = StoredFile(self.service.new_id("file"), TOGETHER, str(name), str(purpose), str(checksum))
-        self.service.files[stored.id] = stored
-        headers = {
-            "Location": f"{request.scheme}://{request.host}/batch-uploads/{stored.id}",
-            "X-Together-File-Id": stored.id,
-        }
-        return web.Response(status=302, headers=headers)
-
-    async def receive_upload(self, request: web.Request) -> web.Response:
-        stored = self.service.files.get(request.match_info["id"])
-        if stored is None or stored.flavour != TOGETHER:
-            return _bad("no upload started for this id", status=404)
-        data = await request.read()
-        if _sha256(data) != stored.checksum:
-            return _bad("the uploaded bytes do not match the checksum")
-        stored.data = data
-        self.service.stats.uploads += 1
-        return web.Response(status=200)
-
-    async def preprocess(self, request: web.Request, flavour: str) -> web.Response:
-        return _json(self.service.file_json(self._file(request, flavour)))
-
-    async def retrieve_file(self, request: web.Request, flavour: str) -> web.Response:
-        return _json(self.service.file_json(self._file(request, flavour)))
-
-    async def file_content(self, request: web.Request, flavour: str) -> web.Response:
-        stored = self._file(request, flavour)
-        return web.Response(body=stored.data or b"", content_type="application/octet-stream")
-
-    async def create_batch(self, request: web.Request, flavour: str) -> web.Response:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            raise BadRequest("the body is not valid JSON") from None
-        batch = self.service.create(flavour, body)
-        data = self.service.batch_json(batch)
-        return _json(data if flavour == OPENAI else {"job": data, "warning": None})
-
-    async def list_batches(self, request: web.Request, flavour: str) -> web.Response:
-        jobs = [self.service.batch_json(b) for b in self.service.batches.values() if b.flavour == flavour]
-        if flavour == TOGETHER:
-            return _json(jobs)
-        first, last = (jobs[0]["id"], jobs[-1]["id"]) if jobs else (None, None)
-        return _json({"object": "list", "data": jobs, "first_id": first, "last_id": last, "has_more": False})
-
-    async def retrieve_batch(self, request: web.Request, flavour: str) -> web.Response:
-        return _json(self.service.batch_json(self._batch(request, flavour)))
-
-    async def cancel_batch(self, request: web.Request, flavour: str) -> web.Response:
-        batch = self._batch(request, flavour)
-        self.service.cancel(batch)
-        return _json(self.service.batch_json(batch))
-
-    async def get_stats(self, request: web.Request) -> web.Response:
-        return _json(self.service.stats.to_dict())
-
-    async def post_knobs(self, request: web.Request) -> web.Response:
-        try:
-            changes = orjson.loads(await request.read())
-            if not isinstance(changes, dict):
-                raise UsageError("POST /batch/knobs takes a JSON object of batch knob names")
-            knobs = self.service.set_knobs(**changes)
-        except (orjson.JSONDecodeError, UsageError, TypeError) as e:
-            return _bad(str(e))
-        return _json(dataclasses.asdict(knobs))

@@ -11,9 +11,6 @@ key of a job body is kept in memory only (``create_bodies``, for tests) and neve
 
 from __future__ import annotations
 
-import hashlib
-import re
-import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,52 +21,25 @@ from distill.servers import loopback
 from distill.servers.loopback import listen
 
 from . import endpoint_routes
-from .checkpoints import resolve_checkpoint
 from .clock import Clock
 from .endpoints import EndpointState
-from .limits import BadRequest, check_job_body, model_limits
-from .rules import validate_jsonl
-from .store import (
-    FAIL_MARKER,
-    FAKE_USER,
-    INVALID_MARKER,
-    TERMINAL,
-    FakeFile,
-    FakeJob,
-    cancel_schedule,
-    job_schedule,
-    new_file_id,
-    new_job_id,
-    output_model_name,
-)
-
-PURPOSES = frozenset({"fine-tune", "eval", "batch-api", "calibration"})
-FILE_TYPES = frozenset({"jsonl", "parquet", "csv"})
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-# The fake's price: dollars per million trained tokens, about what an 8B LoRA job costs.
-PRICE_PER_MILLION_TOKENS = 0.48
+from .file_routes import FileRoutes, api_error
+from .job_routes import FineTuneRoutes
+from .store import FakeFile, FakeJob
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(
-    status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None
-) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return web.json_response(body, status=status)
-
-
-def _is_full(body: dict[str, Any]) -> bool:
-    return (body.get("training_type") or {}).get("type") == "Full"
-
-
-class FakeTogether:
+class FakeTogether(FileRoutes, FineTuneRoutes):
     """The fake service. Knobs: ``seconds_per_state`` (how long a job stays pending, queued and running),
     ``clock`` (a :class:`~distill.servers.together.clock.ManualClock` lets a test move time), ``api_keys`` (keys
     accepted; None accepts any), ``models`` (base models offered; None offers any), ``error_models`` (base
     models whose jobs end in ``error``, as does any model or training file named with ``fake-error``) and
     ``file_processing_seconds`` (how long an upload's server-side check takes). An upload whose file name
     contains ``fake-invalid`` fails the server-side check whatever it holds.
+
+    Its routes are :class:`~.file_routes.FileRoutes` and :class:`~.job_routes.FineTuneRoutes` (the handlers of
+    the files and fine-tuning APIs, over this object's state) and :mod:`.endpoint_routes`.
     """
 
     def __init__(
@@ -171,296 +141,7 @@ class FakeTogether:
         if request.path.startswith(("/v1/", "/v2/")):
             scheme, _, key = request.headers.get("Authorization", "").partition(" ")
             if scheme != "Bearer" or not key or (self.api_keys is not None and key not in self.api_keys):
-                return _error(
+                return api_error(
                     401, "Invalid API key provided. Check TOGETHER_API_KEY.", kind="invalid_api_key"
                 )
         return await handler(request)
-
-    # files
-
-    def _file_json(self, f: FakeFile) -> dict[str, Any]:
-        status = f.status(self.clock.now(), self.file_processing_seconds)
-        body: dict[str, Any] = {
-            "id": f.id,
-            "object": "file",
-            "created_at": int(self.clock.epoch(f.created_at)),
-            "filename": f.filename,
-            "bytes": len(f.content) if f.content is not None else 0,
-            "purpose": f.purpose,
-            "FileType": f.file_type,
-            "processing_status": status,
-            "Processed": status in ("COMPLETED", "INVALID_FORMAT"),
-            "LineCount": (f.report or {}).get("nlines", 0),
-        }
-        if status in ("COMPLETED", "INVALID_FORMAT") and f.report is not None:
-            body["validation_report"] = f.report
-        return body
-
-    def _file(self, request: web.Request) -> FakeFile:
-        f = self.files.get(request.match_info["id"])
-        if f is None:
-            raise web.HTTPNotFound(
-                text='{"error": {"message": "file not found", "type": "not_found"}}',
-                content_type="application/json",
-            )
-        return f
-
-    async def create_upload(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        purpose, name = str(form.get("purpose", "")), str(form.get("file_name", ""))
-        file_type, checksum = str(form.get("file_type", "")), str(form.get("checksum", ""))
-        if purpose not in PURPOSES:
-            return _error(400, f"purpose must be one of {sorted(PURPOSES)}", param="purpose")
-        if file_type not in FILE_TYPES or not name:
-            return _error(
-                400, "file_name and a file_type of jsonl, parquet or csv are required", param="file_type"
-            )
-        if not _SHA256_HEX.match(checksum):
-            return _error(400, "checksum must be the file's sha256 in hex", param="checksum")
-        for existing in self.files.values():
-            if existing.checksum == checksum and existing.purpose == purpose and existing.content is not None:
-                return web.json_response(
-                    {"file_id": existing.id, "message": "a file with this checksum was already uploaded"},
-                    status=409,
-                )
-        f = FakeFile(
-            id=new_file_id(),
-            filename=name,
-            purpose=purpose,
-            file_type=file_type,
-            checksum=checksum,
-            upload_token=secrets.token_urlsafe(16),
-            created_at=self.clock.now(),
-        )
-        self.files[f.id] = f
-        location = f"{request.url.origin()}/uploads/{f.id}?token={f.upload_token}"
-        return web.Response(status=302, headers={"Location": location, "X-Together-File-Id": f.id})
-
-    async def receive_upload(self, request: web.Request) -> web.Response:
-        f = self._file(request)
-        if request.query.get("token") != f.upload_token:
-            return web.Response(status=403, text="bad upload token")
-        content = await request.read()
-        if hashlib.sha256(content).hexdigest() != f.checksum:
-            return web.Response(status=400, text="the uploaded bytes do not match the announced checksum")
-        f.content = content
-        return web.Response(status=200)
-
-    async def preprocess(self, request: web.Request) -> web.Response:
-        f = self._file(request)
-        if f.content is None:
-            return _error(400, f"file {f.id} has no content yet: PUT it to the upload URL first")
-        if f.purpose == "fine-tune":
-            f.report = self._check_content(f)
-        f.processed_at = self.clock.now()
-        return web.json_response(self._file_json(f))
-
-    def _check_content(self, f: FakeFile) -> dict[str, Any]:
-        assert f.content is not None
-        if INVALID_MARKER in f.filename:
-            report = {"valid": False, "file_id": f.id, "error_type": "INVALID_FORMAT"}
-            report["error"] = (
-                f"line 1: refused by the service (simulated: the file name contains {INVALID_MARKER!r})"
-            )
-            return report
-        if f.file_type != "jsonl":
-            report = {"valid": False, "file_id": f.id, "error_type": "INVALID_FORMAT"}
-            report["error"] = "this local fake checks only .jsonl files"
-            return report
-        return validate_jsonl(f.content, f.id)
-
-    async def list_files(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"object": "list", "data": [self._file_json(f) for f in self.files.values()]}
-        )
-
-    async def retrieve_file(self, request: web.Request) -> web.Response:
-        return web.json_response(self._file_json(self._file(request)))
-
-    async def delete_file(self, request: web.Request) -> web.Response:
-        f = self._file(request)
-        del self.files[f.id]
-        return web.json_response({"id": f.id, "object": "file", "deleted": True})
-
-    async def file_content(self, request: web.Request) -> web.Response:
-        f = self._file(request)
-        return web.Response(body=f.content or b"", content_type="application/octet-stream")
-
-    # fine-tuning
-
-    def _limits_or_error(self, model: Any) -> dict[str, Any]:
-        if not isinstance(model, str) or not model:
-            raise BadRequest("model is required", "model")
-        if self.models is not None and model not in self.models:
-            raise BadRequest(f"model {model} is not available for fine-tuning", "model")
-        return model_limits(model)
-
-    async def limits(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(self._limits_or_error(request.query.get("model_name")))
-        except BadRequest as e:
-            return _error(404, str(e), param=e.param)
-
-    async def estimate_price(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        f = self.files.get(body.get("training_file", ""))
-        if f is None or f.content is None:
-            return _error(400, "training_file not found", param="training_file")
-        if f.status(self.clock.now(), self.file_processing_seconds) != "COMPLETED":
-            return web.json_response(
-                {"estimation_available": False, "unavailable_reason": "train_file_invalid"}
-            )
-        tokens = len(f.content) / 4 * int(body.get("n_epochs") or 1)
-        return web.json_response(
-            {
-                "estimation_available": True,
-                "allowed_to_proceed": True,
-                "estimated_total_price": round(tokens / 1e6 * PRICE_PER_MILLION_TOKENS, 6),
-                "estimated_train_token_count": tokens,
-                "estimated_eval_token_count": 0,
-                "user_limit": 100.0,
-            }
-        )
-
-    def _usable_file(self, file_id: Any, param: str) -> FakeFile:
-        f = self.files.get(file_id) if isinstance(file_id, str) else None
-        if f is None:
-            raise BadRequest(f"{param} {file_id!r} not found", param)
-        status = f.status(self.clock.now(), self.file_processing_seconds)
-        if f.purpose != "fine-tune" or status != "COMPLETED":
-            raise BadRequest(f"{param} {f.id} is not a validated fine-tune file (status {status})", param)
-        return f
-
-    async def create_job(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.create_bodies.append(body)
-        try:
-            resolve_checkpoint(body, self.jobs)
-            limits = self._limits_or_error(body.get("model"))
-            training = self._usable_file(body.get("training_file"), "training_file")
-            if body.get("validation_file"):
-                self._usable_file(body["validation_file"], "validation_file")
-            batch_size = check_job_body(body, limits, has_validation_file=bool(body.get("validation_file")))
-        except BadRequest as e:
-            return _error(400, str(e), param=e.param)
-        now = self.clock.now()
-        fails = (
-            body["model"] in self.error_models
-            or FAIL_MARKER in body["model"]
-            or FAIL_MARKER in training.filename
-        )
-        job = FakeJob(
-            id=new_job_id(),
-            body={k: v for k, v in body.items() if k != "wandb_key"},
-            batch_size=batch_size,
-            output_name=output_model_name(body["model"], body.get("suffix")),
-            created_at=now,
-            line_count=(training.report or {}).get("nlines", 0),
-            schedule=job_schedule(
-                now,
-                self.seconds_per_state,
-                n_epochs=int(body.get("n_epochs", 1)),
-                n_checkpoints=int(body.get("n_checkpoints", 1)),
-                fails=fails,
-                wandb=bool(body.get("wandb_key")),
-            ),
-            updated_at=now,
-        )
-        job.advance(now, self.clock)
-        self.jobs[job.id] = job
-        return web.json_response(self._job_json(job, with_events=True))
-
-    def _job(self, request: web.Request) -> FakeJob:
-        job = self.jobs.get(request.match_info["id"])
-        if job is None:
-            raise web.HTTPNotFound(
-                text='{"error": {"message": "fine-tune job not found", "type": "not_found"}}',
-                content_type="application/json",
-            )
-        job.advance(self.clock.now(), self.clock)
-        return job
-
-    def _job_json(self, job: FakeJob, *, with_events: bool) -> dict[str, Any]:
-        body = job.body
-        method = body.get("training_method") or {"method": "sft", "train_on_inputs": "auto"}
-        training = self.files.get(body["training_file"])
-        tokens = int(len(training.content or b"") / 4) if training else 0
-        result: dict[str, Any] = {
-            "id": job.id,
-            "job_id": job.id,
-            "status": job.status,
-            "created_at": self.clock.iso(job.created_at),
-            "updated_at": self.clock.iso(job.updated_at),
-            "user_id": FAKE_USER,
-            "owner_address": FAKE_USER,
-            "model": body["model"],
-            "model_output_name": job.output_name,
-            "adapter_output_name": None if _is_full(body) else f"{job.output_name}-adapter",
-            "training_file": body["training_file"],
-            "validation_file": body.get("validation_file", ""),
-            "n_epochs": body.get("n_epochs", 1),
-            "n_checkpoints": body.get("n_checkpoints", 1),
-            "n_evals": body.get("n_evals", 0),
-            "batch_size": job.batch_size,
-            "learning_rate": body.get("learning_rate", 1e-5),
-            "lr_scheduler": body.get("lr_scheduler"),
-            "warmup_ratio": body.get("warmup_ratio", 0.0),
-            "max_grad_norm": body.get("max_grad_norm", 1.0),
-            "weight_decay": body.get("weight_decay", 0.0),
-            "training_type": body.get("training_type"),
-            "training_method": method,
-            "train_on_inputs": method.get("train_on_inputs"),
-            "suffix": body.get("suffix"),
-            "token_count": tokens,
-            "total_price": int(tokens * int(body.get("n_epochs", 1)) * PRICE_PER_MILLION_TOKENS * 1000),
-            "param_count": 8_030_261_248,
-            "trainingfile_numlines": job.line_count,
-            "trainingfile_size": len(training.content or b"") if training else 0,
-            "epochs_completed": body.get("n_epochs", 1) if job.status == "completed" else 0,
-        }
-        if any(e["type"] == "wandb_init" for e in job.events):
-            result["wandb_url"] = f"https://wandb.ai/{FAKE_USER}/together/runs/{job.id}"
-        if with_events:
-            result["events"] = list(job.events)
-        return result
-
-    async def list_jobs(self, request: web.Request) -> web.Response:
-        now = self.clock.now()
-        for job in self.jobs.values():
-            job.advance(now, self.clock)
-        return web.json_response({"data": [self._job_json(j, with_events=False) for j in self.jobs.values()]})
-
-    async def retrieve_job(self, request: web.Request) -> web.Response:
-        return web.json_response(self._job_json(self._job(request), with_events=True))
-
-    async def cancel_job(self, request: web.Request) -> web.Response:
-        job = self._job(request)
-        if job.status in TERMINAL or job.status == "cancel_requested":
-            return _error(400, f"job {job.id} is {job.status} and cannot be cancelled")
-        job.schedule = cancel_schedule(self.clock.now(), self.seconds_per_state)
-        job.advance(self.clock.now(), self.clock)
-        return web.json_response(self._job_json(job, with_events=False))
-
-    async def job_events(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": list(self._job(request).events)})
-
-    async def job_checkpoints(self, request: web.Request) -> web.Response:
-        job = self._job(request)
-        if job.status != "completed":
-            return web.json_response({"data": []})
-        created = self.clock.iso(job.updated_at)
-        kinds = ["model"] if _is_full(job.body) else ["model", "adapter"]
-        return web.json_response(
-            {
-                "data": [
-                    {
-                        "checkpoint_type": f"Final {kind}",
-                        "checkpoint": kind,
-                        "created_at": created,
-                        "path": f"fake://{job.id}/{kind}",
-                        "step": 0,
-                    }
-                    for kind in kinds
-                ]
-            }
-        )
