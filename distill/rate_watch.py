@@ -80,6 +80,7 @@ class RateWatch:
         self.limited_total = 0
         self.shed_total = 0
         self.accepted_total = 0
+        self._busiest_refusing = 0.0  # most answers a second accepted in a whole window with a rate signal
 
     # -- what the engine reports --------------------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class RateWatch:
         now = self._clock()
         cut_already = now < self.state.hold_until
         before = self.state
+        self._tally.signalled = True
         sent_rate = (self._seq - self._seq_at(now - self.window)) / self.window
         self.state = policy.signal(self.state, self.accepted_rate(ticket), now, self.window, sent_rate)
         if self.state is not before:
@@ -213,6 +215,8 @@ class RateWatch:
         self._apply()
         seconds = now - self._window_start
         self._window_start = now
+        if tally.signalled and seconds >= self.window:
+            self._busiest_refusing = max(self._busiest_refusing, tally.accepted / seconds)
         if self.on_window is not None:
             self.on_window(
                 WindowRecord(
@@ -240,7 +244,13 @@ class RateWatch:
             return None
         if state.source == "told" and state.ceiling is not None:
             return state.ceiling / policy.HEADROOM * 60.0
-        return (state.target if state.target is not None else state.rate) * 60.0
+        level = state.target if state.target is not None else state.rate
+        if self._busiest_refusing:
+            # A decrease measures the requests that left in the second before a refused one, which is not aligned
+            # with the server's windows: in a short run it may count parts of two of them. What a whole window
+            # that saw refusals accepted, by arrival, is what the server lets through in one of its own.
+            level = min(level, self._busiest_refusing)
+        return level * 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +269,7 @@ class _Tally:
     shed: int = 0
     faults: int = 0
     decreased: bool = False
+    signalled: bool = False  # a 429 or shedding 503 arrived in this window
 
     @property
     def answers(self) -> int:
