@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import learned_limits
-from .cache_view import VIEW_MIGRATION
+from .cache_view import ANSWER_TIMING_MIGRATION, VIEW_MIGRATION
 from .errors import CacheError
 
 APPLICATION_ID = 0x64737431  # "dst1"
@@ -89,6 +89,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # migration 6: what `distill view` shows (issue 15); the SQL is in distill/cache_view.py
     VIEW_MIGRATION,
+    # migration 7: the answered attempt's time and latency on the responses row (issue 12), in cache_view.py
+    ANSWER_TIMING_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

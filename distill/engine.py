@@ -291,7 +291,7 @@ class Engine:
         if shared is not None:
             self.stats.shared_in_flight += 1
             return await asyncio.shield(shared)
-        entry = await self.cache.get(key)
+        entry = await self.cache.get(key) if self.cache.may_hold(key) else None
         if isinstance(entry, TeacherResponse):
             self.stats.cache_hits += 1
             return entry

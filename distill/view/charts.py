@@ -11,6 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
+from distill.cache_view import ALL_ATTEMPTS
 from distill.cost import Price
 
 WIDTH, HEIGHT, MARGIN = 640, 200, 36
@@ -114,7 +115,7 @@ def requests_over_time(conn: sqlite3.Connection) -> Chart:
     """Attempts per time bucket, stacked: answered, rate limited (429), other errors."""
     chart = Chart("Requests over time", "every HTTP attempt in the cache; 429s in red, other errors in grey")
     sums = "sum(status = 200), sum(status = 429), sum(status IS NULL OR (status != 200 AND status != 429))"
-    start, end, rows = time_buckets(conn, "attempts", "at", sums)
+    start, end, rows = time_buckets(conn, ALL_ATTEMPTS, "at", sums)
     if not rows:
         chart.empty = True
         return chart
