@@ -20,6 +20,7 @@ from .cache_file import reported
 from .cache_view import FINISHED_UPDATE, ViewRows, finished_row
 from .key_filter import KeyFilter
 from .requests import TeacherResponse
+from .sqlite_rows import insert_rows
 
 BACKLOG_BATCHES = 4  # rows queued beyond this many batches make producers wait (Cache.room)
 # Seconds between group commits. Larger groups write each B-tree page once for more rows: 20 ms instead of 5 cost
@@ -263,17 +264,17 @@ class GroupCommits:
         db.execute("BEGIN")
         try:
             if responses:
-                db.executemany(
-                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", responses
+                insert_rows(
+                    db, "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", responses
                 )
                 if self._failures_possible:
                     db.executemany("DELETE FROM failures WHERE key = ?", [(r[0],) for r in responses])
             if failures:
-                db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
+                insert_rows(db, "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
             if conversations:
-                db.executemany(CONVERSATION_INSERT, conversations)
+                insert_rows(db, CONVERSATION_INSERT, conversations)
             if complete:
-                db.executemany(COMPLETE_INSERT, complete)
+                insert_rows(db, COMPLETE_INSERT, complete)
             if finished:
                 db.executemany(FINISHED_UPDATE, finished)
             if spend:

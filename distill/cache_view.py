@@ -36,6 +36,7 @@ import orjson
 
 from .conversation import Reject
 from .requests import TeacherResponse
+from .sqlite_rows import insert_rows
 
 RUN_SHIFT = 1 << 40  # positions below 2**40 per run in the search index's rowid
 
@@ -170,7 +171,7 @@ class ViewRows:
     def write(self, db) -> None:
         """Write the rows inside the group commit's transaction on ``db``."""
         if self.attempts:
-            db.executemany("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)", self.attempts)
+            insert_rows(db, "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)", self.attempts)
         if self.failed:
             db.executemany(
                 "UPDATE conversations SET failed_key = ? WHERE run_id = ? AND position = ?", self.failed
