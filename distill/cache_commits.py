@@ -157,9 +157,8 @@ class GroupCommits:
             await asyncio.shield(self._flushing)
 
     def _schedule_flush(self) -> None:
-        queued = self._queued() - len(
-            self._conversation_rows
-        )  # held rows wait for their time (room() counts them)
+        # held conversation rows wait for their time (room() counts them)
+        queued = len(self._response_rows) + len(self._complete_rows) + len(self._finished_rows)
         if queued >= self.max_batch and (self._flushing is None or self._flushing.done()):
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
