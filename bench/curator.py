@@ -23,8 +23,10 @@ import hashlib
 import os
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import tiktoken_ext
 
 from bench.common import (
@@ -47,6 +49,8 @@ DRIVER = REPO / "bench" / "curator_driver.py"
 UNLIMITED_RPM = 10_000_000
 UNLIMITED_TPM = 10_000_000_000
 RPM = 6000
+PROBES = 1  # requests Curator's openai backend sends before its prompts: the probe for rate-limit headers
+GIVEN = {"concurrency": 64, "retries": 5}  # what the rows of targets 1 and 2 give Curator besides the limits
 
 
 def tiktoken_cache(root: Path) -> Path:
@@ -67,13 +71,43 @@ def curator_env(root: Path) -> dict[str, str]:
     }
 
 
-def run_curator(
-    python: str, served, root: Path, name: str, count: int, rpm: int, tpm: int
-) -> tuple[float, int]:
-    """Curator over ``count`` single-turn prompts; the teacher's receiving window and its answered count."""
+@dataclass(slots=True)
+class CuratorRun:
+    """One Curator run as the teacher saw it, its sending window measured from the teacher's first request.
+
+    That first request is Curator's header probe (a chat completion with no messages, answered 400, sent when the
+    ``LLM`` is built, a second or more before the first prompt), so the window starts at the request after it.
+    """
+
+    delivered: int
+    stats: dict
+    begin: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.begin
+
+
+def after_probe(clock: RequestClock) -> tuple[float, float]:
+    """Seconds from the teacher's first request to the first one after Curator's probe, and to the last one."""
+    first = clock.first_request_at()
+    final = clock.samples[-1][1] if clock.samples else 0
+    start = next((t for t, n, _ in clock.samples if n > PROBES), None)
+    last = next((t for t, n, _ in clock.samples if n >= final), None)
+    if first is None or start is None or last is None or last <= start:
+        return 0.0, 0.0
+    return start - first, last - first
+
+
+def run_curator(python: str, served, root: Path, name: str, count: int, **given: int) -> CuratorRun:
+    """Curator over ``count`` single-turn prompts, given the backend parameters in ``given`` and no others.
+
+    ``given`` takes ``rpm``, ``tpm``, ``concurrency`` and ``retries``; one left out is Curator's own default.
+    """
     source = write_conversations(root / f"curator-{name}.jsonl", count)
     command = [python, str(DRIVER), str(source), served.base_url, MODEL, str(root / f"curator-{name}")]
-    command += [str(rpm), str(tpm), "64"]
+    command += [str(given.get(key, "-")) for key in ("rpm", "tpm", "concurrency", "retries")]
     served.reset_stats()
     previous = {
         k: os.environ.get(k) for k in ("TIKTOKEN_CACHE_DIR", "CURATOR_CACHE_DIR", "TELEMETRY_ENABLED")
@@ -90,17 +124,18 @@ def run_curator(
                 os.environ[key] = value
     if done.returncode != 0:
         raise SystemExit(f"Curator failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    seconds, _ = clock.window()
-    return seconds, served.stats(with_hashes=False)["answered"]
+    delivered = orjson.loads((root / f"curator-{name}" / "answered.json").read_bytes())["answered"]
+    return CuratorRun(delivered, served.stats(with_hashes=False), *after_probe(clock))
 
 
 def throughput(python: str, root: Path, count: int, baseline_seconds: float) -> Result:
     with teacher() as served:
         before = baseline_rps(served.base_url, baseline_seconds)
-        seconds, answered = run_curator(
-            python, served, root, "throughput", count, UNLIMITED_RPM, UNLIMITED_TPM
+        run = run_curator(
+            python, served, root, "throughput", count, rpm=UNLIMITED_RPM, tpm=UNLIMITED_TPM, **GIVEN
         )
         after = baseline_rps(served.base_url, baseline_seconds)
+    answered, seconds = run.stats["answered"], run.seconds
     rate = (answered - 1) / seconds if seconds else 0.0
     reference = statistics.mean((before, after))
     return Result(
@@ -123,8 +158,8 @@ def throughput(python: str, root: Path, count: int, baseline_seconds: float) -> 
 
 def rate_limit(python: str, root: Path, count: int) -> Result:
     with teacher(latency=0.2, rpm=RPM) as served:
-        seconds, answered = run_curator(python, served, root, "rpm", count, RPM, UNLIMITED_TPM)
-        stats = served.stats(with_hashes=False)
+        run = run_curator(python, served, root, "rpm", count, rpm=RPM, tpm=UNLIMITED_TPM, **GIVEN)
+    stats, answered, seconds = run.stats, run.stats["answered"], run.seconds
     rate = (answered - 1) * 60.0 / seconds if seconds else 0.0
     refused = stats["rate_limited"] / max(1, stats["requests"])
     return Result(
