@@ -38,7 +38,7 @@ from bench.common import RequestClock, Result
 CASES = ("unknown", "falling")
 TARGET = "7 adaptive rate (peer)"
 SIZES = {  # prompts per client and case: distill, Curator, cookbook loop
-    "full": {"unknown": (2000, 100, 300), "falling": (1300, 1300, 300)},
+    "full": {"unknown": (2000, 100, 300), "falling": (1300, 1300, 200)},
     "tiny": {"unknown": (40, 8, 40), "falling": (40, 40, 40)},
 }
 CASE_NAMES = {
