@@ -150,7 +150,8 @@ def throughput(python: str, root: Path, count: int, baseline_seconds: float) -> 
         detail={
             "answered": answered,
             "sending_seconds": round(seconds, 3),
-            "baseline_per_s": [before, after],
+            "probe_to_first_prompt_seconds": round(run.begin, 3),
+            "baseline_per_s": [round(before, 1), round(after, 1)],
         },
         command=f"curator.LLM(backend='openai', max_concurrent_requests=64) over {count:,} prompts",
     )
@@ -171,7 +172,13 @@ def rate_limit(python: str, root: Path, count: int) -> Result:
         ratio=rate / RPM,
         goal=f"for comparison; 429 share {refused:.2%}",
         passed=answered == count,
-        detail={"answered": answered, "answered_429": stats["rate_limited"], "share_429": round(refused, 5)},
+        detail={
+            "answered": answered,
+            "answered_429": stats["rate_limited"],
+            "share_429": round(refused, 5),
+            "sending_seconds": round(seconds, 3),
+            "probe_to_first_prompt_seconds": round(run.begin, 3),
+        },
         command=f"curator.LLM(backend='openai', max_requests_per_minute={RPM}) over {count:,} prompts",
     )
 
