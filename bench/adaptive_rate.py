@@ -43,7 +43,9 @@ def falling_allowed(begin: float, end: float) -> float:
     return RPM / 60 * before + RPM / 120 * after
 
 
-def run_distill(root: Path, served, name: str, count: int, *extra: str, start: int = 0, cache: str | None = None):
+def run_distill(
+    root: Path, served, name: str, count: int, *extra: str, start: int = 0, cache: str | None = None
+):
     source = common.write_conversations(root / f"{name}.jsonl", count, start=start)
     command = common.distill_command(
         source, root / f"{name}.out.jsonl", root / f"{cache or name}.sqlite", served.base_url,
@@ -179,7 +181,9 @@ def rerun(root: Path, count: int, first_seconds: float = 10.0) -> Result:
         served.reset_stats()
         poller.start()
         try:
-            command, clock, stats, done = run_distill(root, served, "again", count, start=count, cache="rerun")
+            command, clock, stats, done = run_distill(
+                root, served, "again", count, start=count, cache="rerun"
+            )
         finally:
             stop.set()
             poller.join()

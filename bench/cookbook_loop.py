@@ -63,7 +63,7 @@ async def paused_loop(
             async with session.post(f"{base_url}/chat/completions", json=body) as response:
                 await response.read()
                 return response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return 0
 
     async def worker(session: aiohttp.ClientSession) -> None:
@@ -86,7 +86,9 @@ async def paused_loop(
             queue.task_done()
 
     connector = aiohttp.TCPConnector(limit=in_flight)
-    async with aiohttp.ClientSession(connector=connector, headers={"Authorization": "Bearer local"}) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"Authorization": "Bearer local"}
+    ) as session:
         workers = [asyncio.create_task(worker(session)) for _ in range(in_flight)]
         try:
             await queue.join()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 from bench import adaptive_rate, common, cookbook_loop, curator
@@ -58,7 +59,9 @@ def allowed(case: str) -> Callable[[float, float], float]:
     return lambda begin, end: adaptive_rate.RPM / 60 * max(end - begin, 0.0)
 
 
-def _row(case: str, who: str, count: int, stats: dict, window: tuple[float, float], delivered: int, **more) -> Result:
+def _row(
+    case: str, who: str, count: int, stats: dict, window: tuple[float, float], delivered: int, **more
+) -> Result:
     begin, end = window
     admitted = max(stats["answered"] - 1, 0)  # n requests evenly spaced span n - 1 gaps
     possible = allowed(case)(begin, end)
@@ -122,7 +125,7 @@ def cookbook_row(root: Path, case: str, count: int) -> Result:
             outcome = asyncio.run(cookbook_loop.paused_loop(served.base_url, common.MODEL, prompts))
         stats = served.stats(with_hashes=False)
     seconds, _ = clock.window()
-    pauses = sum(1 for a, b in zip(outcome.refusals, outcome.refusals[1:]) if b - a > 1.0) + bool(outcome.refusals)
+    pauses = sum(1 for a, b in pairwise(outcome.refusals) if b - a > 1.0) + bool(outcome.refusals)
     return _row(
         case, "cookbook's 15 s pause (baseline loop)", count, stats, (0.0, seconds), outcome.answered,
         pauses=pauses, command="bench.cookbook_loop.paused_loop(in_flight=256, pause_s=15, attempts=5)",

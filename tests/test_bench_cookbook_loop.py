@@ -25,6 +25,8 @@ async def test_no_request_starts_within_the_pause_after_a_429():
 
 async def test_a_prompt_refused_on_every_attempt_is_lost():
     async with TeacherServer(TeacherKnobs(throttle_rate=1.0)) as teacher:
-        outcome = await paused_loop(teacher.base_url, "m", ["a", "b", "c"], in_flight=3, pause_s=0.01, attempts=2)
+        outcome = await paused_loop(
+            teacher.base_url, "m", ["a", "b", "c"], in_flight=3, pause_s=0.01, attempts=2
+        )
     assert outcome.answered == 0 and outcome.lost == 3
     assert outcome.refused == len(outcome.sends) == 6
