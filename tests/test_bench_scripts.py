@@ -91,6 +91,7 @@ def test_curator_runs_when_installed(tmp_path):
     assert peer_throughput["detail"]["answered"] == 100 and peer_rate["detail"]["answered"] == 60
 
 
+@pytest.mark.slow  # four runs (six with Curator), each with its own teacher: about 6 s (16 s with Curator)
 def test_peer_rate_delivers_every_prompt_in_both_cases(tmp_path):
     """Curator's rows run only where ``CURATOR_PYTHON`` names its interpreter; distill's and the loop's always."""
     curator_python = os.environ.get("CURATOR_PYTHON") or str(tmp_path / "no-python")
