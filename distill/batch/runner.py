@@ -32,6 +32,7 @@ from distill.shard import Shard
 from distill.stats import RunStats
 from distill.stored import encode_conversation, stored_conversations
 
+from .attempts import log_lines
 from .ledger import Ledger, Row
 from .lines import Part, PartWriter, parse_result, read_jsonl, rebuild_request
 from .options import BatchOptions
@@ -123,9 +124,11 @@ class BatchRunner:
                         f"{self.provider.name} ended {stalled} waves of batches in a row without reaching any "
                         "request (expired or cancelled); run the same command again later"
                     )
-            count_outcome(ledger, run_id, self.settings, self.stats, self._stored)
+            await count_outcome(ledger, self.cache, run_id, self.settings, self.stats, self._stored)
+            await self.cache.flush()
         finally:
             ledger.close()
+            await self.cache.record_run_end(run_id)
         with contextlib.suppress(OSError):
             self.workdir.rmdir()  # only when empty: nothing left in flight
         return self.stats
@@ -301,6 +304,7 @@ class BatchRunner:
             )
         requests = await self._requests_of(row)
         results = await self._results(state, requests)
+        log_lines(self.cache, ledger, row, state, requests, results)
         outcome = Outcome()
         for key, request in requests.items():
             result = results.get(key)
