@@ -148,3 +148,12 @@ def test_each_runs_charts_are_its_own(browser, viewer, batch_cache):
     assert "every run" in browser.find_element(By.ID, "scope").text
     assert bar_total(browser, 3) == requests + LIVE_QUESTIONS and bar_total(browser, 2) == 23 + LIVE_QUESTIONS
     shot(browser, batch_cache, "cache-charts")
+
+
+def test_the_last_conversation_links_back_but_not_on(browser, viewer, batch_cache):
+    run_id = open_batch_run(browser, viewer)
+    browser.get(f"{viewer}runs/{run_id}/conversations/22")
+    links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "main > p a")]
+    assert links == ["« previous", "in the list"]
+    submit(browser, browser.find_element(By.LINK_TEXT, "« previous"))
+    assert browser.find_element(By.ID, "conversation-id").text == "filler-18"

@@ -124,3 +124,33 @@ def test_a_cache_from_before_migration_9_knows_each_runs_last_pass(tmp_path):
     assert run_passes.spans(conn, "a")[0] == (50.0, 60.0)
     assert run_passes.spans(conn, "b")[-1][1] == math.inf  # still open: make_cache never ended it
     conn.close()
+
+
+def test_a_cache_without_runs_still_has_its_charts_and_says_why_it_lists_none(tmp_path):
+    path = tmp_path / "eval.sqlite"
+    fill(path)
+    with sqlite3.connect(path) as conn:  # an evaluation's cache: answers and attempts, no run
+        conn.execute("DELETE FROM runs")
+    home, charts_page = asyncio.run(pages(path, "", "charts"))
+    assert 'id="no-runs"' in home and "distill eval" in home and "No rate learned yet" not in home
+    assert "http://t/v1" in home and "450.0" in home  # the learned limit, for the whole cache
+    assert "the whole cache" in charts_page and charts_page.count("<figure>") == 5
+
+
+async def pages(path, *addresses: str) -> list[str]:
+    """The pages at ``addresses`` of a viewer started over ``path`` as ``distill view`` starts it."""
+    import aiohttp
+
+    from distill.view import server
+
+    runner, url = await server.start(path, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            found = []
+            for address in addresses:
+                async with session.get(url + address) as response:
+                    assert response.status == 200, address
+                    found.append(await response.text())
+            return found
+    finally:
+        await runner.cleanup()

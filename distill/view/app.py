@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from distill import learned_limits
 from distill.cost import resolve_price
 from distill.errors import UsageError
 from distill.shard import Shard
@@ -115,10 +116,10 @@ async def run_or_404(request: web.Request, conversations: bool = False) -> store
 
 async def runs_page(request: web.Request) -> web.Response:
     def work(conn):
-        return store.runs(conn), store.other_tables(conn)
+        return store.runs(conn), learned_limits.summary(conn)
 
-    runs, limits = await query(request, work)
-    return render(request, "runs.jinja", runs=runs, limits=limits)
+    runs, kept = await query(request, work)
+    return render(request, "runs.jinja", runs=runs, kept=kept)
 
 
 def int_param(request: web.Request, name: str, default: int) -> int:

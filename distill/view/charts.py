@@ -172,7 +172,7 @@ def requests_over_time(conn: sqlite3.Connection, scope: Scope) -> Chart:
                     Bar(MARGIN + b * step, base, max(step - 1, 1), h, f"{at}: {count} {what}", kind)
                 )
     chart.x_labels = (clock_text(start), clock_text(end))
-    chart.y_label = f"{tallest:,} / {span / BINS:.3g} s"
+    chart.y_label = f"{tallest:,} in {_duration(span / BINS)}"
     return chart
 
 
@@ -198,6 +198,10 @@ def cost_over_time(conn: sqlite3.Connection, price: Price | None, scope: Scope) 
     chart.x_labels = (clock_text(start), clock_text(end))
     chart.y_label = f"${total:,.4f}" if price else f"{total:,.0f} tokens"
     return chart
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
 def clock_text(at: float) -> str:

@@ -47,6 +47,8 @@ class ConversationView:
     system: str | None
     turns: list[Turn]
     history: str
+    previous: int | None = None  # positions of the run's conversations before and after (a shard's have gaps)
+    next: int | None = None
 
 
 def conversation_view(conn: sqlite3.Connection, run_id: str, position: int) -> ConversationView | None:
@@ -77,7 +79,13 @@ def conversation_view(conn: sqlite3.Connection, run_id: str, position: int) -> C
             failure = conn.execute("SELECT status, reason FROM failures WHERE key = ?", (key,)).fetchone()
             turn.failure = tuple(failure) if failure else None
         turns.append(turn)
-    return ConversationView(run_id, position, conversation, conversation.system, turns, settings.history)
+    view = ConversationView(run_id, position, conversation, conversation.system, turns, settings.history)
+    view.previous, view.next = conn.execute(
+        "SELECT (SELECT max(position) FROM conversations WHERE run_id = ?1 AND position < ?2), "
+        "(SELECT min(position) FROM conversations WHERE run_id = ?1 AND position > ?2)",
+        (run_id, position),
+    ).fetchone()
+    return view
 
 
 def turn_keys(conversation: Conversation, settings, answers: list[TeacherResponse]) -> list[str | None]:

@@ -116,17 +116,6 @@ def failed_count(conn: sqlite3.Connection, run_id: str) -> int:
     ).fetchone()[0]
 
 
-def other_tables(conn: sqlite3.Connection, words: tuple[str, ...] = ("limit",)) -> dict[str, list[dict]]:
-    """Rows of tables other issues may add (learned rate limits): shown as they are, when they exist."""
-    found: dict[str, list[dict]] = {}
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
-        if any(word in name.lower() for word in words):
-            cursor = conn.execute(f'SELECT * FROM "{name}" LIMIT 100')
-            columns = [d[0] for d in cursor.description]
-            found[name] = [dict(zip(columns, row, strict=True)) for row in cursor]
-    return found
-
-
 @dataclass(slots=True)
 class ListQuery:
     """What the conversations list shows: a text search and filters, from position ``after`` on."""
