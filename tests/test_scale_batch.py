@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -118,6 +119,12 @@ async def test_failed_and_expired_requests_are_sent_again(tmp_path, teacher, sha
     assert report.exit_code == 0 and report.export.written == 60
     submissions = teacher.state.batch.stats.submissions
     assert max(submissions.values()) >= 2  # every request failed once with a 500 before it was answered
+    with contextlib.closing(sqlite3.connect(tmp_path / "batch.sqlite")) as con:  # what the viewer shows of it
+        tries = dict(con.execute("SELECT coalesce(status, error), count(*) FROM attempts GROUP BY 1"))
+        finished = con.execute("SELECT sum(finished), count(failed_key) FROM conversations").fetchone()
+    unreached = "not reached (batch expired)" if provider == "openai" else "no result line (batch expired)"
+    assert tries[200] == sum(1 for _ in submissions) and tries[500] > 0 and tries[unreached] > 0
+    assert finished == (60, 0)
     teacher.state.batch.set_knobs(fail_first=0, expire_after=None)
     assert (tmp_path / "batch.jsonl").read_bytes() == await live_output(teacher, tmp_path, sharegpt_60)
 
@@ -130,6 +137,14 @@ async def test_requests_that_keep_failing_are_given_up_after_attempts(tmp_path, 
     assert set(teacher.state.batch.stats.submissions.values()) == {3}
     assert "no answer after 3 failed batch submissions" in report.stats.failures[0][2]
     assert "500" in report.stats.failures[0][2]
+    with contextlib.closing(sqlite3.connect(tmp_path / "batch.sqlite")) as con:
+        marked = con.execute(
+            "SELECT count(*) FROM conversations c JOIN failures f ON f.key = c.failed_key WHERE f.status = 500"
+        ).fetchone()[0]
+        tries = con.execute(
+            "SELECT count(*) FROM attempts WHERE status = 500 AND batch_id IS NOT NULL"
+        ).fetchone()
+    assert marked == 60 and tries[0] == 3 * len(teacher.state.batch.stats.submissions)
 
 
 async def test_permanent_failures_are_recorded_and_never_sent_again(tmp_path, teacher):
