@@ -15,8 +15,17 @@ import re
 import subprocess
 
 import pytest
-from support import DISTILL, run_command
-from test_view_browser import CHROMEDRIVER, CHROMIUM, headless_chromium, input_records, rows_of, shot, submit
+from support import run_command
+from test_view_browser import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    headless_chromium,
+    input_records,
+    rows_of,
+    serving,
+    shot,
+    submit,
+)
 
 from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
@@ -67,19 +76,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def viewer(batch_cache):
-    process = subprocess.Popen(
-        [*DISTILL, "view", "--cache", str(batch_cache["cache"]), "--port", "0", "--no-browser"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = process.stderr.readline()
-        match = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        assert match, line + process.stderr.read()
-        yield match.group(1)
-    finally:
-        process.terminate()
-        process.wait(10)
+    with serving(batch_cache["cache"]) as address:
+        yield address
 
 
 def open_batch_run(driver, viewer) -> str:

@@ -88,10 +88,11 @@ def run_cache(tmp_path_factory) -> dict:
     return {"cache": cache, "answers": answers, "tmp": tmp}
 
 
-@pytest.fixture(scope="module")
-def viewer(run_cache):
+@contextlib.contextmanager
+def serving(cache: Path) -> Iterator[str]:
+    """``distill view`` over ``cache`` as a user starts it, on a free port; yields its address."""
     process = subprocess.Popen(
-        [*DISTILL, "view", "--cache", str(run_cache["cache"]), "--port", "0", "--no-browser"],
+        [*DISTILL, "view", "--cache", str(cache), "--port", "0", "--no-browser"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -103,6 +104,12 @@ def viewer(run_cache):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def viewer(run_cache):
+    with serving(run_cache["cache"]) as address:
+        yield address
 
 
 @contextlib.contextmanager
