@@ -49,8 +49,12 @@ Span = tuple[float, float]
 
 def spans(conn: sqlite3.Connection, run_id: str) -> list[Span]:
     """The stretches of time ``run_id`` ran in, merged where they touch (``inf`` for a pass still running or
-    killed, up to the next pass of any run)."""
+    killed, up to the next pass of any run). A run with no pass recorded (merged in from a cache that kept none)
+    counts from its first start to its last end."""
     passes = conn.execute("SELECT run_id, started, ended FROM run_passes ORDER BY started").fetchall()
+    if not any(owner == run_id for owner, _, _ in passes):
+        row = conn.execute("SELECT created, coalesce(ended, ?) FROM runs WHERE id = ?", (math.inf, run_id))
+        return [tuple(span) for span in row]
     found: list[Span] = []
     for i, (owner, started, ended) in enumerate(passes):
         if owner != run_id:

@@ -76,6 +76,12 @@ def test_a_run_is_the_passes_it_ran_in(tmp_path):
     assert run_passes.spans(conn, "b") == [(200.5, 300.0), (500.0, 600.0)]
     assert run_passes.spans(conn, "nope") == []
     conn.close()
+    with sqlite3.connect(path) as writer:  # a run merged in from a cache that kept no pass
+        writer.execute("DELETE FROM run_passes WHERE run_id = 'b'")
+        writer.execute("UPDATE runs SET created = 10, ended = 20 WHERE id = 'b'")
+    conn = store.open_cache(path)
+    assert run_passes.spans(conn, "b") == [(10.0, 20.0)]
+    conn.close()
 
 
 def test_a_runs_charts_count_only_its_own_requests_and_answers(tmp_path):
