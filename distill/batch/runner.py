@@ -30,14 +30,14 @@ from distill.requests import TeacherRequest, TeacherResponse, canonical_json
 from distill.settings import RunSettings
 from distill.shard import Shard
 from distill.stats import RunStats
-from distill.stored import encode_conversation, stored_conversations
+from distill.stored import encode_conversation
 
 from .attempts import log_lines
 from .ledger import Ledger, Row
 from .lines import Part, PartWriter, parse_result, read_jsonl, rebuild_request
 from .options import BatchOptions
 from .provider import Provider, endpoint_for
-from .tally import count_outcome
+from .tally import count_outcome, mark, positioned
 
 STORE_CHUNK = 1000
 YIELD_EVERY = 256
@@ -151,13 +151,20 @@ class BatchRunner:
                     self.stats.conversations_read += 1
                 position += 1
             if len(rows) >= STORE_CHUNK:
-                self.cache.add_conversations(run_id, rows)
+                self._store_changed(run_id, rows)
                 rows = []
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        self.cache.add_conversations(run_id, rows)
+        self._store_changed(run_id, rows)
         await self.cache.drop_conversations_from(run_id, position)
         await self.cache.flush()
+
+    def _store_changed(self, run_id: str, rows: list[tuple[int, str, str, bytes]]) -> None:
+        """Store the conversations the cache does not hold as they are (an unchanged one keeps its marks)."""
+        if rows and self.cache.had_input:
+            stored = self.cache.stored_inputs(run_id, rows[0][0], rows[-1][0])
+            rows = [row for row in rows if stored.get(row[0], (None,))[0] != row[3]]
+        self.cache.add_conversations(run_id, rows)
 
     # -- waves -----------------------------------------------------------------------------------------------
 
@@ -167,8 +174,12 @@ class BatchRunner:
         writer = PartWriter(self.workdir, stem, self.provider.max_requests, self.provider.max_bytes)
         seen: set[str] = set()
         try:
-            for n, conversation in enumerate(stored_conversations(ledger.conn, run_id), 1):
+            for n, (position, conversation, finished) in enumerate(positioned(ledger, run_id), 1):
+                if finished:
+                    continue
+                wrote = False
                 for request in self._next_requests(ledger, conversation):
+                    wrote = True
                     if request.key in seen:
                         continue
                     seen.add(request.key)
@@ -178,7 +189,11 @@ class BatchRunner:
                     part = writer.add(request.key, self.provider.line(request))
                     if self.budget is not None:
                         part.estimate += self.budget.estimate(request, expected_output_tokens(self.settings))
+                # nothing left to send: answered or failed by the waves before, marked as a live run marks it
+                if not wrote:
+                    mark(ledger, self.cache, run_id, position, conversation, self.settings)
                 if n % YIELD_EVERY == 0:
+                    await self.cache.room()
                     await asyncio.sleep(0)
         finally:
             parts = writer.close()

@@ -37,16 +37,18 @@ async def count_outcome(
     """Set ``stats``'s conversation and turn counts for ``run_id`` and mark its conversations finished or failed
     in ``cache``; ``stored``: answers this run stored."""
     turns_answered = 0
-    for n, (position, conversation) in enumerate(positioned(ledger, run_id), 1):
-        status = conversation_status(ledger, conversation, settings)
+    for n, (position, conversation, finished) in enumerate(positioned(ledger, run_id), 1):
+        if finished:  # every turn answered, and marked so with its tokens (by a wave or an earlier run)
+            stats.conversations_done += 1
+            turns_answered += plan.turn_count(conversation, settings)
+            continue
+        status = mark(ledger, cache, run_id, position, conversation, settings)
         turns_answered += len(status.answers)
         if status.failed_key is not None:
             stats.conversations_failed += 1
             stats.failures.append((conversation.id, conversation.source, status.reason or ""))
-            cache.mark_failed(run_id, position, status.failed_key)
         elif len(status.answers) == plan.turn_count(conversation, settings):
             stats.conversations_done += 1
-            cache.mark_finished(run_id, position, status.answers)
         if n % YIELD_EVERY == 0:
             await cache.room()
             await asyncio.sleep(0)
@@ -54,12 +56,32 @@ async def count_outcome(
     stats.cache_hits = max(0, turns_answered - stored)
 
 
-def positioned(ledger: Ledger, run_id: str) -> Iterator[tuple[int, Conversation]]:
+def mark(
+    ledger: Ledger,
+    cache: Cache,
+    run_id: str,
+    position: int,
+    conversation: Conversation,
+    settings: RunSettings,
+) -> Status:
+    """Mark the conversation at ``position`` finished (with its tokens) or failed (with the request that failed
+    it) when it is either, as a live run does; returns where it stands."""
+    status = conversation_status(ledger, conversation, settings)
+    if status.failed_key is not None:
+        cache.mark_failed(run_id, position, status.failed_key)
+    elif len(status.answers) == plan.turn_count(conversation, settings):
+        cache.mark_finished(run_id, position, status.answers)
+    return status
+
+
+def positioned(ledger: Ledger, run_id: str) -> Iterator[tuple[int, Conversation, bool]]:
+    """The run's conversations in input order, each with its position and whether it is marked finished."""
     rows = ledger.conn.execute(
-        "SELECT position, id, source, data FROM conversations WHERE run_id = ? ORDER BY position", (run_id,)
+        "SELECT position, id, source, data, finished FROM conversations WHERE run_id = ? ORDER BY position",
+        (run_id,),
     )
-    for position, conv_id, source, data in rows:
-        yield position, decode_conversation(conv_id, source, data)
+    for position, conv_id, source, data, finished in rows:
+        yield position, decode_conversation(conv_id, source, data), bool(finished)
 
 
 def conversation_status(ledger: Ledger, conversation: Conversation, settings: RunSettings) -> Status:
