@@ -8,6 +8,10 @@ each ends and stores its answers and permanent failures in the cache. Requests t
 5xx) go into the next wave until they have failed ``--attempts`` times; requests an expired or cancelled batch
 never reached go into the next wave too (they were not tried), unless ``--attempts`` waves in a row answered
 nothing at all. A run that was interrupted follows the batches it recorded before it submits anything new.
+
+It leaves in the cache what a live run leaves for ``distill view``: each wave marks the conversations the waves
+before finished (with their tokens) or failed (with the request that failed them), so the viewer follows the run,
+and skips them; each result line becomes an ``attempts`` row (:mod:`.attempts`); the run's end is recorded.
 """
 
 from __future__ import annotations
