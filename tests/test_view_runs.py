@@ -160,3 +160,14 @@ async def pages(path, *addresses: str) -> list[str]:
             return found
     finally:
         await runner.cleanup()
+
+
+def test_a_run_whose_last_pass_has_no_end_is_shown_as_running_or_killed(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    fill(path)
+    conn = store.open_cache(path)
+    found = {run.id: (run.passes, run.running) for run in store.runs(conn)}
+    conn.close()
+    assert found == {"a": (2, True), "b": (2, False)}
+    [home] = asyncio.run(pages(path, ""))
+    assert home.count("not yet: running now, or its process was stopped without ending") == 1

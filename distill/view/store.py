@@ -53,6 +53,8 @@ class RunSummary:
     completion_tokens: int = 0
     cost: float | None = None
     price_source: str | None = None
+    passes: int = 0  # invocations of the run
+    running: bool = False  # its last pass has no end: it is running now, or its process was killed
 
     @property
     def model(self) -> str:
@@ -100,6 +102,11 @@ def run_counts(conn: sqlite3.Connection, run: RunSummary, conversations: bool = 
         ).fetchone()[0]
     run.failed = failed_count(conn, run.id)
     run.rejects = conn.execute("SELECT count(*) FROM rejects WHERE run_id = ?", (run.id,)).fetchone()[0]
+    run.passes, unended = conn.execute(
+        "SELECT count(*), max(started) FILTER (WHERE ended IS NULL) = max(started) FROM run_passes WHERE run_id = ?",
+        (run.id,),
+    ).fetchone()
+    run.running = bool(unended)
     return run
 
 
