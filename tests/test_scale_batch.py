@@ -217,7 +217,11 @@ async def test_a_batch_the_provider_fails_stops_the_run_with_its_reason(tmp_path
     with pytest.raises(BatchFailed, match="over the limit of 5.*run the same command again"):
         await run_async(job(teacher, tmp_path, sharegpt_60))
     con = sqlite3.connect(tmp_path / "batch.sqlite")
-    assert con.execute("SELECT status FROM batches").fetchall() == [("failed",)]
+    [(status, carried)] = con.execute("SELECT status, requests FROM batches").fetchall()
+    assert status == "failed"
+    tries = con.execute("SELECT error, count(*) FROM attempts GROUP BY error").fetchall()
+    assert tries == [("no result line (batch failed)", carried)]  # each request the failed batch carried
+    assert con.execute("SELECT ended IS NOT NULL FROM runs").fetchone() == (1,)
     con.close()
 
 

@@ -316,6 +316,8 @@ class BatchRunner:
         """Store a finished batch's answers and permanent failures; remember the rest for the next wave."""
         if state.status == "failed":
             ledger.close_row(row.part, "failed")
+            log_lines(self.cache, ledger, row, state, await self._requests_of(row), {})  # for the viewer
+            await self.cache.flush()
             raise BatchFailed(
                 f"{self.provider.name} failed batch {row.batch_id} ({row.requests:,} requests): "
                 f"{state.message or 'no reason given'}; fix the cause and run the same command again to send "
