@@ -1,6 +1,7 @@
 """Cache migration 6 (issue 15) and the rows it adds: what ``distill view`` shows that a run did not keep before.
 
-- ``attempts``: one row per HTTP attempt (when it was sent, its status or error kind, its latency), so the viewer
+- ``attempts``: one row per HTTP attempt (when it was sent, its status or error kind, its latency; a ``--batch``
+  run writes one per result line instead, see :mod:`distill.run_passes`), so the viewer
   draws requests over time with the 429s marked, shows each answer's latency and counts a failure's attempts.
   It is keyed by (request key, time) in one B-tree (``WITHOUT ROWID``): one insert per attempt, no second index;
   the timeline, drawn far less often than attempts are written, scans it;
