@@ -89,7 +89,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # migration 6: what `distill view` shows (issue 15); the SQL is in distill/cache_view.py
     VIEW_MIGRATION,
-    # migration 9: each run's passes in time and the batch of a batch line's attempt, for the viewer (issue 15)
+    # migration 7: each run's passes in time and the batch of a batch line's attempt, for the viewer (issue 15)
     run_passes.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,4 +1,4 @@
-"""Cache migration 9 (issue 15): which stretches of time belong to which run, and which attempts were batch lines.
+"""Cache migration 7 (issue 15): which stretches of time belong to which run, and which attempts were batch lines.
 
 - ``run_passes``: one row per invocation of a run (``started``, ``ended``; ``ended`` stays NULL when the process
   died). One run at a time writes a cache (``CACHE.lock``), so every attempt and answer made between a pass's

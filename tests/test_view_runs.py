@@ -1,4 +1,4 @@
-"""Each run's charts and learned limits on its own page: the passes of a run in time (cache migration 9), the
+"""Each run's charts and learned limits on its own page: the passes of a run in time (cache migration 7), the
 charts drawn over them, the whole cache's charts, and a cache from before the migration."""
 
 from __future__ import annotations
