@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import learned_limits
+from . import learned_limits, run_passes
 from .cache_view import ANSWER_TIMING_MIGRATION, VIEW_MIGRATION
 from .errors import CacheError
 
@@ -89,7 +89,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # migration 6: what `distill view` shows (issue 15); the SQL is in distill/cache_view.py
     VIEW_MIGRATION,
-    # migration 7: the answered attempt's time and latency on the responses row (issue 12), in cache_view.py
+    # migration 7: each run's passes in time and the batch of a batch line's attempt, for the viewer (issue 15)
+    run_passes.MIGRATION,
+    # migration 8: the answered attempt's time and latency on the responses row (issue 12), in cache_view.py
     ANSWER_TIMING_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,11 +1,12 @@
 """Cache migration 6 (issue 15) and the rows it adds: what ``distill view`` shows that a run did not keep before.
 
 - ``attempts``: one row per HTTP attempt that got no answer (when it was sent, its status or error kind, its
-  latency); the attempt that got the answer is on its ``responses`` row (``sent_at``, ``latency``, migration 7,
-  :data:`ANSWER_TIMING_MIGRATION`), so the viewer draws requests over time with the 429s marked, shows each
-  answer's latency and counts a request's attempts from the two. It is keyed by (request key, time) in one
-  B-tree (``WITHOUT ROWID``): one insert per failed attempt, no second index; the timeline, drawn far less often
-  than attempts are written, scans both tables;
+  latency; a ``--batch`` run writes one per result line instead, see :mod:`distill.run_passes`); the live attempt
+  that got the answer is on its ``responses`` row (``sent_at``, ``latency``, migration 8,
+  :data:`ANSWER_TIMING_MIGRATION`), and the view ``attempt_log`` reads both, so the viewer draws requests over time
+  with the 429s marked, shows each answer's latency and counts a request's attempts. It is keyed by (request key,
+  time) in one B-tree (``WITHOUT ROWID``): one insert per failed attempt, no second index; the timeline, drawn far
+  less often than attempts are written, scans both tables;
 - ``rejects``: the input records a reader could not use (``file:line``, reason, the record), as in
   ``OUTPUT.rejects.jsonl``, so the viewer needs only the cache;
 - on ``conversations``: the key of the request that failed the conversation (``failed_key``) and its answers'
@@ -139,22 +140,23 @@ VIEW_MIGRATION = f"""
 """
 
 
-# migration 7 (issue 12): the answered attempt's time and latency on its answer's row, not a second row elsewhere.
+# migration 8 (issue 12): the answered attempt's time and latency on its answer's row, not a second row elsewhere.
 # At thousands of answers a second an attempts row per answer (a B-tree insert at a random key) was a measurable
-# part of the engine's CPU; failed attempts, rare, keep their rows. Caches of schema 6 move theirs over.
+# part of the engine's CPU; failed attempts, rare, keep their rows, and so do a batch's result lines (``batch_id``,
+# migration 7). Caches of schema 7 move their live answered attempts over.
 # ``attempt_log`` (:data:`ALL_ATTEMPTS`) reads as the ``attempts`` table did: every attempt, answered or not.
 ANSWER_TIMING_MIGRATION = """
     ALTER TABLE responses ADD COLUMN sent_at REAL;
     ALTER TABLE responses ADD COLUMN latency REAL;
     UPDATE responses SET sent_at = a.at, latency = a.latency
-    FROM (SELECT key, max(at) AS at, latency FROM attempts WHERE status = 200 GROUP BY key) AS a
+    FROM (SELECT key, max(at) AS at, latency FROM attempts WHERE status = 200 AND batch_id IS NULL GROUP BY key) AS a
     WHERE a.key = responses.key;
-    DELETE FROM attempts WHERE status = 200;
-    CREATE VIEW attempt_log (key, at, status, error, latency) AS
-        SELECT key, at, status, error, latency FROM attempts
-        UNION ALL SELECT key, sent_at, 200, NULL, latency FROM responses WHERE sent_at IS NOT NULL;
+    DELETE FROM attempts WHERE status = 200 AND batch_id IS NULL AND key IN (SELECT key FROM responses);
+    CREATE VIEW attempt_log (key, at, status, error, latency, batch_id) AS
+        SELECT key, at, status, error, latency, batch_id FROM attempts
+        UNION ALL SELECT key, sent_at, 200, NULL, latency, NULL FROM responses WHERE sent_at IS NOT NULL;
 """
-ALL_ATTEMPTS = "attempt_log"  # every attempt (columns: key, at, status, error, latency)
+ALL_ATTEMPTS = "attempt_log"  # every attempt (columns: key, at, status, error, latency, batch_id)
 
 
 @dataclass(slots=True)
@@ -171,7 +173,12 @@ class ViewRows:
     def write(self, db) -> None:
         """Write the rows inside the group commit's transaction on ``db``."""
         if self.attempts:
-            insert_rows(db, "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)", self.attempts)
+            insert_rows(
+                db,
+                "INSERT OR REPLACE INTO attempts (key, at, status, error, latency, batch_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                self.attempts,
+            )
         if self.failed:
             db.executemany(
                 "UPDATE conversations SET failed_key = ? WHERE run_id = ? AND position = ?", self.failed
@@ -223,7 +230,17 @@ class ViewRecords:
             self._answered[key] = (at, latency)
             return
         # no flush of its own: the answer or failure that follows every last attempt schedules one
-        self._view_rows.attempts.append((key, at, status, error, latency))
+        self._view_rows.attempts.append((key, at, status, error, latency, None))
+
+    def log_batch_line(
+        self, key: str, batch_id: str, at: float, turnaround: float, status: int | None, error: str | None
+    ) -> None:
+        """Queue what a batch's result file said of one request: its status, or why it has none (``error``).
+
+        A Batch API dates no request: ``at`` is when the batch was uploaded, ``turnaround`` how long the batch
+        took as distill saw it (see :mod:`distill.run_passes`).
+        """
+        self._view_rows.attempts.append((key, at, status, error, turnaround, batch_id))
 
     def mark_failed(self, run_id: str, position: int, key: str) -> None:
         """Queue the mark that the request ``key`` failed the conversation at ``position``."""
@@ -257,7 +274,7 @@ class ViewRecords:
         rows, self._view_rows = self._view_rows, ViewRows()
         if self._answered:  # answered attempts whose answer was not stored (an error came between): own rows
             rows.attempts.extend(
-                (key, at, 200, None, latency) for key, (at, latency) in self._answered.items()
+                (key, at, 200, None, latency, None) for key, (at, latency) in self._answered.items()
             )
             self._answered = {}
         return rows

@@ -240,11 +240,11 @@ async def test_a_long_run_is_searchable_while_it_goes(tmp_path, monkeypatch):
         conn.close()
 
 
-async def test_a_cache_from_before_migration_7_moves_its_answered_attempts_onto_the_answers(tmp_path):
+async def test_a_cache_from_before_migration_8_moves_its_answered_attempts_onto_the_answers(tmp_path):
     from distill.cache import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
     from distill.cache_view import ANSWER_TIMING_MIGRATION
 
-    before = MIGRATIONS.index(ANSWER_TIMING_MIGRATION)  # the schema version of a cache before migration 7
+    before = MIGRATIONS.index(ANSWER_TIMING_MIGRATION)  # the schema version of a cache before migration 8
     path = tmp_path / "cache.sqlite"
     conn = sqlite3.connect(path)
     conn.executescript("".join(MIGRATIONS[:before]))  # every attempt in `attempts`, answered ones too
@@ -252,12 +252,13 @@ async def test_a_cache_from_before_migration_7_moves_its_answered_attempts_onto_
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.executemany(
         "INSERT INTO responses VALUES (?, x'7b7d', 'answer', 'stop', 1, 2, ?)",
-        [("retried", 20.0), ("first", 30.0)],
+        [("retried", 20.0), ("first", 30.0), ("batched", 40.0)],
     )
     conn.executemany(
-        "INSERT INTO attempts VALUES (?, ?, ?, ?, ?)",
-        [("retried", 10.0, 503, None, 0.5), ("retried", 19.0, 200, None, 0.75), ("first", 29.0, 200, None, 0.25),
-         ("lost", 5.0, None, "ClientConnectionError", 1.0)],
+        "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?)",
+        [("retried", 10.0, 503, None, 0.5, None), ("retried", 19.0, 200, None, 0.75, None),
+         ("first", 29.0, 200, None, 0.25, None), ("lost", 5.0, None, "ClientConnectionError", 1.0, None),
+         ("batched", 35.0, 200, None, 3600.0, "batch-1")],  # a batch's result line stays a line
     )  # fmt: skip
     conn.commit()
     conn.close()
@@ -266,12 +267,14 @@ async def test_a_cache_from_before_migration_7_moves_its_answered_attempts_onto_
     conn = store.open_cache(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT key, sent_at, latency FROM responses ORDER BY key").fetchall() == [
+        ("batched", None, None),
         ("first", 29.0, 0.25),
         ("retried", 19.0, 0.75),
     ]
     assert conn.execute("SELECT key, status FROM attempts ORDER BY at").fetchall() == [
         ("lost", None),
         ("retried", 503),
+        ("batched", 200),
     ]
     assert details.attempts_of(conn, ["retried", "first", "lost"]) == {
         "retried": details.Attempts(2, 0.75, ["503", "200"]),
