@@ -274,7 +274,11 @@ class Engine:
             return answers + list(await asyncio.gather(*(self._answer_turn(r) for r in requests)))
         for k in range(len(answers), turns):
             request = plan.request_for(conversation, self.settings, k, [a.text for a in answers])
-            answers.append(await self._answer_turn(request))
+            result = await self.answer(request)  # what _answer_turn does, one coroutine less a turn
+            if isinstance(result, Failure):
+                raise TurnFailed(result.reason, request.key)
+            self.stats.turns_done += 1
+            answers.append(result)
         return answers
 
     async def _answer_turn(self, request: TeacherRequest) -> TeacherResponse:
@@ -311,7 +315,15 @@ class Engine:
         future = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
-            result = await self._fetch_and_store(request)
+            try:
+                result = await self.sender.fetch(request)
+            except AuthenticationError:
+                raise
+            except (PermanentError, TransientError) as e:
+                result = Failure(str(e), e.status)
+                self.cache.put_failure(key, result.reason, result.status)
+            else:
+                self.cache.put(key, request.identity_json, result)
             future.set_result(result)
             return result
         except BaseException as e:
@@ -320,18 +332,6 @@ class Engine:
             raise
         finally:
             del self._in_flight[key]
-
-    async def _fetch_and_store(self, request: TeacherRequest) -> TeacherResponse | Failure:
-        try:
-            response = await self.sender.fetch(request)
-        except AuthenticationError:
-            raise
-        except (PermanentError, TransientError) as e:
-            failure = Failure(str(e), e.status)
-            self.cache.put_failure(request.key, failure.reason, failure.status)
-            return failure
-        self.cache.put(request.key, request.identity_json, response)
-        return response
 
 
 @contextmanager

@@ -145,6 +145,28 @@ class RateLimiter:
         if self._tokens and tokens:
             self._tokens.spend(start, tokens)
 
+    def try_acquire(self, tokens: int = 0) -> bool:
+        """Take the slot of one request of ``tokens`` if it is free now, without waiting; False otherwise.
+
+        What ``acquire`` does when nothing is queued and no limit holds the request back, without a coroutine:
+        the sender tries it first for every request, and awaits ``acquire`` only when it returns False.
+        """
+        if self._queue:
+            return False
+        now = self._clock() if self._clock else self.loop.time()
+        if self.paused_until > now:
+            return False
+        requests, token_budget = self._requests, self._tokens
+        if requests is not None and requests.earliest(now) > now:
+            return False
+        if token_budget is not None and tokens and token_budget.earliest(now) > now:
+            return False
+        if requests is not None:
+            requests.spend(now, 1)
+        if token_budget is not None and tokens:
+            token_budget.spend(now, tokens)
+        return True
+
     async def acquire(self, tokens: int = 0) -> str | None:
         """Wait for the slot of one request of ``tokens``; returns the limit that made it wait (see ``reserve``)."""
         now = self.now()

@@ -62,7 +62,10 @@ class Sender:
         # request cost ~10% of the engine's CPU). A transient failure is replayed as the loop's first attempt,
         # so the policy waits, counts and stops exactly as if it had made that attempt itself.
         try:
-            return await self._through_limits(request, estimate)
+            try:
+                return await self._attempt(request, estimate)
+            except RateLimited as refused:  # the common case has no refusal: no loop around it until one
+                return await self._through_limits(request, estimate, refused)
         except WaitedTooLong:
             raise
         except TransientError as error:
@@ -75,14 +78,21 @@ class Sender:
                 response = await self._through_limits(request, estimate)
         return response
 
-    async def _through_limits(self, request: TeacherRequest, estimate: int) -> TeacherResponse:
-        """One attempt, sent again through the limiter after every rate-limit answer, for up to ``max_wait`` s."""
+    async def _through_limits(
+        self, request: TeacherRequest, estimate: int, refused: RateLimited | None = None
+    ) -> TeacherResponse:
+        """One attempt, sent again through the limiter after every rate-limit answer, for up to ``max_wait`` s.
+
+        ``refused`` is the refusal of a first try already made (its ``max_wait`` starts now).
+        """
         deadline: float | None = None
         while True:
             try:
+                if refused is not None:
+                    raise refused
                 return await self._attempt(request, estimate, deadline)
-            except RateLimited as refused:
-                last = refused
+            except RateLimited as refusal:
+                refused, last = None, refusal
                 if deadline is None:
                     deadline = asyncio.get_running_loop().time() + self.settings.max_wait
                 if asyncio.get_running_loop().time() >= deadline:
@@ -100,21 +110,25 @@ class Sender:
     async def _attempt(
         self, request: TeacherRequest, estimate: int, deadline: float | None = None
     ) -> TeacherResponse:
-        if self._slots.locked():
+        slots = self._slots
+        if slots.locked():
             self.stats.count_wait("concurrency")
-        async with self._slots:
+        await slots.acquire()  # not ``async with``: its enter and exit are two coroutines a request
+        try:
             if deadline is not None:
                 try:
                     async with asyncio.timeout_at(deadline):
                         await self._wait_for_slot(estimate)
                 except TimeoutError:
                     raise NoSlotInTime from None
-            else:
+            elif self._leased or not self.limiter.try_acquire(estimate):
                 await self._wait_for_slot(estimate)
             if self.budget is None or self.budget.limit is None:  # no cap: answers are only charged
                 return await self._send_once(request, estimate)
             with self.budget.reserving(request, expected_output_tokens(self.settings)):
                 return await self._send_once(request, estimate)
+        finally:
+            slots.release()
 
     async def _wait_for_slot(self, estimate: int) -> None:
         if self._leased or self.limiter.waiting or self.limiter.paused_until > self.limiter.now():
