@@ -83,6 +83,34 @@ def test_unlimited_never_waits():
     assert set(starts(limiter, 100, tokens=10_000)) == {1000.0}
 
 
+def test_try_acquire_takes_a_free_slot_as_acquire_would_and_nothing_else():
+    clock = FakeClock()
+    limiter = RateLimiter(rps=10, tps=1000, clock=clock)
+    assert limiter.try_acquire(500)  # free: taken now, both budgets charged
+    assert not limiter.try_acquire(0)  # the next request's slot is 0.1 s away
+    clock.now += 0.1
+    assert not limiter.try_acquire(500)  # its slot is free, but the tokens' is 0.4 s away
+    assert limiter.earliest(500) == pytest.approx(1000.5)  # the refusals spent nothing
+    clock.now = 1000.5
+    limiter.pause(1.0)
+    assert not limiter.try_acquire(0)  # paused
+    clock.now = 1001.5
+    assert limiter.try_acquire(0) and limiter.waiting == 0 and limiter.waits == 0
+
+
+async def test_try_acquire_never_jumps_the_queue():
+    clock = FakeClock()
+    limiter = RateLimiter(rps=10, clock=clock)
+    limiter.reserve()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    assert limiter.waiting == 1
+    clock.now += 1.0  # the waiter's slot and the next are free, but the waiter is first
+    assert not limiter.try_acquire()
+    waiter.cancel()
+    limiter.close()
+
+
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="request rate"):
         RateLimiter(rps=0)

@@ -6,6 +6,7 @@ import logging
 from email.utils import formatdate
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from distill.ratelimit_headers import (
     MAX_RETRY_AFTER,
@@ -46,6 +47,15 @@ def test_unreadable_durations_are_none(text):
 
 def test_no_rate_headers_no_signals():
     assert parse({"content-type": "application/json", "x-request-id": "abc"}) is NO_SIGNALS
+    assert parse({"x-not-retry-after": "5", "x-my-x-ratelimit-limit": "1"}) is NO_SIGNALS  # names start so
+
+
+def test_rate_headers_are_found_among_others_in_any_case():
+    headers = CIMultiDictProxy(
+        CIMultiDict([("Content-Type", "application/json"), ("X-RateLimit-Limit-Requests", "600")])
+    )
+    assert parse(headers).requests_per_second == pytest.approx(10.0)
+    assert parse(CIMultiDict([("Date", "x"), ("RETRY-AFTER", "3")])).retry_after == 3.0
 
 
 @pytest.mark.parametrize(
