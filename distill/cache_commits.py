@@ -145,13 +145,17 @@ class GroupCommits:
             + len(self._finished_rows)
         )
 
+    def full(self) -> bool:
+        """Whether :meth:`room` would wait (callers check this first: most of the time it would not)."""
+        return self._queued() > BACKLOG_BATCHES * self.max_batch
+
     async def room(self) -> None:
         """Wait while more than ``BACKLOG_BATCHES`` commits' worth of rows are queued behind the one in progress.
 
         Commits run on the writer thread, so nothing else stops a fast reader or teacher from queueing rows faster
         than the disk takes them; producers call this to keep memory bounded.
         """
-        while self._queued() > BACKLOG_BATCHES * self.max_batch:
+        while self.full():
             if self._flushing is None or self._flushing.done():
                 self._flushing = asyncio.ensure_future(self._flush_once(hold=False))  # all, held rows too
             await asyncio.shield(self._flushing)

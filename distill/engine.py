@@ -109,7 +109,8 @@ class Engine:
         self.on_reject = on_reject
         self.budget = budget
         self.shard = shard
-        self._in_flight: dict[str, asyncio.Future[TeacherResponse | Failure]] = {}
+        # requests being answered; the future that other askers await, once there is one (``_shared``)
+        self._in_flight: dict[str, asyncio.Future[TeacherResponse | Failure] | None] = {}
 
     # -- the run -------------------------------------------------------------------------------------------
 
@@ -241,20 +242,24 @@ class Engine:
             return [(s.answers, s.turns) for s in done.value]
 
     async def _work(self, run_id: str, queue: asyncio.Queue) -> None:
-        while (item := await queue.get()) is not None:
+        cache = self.cache
+        # ``get_nowait`` and ``full`` first: the read-ahead queue is seldom empty and the cache seldom full,
+        # and the coroutines of ``get`` and ``room`` cost CPU on every conversation
+        while (item := queue.get_nowait() if queue.qsize() else await queue.get()) is not None:
             position, conversation, answered = item
             try:
                 answers = await self.answer_conversation(conversation, answered)
             except TurnFailed as failed:
                 self.stats.conversations_failed += 1
                 self.stats.failures.append((conversation.id, conversation.source, failed.reason))
-                self.cache.mark_failed(run_id, position, failed.key)
+                cache.mark_failed(run_id, position, failed.key)
             except BudgetReached:
                 pass  # --budget has no room for it: the conversation stays unanswered for the next run
             else:
                 self.stats.conversations_done += 1
-                self.cache.mark_finished(run_id, position, answers)
-            await self.cache.room()
+                cache.mark_finished(run_id, position, answers)
+            if cache.full():
+                await cache.room()
 
     # -- conversations and requests -------------------------------------------------------------------------
 
@@ -291,10 +296,9 @@ class Engine:
     async def answer(self, request: TeacherRequest) -> TeacherResponse | Failure:
         """The answer to ``request``: from the cache, from a copy already in flight, or from the teacher."""
         key = request.key
-        shared = self._in_flight.get(key)
-        if shared is not None:
-            self.stats.shared_in_flight += 1
-            return await asyncio.shield(shared)
+        in_flight = self._in_flight
+        if key in in_flight:
+            return await self._shared(key)
         if self.cache.may_hold(key):
             entry = await self.cache.get(key)
         else:
@@ -308,12 +312,9 @@ class Engine:
             return entry
         if isinstance(entry, Failure) and entry.permanent and not self.settings.retry_failed:
             return entry
-        shared = self._in_flight.get(key)  # another task may have started it while we looked
-        if shared is not None:
-            self.stats.shared_in_flight += 1
-            return await asyncio.shield(shared)
-        future = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        if key in in_flight:  # another task started it while we looked
+            return await self._shared(key)
+        in_flight[key] = None  # a future only once another task asks for it too (``_shared``)
         try:
             try:
                 result = await self.sender.fetch(request)
@@ -324,14 +325,22 @@ class Engine:
                 self.cache.put_failure(key, result.reason, result.status)
             else:
                 self.cache.put(key, request.identity_json, result)
-            future.set_result(result)
-            return result
         except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # mark retrieved: sharers re-raise it themselves
+            if (shared := in_flight.pop(key)) is not None:
+                shared.set_exception(e)
+                shared.exception()  # mark retrieved: sharers re-raise it themselves
             raise
-        finally:
-            del self._in_flight[key]
+        if (shared := in_flight.pop(key)) is not None:
+            shared.set_result(result)
+        return result
+
+    async def _shared(self, key: str) -> TeacherResponse | Failure:
+        """The result of the request ``key`` that another task is answering."""
+        self.stats.shared_in_flight += 1
+        shared = self._in_flight[key]
+        if shared is None:
+            shared = self._in_flight[key] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(shared)
 
 
 @contextmanager
