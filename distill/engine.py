@@ -209,7 +209,10 @@ class Engine:
         await self.cache.room()
         if not self.cache.had_answers:
             for position, conversation in pending:
-                await queue.put((position, conversation, []))
+                if queue.full():  # else no coroutine: the workers mostly keep the read-ahead below its bound
+                    await queue.put((position, conversation, []))
+                else:
+                    queue.put_nowait((position, conversation, []))
             return
         answers = await self._stored_answers([c for _, c in pending])
         for (position, conversation), (answered, turns) in zip(pending, answers, strict=True):
