@@ -80,6 +80,8 @@ class RateWatch:
         self.limited_total = 0
         self.shed_total = 0
         self.accepted_total = 0
+        self.faults_total = 0
+        self.latency_total = 0.0  # summed seconds from departure to answer of the accepted requests
         self._busiest_refusing = 0.0  # most answers a second accepted in a whole window with a rate signal
 
     # -- what the engine reports --------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class RateWatch:
         now = self._tick()
         sent_at = ticket.at
         self.accepted_total += 1
+        self.latency_total += now - sent_at
         self._tally.accepted += 1
         self._ok[self._bucket % BUCKETS] += 1
         self._answers[self._bucket % BUCKETS] += 1
@@ -129,8 +132,13 @@ class RateWatch:
 
     def fault(self) -> None:
         self._tick()
+        self.faults_total += 1
         self._tally.faults += 1
         self._answers[self._bucket % BUCKETS] += 1
+
+    @property
+    def sent_total(self) -> int:
+        return self._seq
 
     # -- decisions ----------------------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ import uuid
 import ray
 
 from ..stats import RunStats
-from .lease import ClusterLimit, Lease, LeaseBroker, LeasedLimiter, Report
+from .lease import ClusterLimit, Lease, LeaseBroker, Report
+from .leased import LeasedLimiter
 from .work import ShardResult, ShardSpec, answer_shard, counters
 
 NAMESPACE = "distill"
@@ -27,11 +28,12 @@ SHARD_RESTARTS = 8
 class LimiterActor:
     """The cluster's one rate limit (a :class:`LeaseBroker`), named ``distill-limiter-RUN`` in ``distill``.
 
-    Restarted if its process dies, with a fresh timeline: the shards' asks are retried on the new one.
+    Restarted if its process dies, with a fresh timeline and controller (from the rate an earlier run stored):
+    the shards' asks are retried on the new one.
     """
 
     def __init__(self, limit: ClusterLimit) -> None:
-        self.broker = LeaseBroker(limit, time.monotonic)
+        self.broker = LeaseBroker(limit, time.monotonic, time.time)
 
     def grant(self, requests: int, tokens: int, report: Report) -> Lease:
         return self.broker.grant(requests, tokens, report)
@@ -42,12 +44,15 @@ class LimiterActor:
     def state(self) -> dict:
         return self.broker.state()
 
+    def finish(self) -> dict:
+        return self.broker.finish()
+
 
 @ray.remote(num_cpus=0, max_restarts=SHARD_RESTARTS, max_task_retries=SHARD_RESTARTS)
 class ShardActor:
     """Runs :func:`answer_shard` for one shard; ``progress`` may be called while ``run`` goes."""
 
-    def __init__(self, spec: ShardSpec, limit: ClusterLimit, limiter_name: str | None) -> None:
+    def __init__(self, spec: ShardSpec, limit: ClusterLimit, limiter_name: str) -> None:
         self.spec = spec
         self.limit = limit
         self.limiter_name = limiter_name  # looked up by name: a restarted shard finds the same limiter
@@ -57,17 +62,15 @@ class ShardActor:
         self._task: asyncio.Task[ShardResult] | None = None
 
     async def run(self) -> ShardResult:
-        limiter = None
-        if self.limiter_name is not None and self.limit.limited:
-            actor = ray.get_actor(self.limiter_name, namespace=NAMESPACE)
+        actor = ray.get_actor(self.limiter_name, namespace=NAMESPACE)
 
-            async def ask(requests: int, tokens: int, report: Report) -> Lease:
-                return await actor.grant.remote(requests, tokens, report)
+        async def ask(requests: int, tokens: int, report: Report) -> Lease:
+            return await actor.grant.remote(requests, tokens, report)
 
-            async def send_report(report: Report) -> None:
-                await actor.report.remote(report)
+        async def send_report(report: Report) -> None:
+            await actor.report.remote(report)
 
-            limiter = self.leased = LeasedLimiter(self.limit, ask, send_report)
+        limiter = self.leased = LeasedLimiter(self.limit, ask, send_report)
         self._task = asyncio.ensure_future(answer_shard(self.spec, limiter, self.stats))
         try:
             return await self._task

@@ -27,6 +27,7 @@ from ..merge import merge
 from ..stats import RunStats
 from .lease import ClusterLimit
 from .options import AUTO, LOCAL, ClusterOptions
+from .records import add_spending, keep_rate, rate_of, shard_spending, stored_rate
 from .work import RECOUNTED, SENT, ShardResult, ShardSpec, added
 
 # A distill.runner.RunJob (not imported: the runner imports this module)
@@ -147,12 +148,24 @@ async def answer_on_cluster(
     for spec in specs:
         if spec.cache.resolve() == job.cache.resolve():
             raise UsageError("--cache-dir must not hold the run's own --cache file")
-    limit = ClusterLimit(job.settings.rpm, job.settings.tpm, lease_seconds=options.lease_seconds)
+    settings = job.settings
+    limit = ClusterLimit(
+        settings.rpm,
+        settings.tpm,
+        options.lease_seconds,
+        stored_rate(job.cache, settings.base_url, settings.model),
+    )
     report = ClusterReport()
-    with connected(options):
-        results, carried = await _run_shards(specs, limit, run_id, stats, report)
+    caches = [s.cache for s in specs]
+    spent_before = shard_spending(caches, run_id)
+    try:
+        with connected(options):
+            results, carried = await _run_shards(specs, limit, run_id, stats, report)
+    finally:  # stopped or not, what the shards paid for is counted against --budget next time
+        add_spending(job.cache, run_id, spent_before, shard_spending(caches, run_id))
     _check_markers(specs, results)
-    _merge_shards(job.cache, run_id, [s.cache for s in specs])
+    _merge_shards(job.cache, run_id, caches)
+    keep_rate(job.cache, run_id, settings.base_url, settings.model, report.limiter)
     _sum_final(stats, results, carried)
     for _, reject in heapq.merge(*(r.rejects for r in results), key=lambda pair: pair[0]):
         on_reject(reject)
@@ -171,15 +184,13 @@ async def _run_shards(
 
     from .actors import NAMESPACE, LimiterActor, ShardActor
 
-    limiter, name = None, None
-    if limit.limited:
-        name = f"distill-limiter-{run_id}"
-        try:
-            limiter = LimiterActor.options(name=name, namespace=NAMESPACE).remote(limit)
-        except ValueError:
-            raise ClusterError(
-                f"another distill run of this input and settings is running on this Ray cluster ({name})"
-            ) from None
+    name = f"distill-limiter-{run_id}"
+    try:
+        limiter = LimiterActor.options(name=name, namespace=NAMESPACE).remote(limit)
+    except ValueError:
+        raise ClusterError(
+            f"another distill run of this input and settings is running on this Ray cluster ({name})"
+        ) from None
     shards = [
         ShardActor.options(
             name=shard_actor_name(run_id, spec.index), namespace=NAMESPACE, scheduling_strategy="SPREAD"
@@ -187,7 +198,7 @@ async def _run_shards(
         for spec in specs
     ]
     runs = [shard.run.remote() for shard in shards]
-    follower = _Follower(shards, stats, report)
+    follower = _Follower(shards, limiter, stats, report)
     try:
         watching = asyncio.ensure_future(follower.follow())
         try:
@@ -195,8 +206,8 @@ async def _run_shards(
         finally:
             watching.cancel()
         await follower.poll()
-        if limiter is not None:
-            report.limiter = await asyncio.wrap_future(limiter.state.remote().future())
+        report.limiter = await asyncio.wrap_future(limiter.finish.remote().future())
+        rate_of(stats, report.limiter)
         return list(results), follower.carried_counts()
     except asyncio.CancelledError:
         await _stop(shards)
@@ -207,7 +218,7 @@ async def _run_shards(
             raise cause from None
         raise ClusterError(f"a shard failed: {str(e).strip().splitlines()[-1]}") from None
     finally:
-        for actor in [*shards, *([limiter] if limiter is not None else [])]:
+        for actor in [*shards, limiter]:
             ray.kill(actor, no_restart=True)
 
 
@@ -226,8 +237,9 @@ async def _stop(shards: list) -> None:
 class _Follower:
     """Polls every shard's counters and keeps ``stats`` at their sum (the progress line reads it)."""
 
-    def __init__(self, shards: list, stats: RunStats, report: ClusterReport) -> None:
+    def __init__(self, shards: list, limiter, stats: RunStats, report: ClusterReport) -> None:
         self.shards = shards
+        self.limiter = limiter
         self.stats = stats
         self.report = report
         self.latest: list[tuple[str, dict[str, Any]] | None] = [None] * len(shards)
@@ -243,7 +255,11 @@ class _Follower:
 
     async def poll(self) -> None:
         calls = [asyncio.wrap_future(shard.progress.remote().future()) for shard in self.shards]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
+        *answers, limiter = await asyncio.gather(
+            *calls, asyncio.wrap_future(self.limiter.state.remote().future()), return_exceptions=True
+        )
+        if not isinstance(limiter, BaseException):
+            rate_of(self.stats, limiter)
         for i, answer in enumerate(answers):
             if isinstance(answer, BaseException):
                 continue  # a shard being restarted answers again soon; its run's end is what counts
@@ -314,4 +330,4 @@ def _merge_shards(cache: Path, run_id: str, shard_caches: list[Path]) -> None:
             )
         finally:
             conn.execute("DETACH DATABASE shard")
-    merge(cache, shard_caches, output_locked=True)
+    merge(cache, shard_caches, output_locked=True, spending=False)  # records.add_spending counts it

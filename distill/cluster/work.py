@@ -29,7 +29,16 @@ from ..stats import RunStats
 # tokens, money, waits: every other number or count of RunStats), which a restart does not undo.
 RECOUNTED = ("conversations_read", "conversations_done", "conversations_failed", "rejects", "turns_done",
              "cache_hits", "conversations_cached")  # fmt: skip
-NOT_SUMMED = ("total_expected", "started", "failures", "cost_before_usd", "budget_usd", "rate_source")
+# the rate and its source are the broker's (the driver reads them there), not a shard's
+NOT_SUMMED = (
+    "total_expected",
+    "started",
+    "failures",
+    "cost_before_usd",
+    "budget_usd",
+    "rate_source",
+    "learned_rpm",
+)
 SENT = tuple(f.name for f in fields(RunStats) if f.name not in (*RECOUNTED, *NOT_SUMMED))
 
 
@@ -127,9 +136,11 @@ async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult
             limiter=limiter,
             stats=stats,
             on_reject=lambda reject: rejects.append((numbered.current, reject)),
-            budget=_meter(spec, stats),
+            budget=_meter(spec, stats, cache, limiter),
             shard=spec.shard,
         )
+        if limiter is not None:
+            limiter.follow(engine.watch)
         await engine.run(iter(numbered), spec.run_id, spec.input_path)
     return ShardResult(
         index=spec.index,
@@ -143,11 +154,15 @@ async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult
     )
 
 
-def _meter(spec: ShardSpec, stats: RunStats) -> Budget | None:
-    """A meter of what the answers cost (where the price is known), into ``stats.cost_usd``."""
+def _meter(spec: ShardSpec, stats: RunStats, cache: Cache, limiter) -> Budget | None:
+    """A meter of what the answers cost (where the price is known): into ``stats.cost_usd``, the shard cache's
+    spending and the reports to the broker (which holds a cluster-wide ``--budget``)."""
 
     def on_charge(usd: float, prompt_tokens: int, completion_tokens: int) -> None:
         stats.cost_usd = (stats.cost_usd or 0.0) + usd
+        cache.add_spend(spec.run_id, usd, prompt_tokens, completion_tokens)
+        if limiter is not None:
+            limiter.on_spent(usd)
 
     meter = budget_for(None, spec.settings.model, spec.price, on_charge=on_charge)
     if meter is not None:
