@@ -255,3 +255,61 @@ def test_a_shard_refused_by_the_teacher_stops_the_run_with_the_teacher_s_error(t
             run(job)
     assert refused.value.exit_code == 2 and "a-wrong-key" not in str(refused.value)
     assert not job.output.exists()
+
+
+def table_counts(cache: Path, run_id: str) -> dict[str, float]:
+    """The rows of a run's records in ``cache`` that ``distill stats`` and ``distill view`` read."""
+    queries = {
+        "attempts": "SELECT count(*) FROM attempts",
+        "finished": "SELECT count(*) FROM conversations WHERE finished = 1 AND run_id = ?1",
+        "tokens": "SELECT coalesce(sum(answer_tokens), 0) FROM conversations WHERE run_id = ?1",
+        "paid": "SELECT coalesce(sum(requests), 0) FROM spending WHERE run_id = ?1",
+        "usd": "SELECT coalesce(sum(usd), 0) FROM spending WHERE run_id = ?1",
+    }
+    with sqlite3.connect(f"file:{cache}?mode=ro", uri=True) as conn:
+        return {name: conn.execute(sql, (run_id,) if "?1" in sql else ()).fetchone()[0] for name, sql in queries.items()}
+
+
+def test_an_unknown_limit_is_learned_once_for_the_cluster_and_kept_with_every_record(tmp_path, ray_instance):
+    from distill.cli.stats import cache_stats
+    from distill.cost import Price
+
+    data = write_multi_turn(tmp_path / "in.jsonl", 160, 1)
+    knobs = TeacherKnobs(latency=0.05, rpm=1200, rate_headers="none", retry_after=False)  # bare 429s
+    with start_teacher_process(knobs) as server:
+        settings = RunSettings(model="teacher", base_url=server.base_url, attempts=1, concurrency=8)
+        job = cluster_job(tmp_path, data, settings, shards=2)
+        job.price = Price(1.0, 2.0)
+        report = run(job)
+        stats = server.stats(with_hashes=False)
+    assert report.exit_code == 0 and report.stats.conversations_done == 160 and not report.stats.failures
+    assert stats["rate_limited"] > 0 and report.stats.rate_limited == stats["rate_limited"]  # none cost an attempt
+    assert report.stats.rate_source == "learned" and 400 < report.stats.learned_rpm < 1300
+    assert manifest_of(job.output)["this_run"]["rate_source"] == "learned"
+    run_id = report.run_id
+    with sqlite3.connect(f"file:{job.cache}?mode=ro", uri=True) as conn:
+        summary = cache_stats(conn)
+        (windows,) = conn.execute("SELECT count(*) FROM rate_windows WHERE run_id = ?", (run_id,)).fetchone()
+    (learned,) = summary["learned_limits"]
+    assert learned["source"] == "learned" and 600 <= learned["rpm"] <= 1300  # kept for the next run
+    assert windows >= 3 and learned["windows"] == windows  # the broker's windows, not the shards'
+    shards = [table_counts(p, run_id) for p in sorted((tmp_path / "ray.sqlite.shards").glob("*.sqlite"))]
+    merged = table_counts(job.cache, run_id)
+    for name in ("attempts", "finished", "tokens", "paid"):
+        assert merged[name] == sum(s[name] for s in shards) > 0, name
+    assert merged["usd"] == pytest.approx(report.stats.cost_usd) and merged["finished"] == 160
+    (run_row,) = summary["runs"]
+    assert run_row["requests_paid"] == 160 and run_row["finished"] == 160
+
+    # the next cluster run starts from the stored rate: no probing from 4 requests a second
+    more = write_multi_turn(tmp_path / "more.jsonl", 120, 1, lambda c, t: f"another question {c}")
+    with start_teacher_process(knobs) as server:
+        settings = RunSettings(model="teacher", base_url=server.base_url, attempts=1, concurrency=8)
+        again = RunJob(more, tmp_path / "more.out.jsonl", job.cache, settings, cluster=job.cluster)
+        second = run(again)
+    assert second.exit_code == 0 and second.stats.conversations_done == 120
+    with sqlite3.connect(f"file:{job.cache}?mode=ro", uri=True) as conn:
+        first_window = conn.execute(
+            "SELECT rpm FROM rate_windows WHERE run_id = ? ORDER BY at LIMIT 1", (second.run_id,)
+        ).fetchone()[0]
+    assert first_window >= 0.8 * learned["rpm"]
