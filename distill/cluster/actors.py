@@ -18,7 +18,7 @@ import ray
 from ..stats import RunStats
 from .lease import ClusterLimit, Lease, LeaseBroker, Report
 from .leased import LeasedLimiter
-from .work import ShardResult, ShardSpec, answer_shard, counters
+from .work import Lender, ShardResult, ShardSpec, answer_shard, counters
 
 NAMESPACE = "distill"
 SHARD_RESTARTS = 8
@@ -40,6 +40,14 @@ class LimiterActor:
 
     def report(self, report: Report) -> None:
         self.broker.report(report)
+
+    def allow(self, holder: str, wanted: float, needed: float, spent: float) -> tuple[float, bool]:
+        assert self.broker.budget is not None
+        return self.broker.budget.allow(holder, wanted, needed, spent)
+
+    def give_back(self, holder: str, spent: float) -> None:
+        assert self.broker.budget is not None
+        self.broker.budget.give_back(holder, spent)
 
     def state(self) -> dict:
         return self.broker.state()
@@ -70,8 +78,16 @@ class ShardActor:
         async def send_report(report: Report) -> None:
             await actor.report.remote(report)
 
+        async def allow(holder: str, wanted: float, needed: float, spent: float) -> tuple[float, bool]:
+            return await actor.allow.remote(holder, wanted, needed, spent)
+
+        async def give_back(holder: str, spent: float) -> None:
+            await actor.give_back.remote(holder, spent)
+
         limiter = self.leased = LeasedLimiter(self.limit, ask, send_report)
-        self._task = asyncio.ensure_future(answer_shard(self.spec, limiter, self.stats))
+        budget = self.limit.budget_usd
+        lender = Lender(budget, self.incarnation, allow, give_back) if budget else None
+        self._task = asyncio.ensure_future(answer_shard(self.spec, limiter, self.stats, lender))
         try:
             return await self._task
         finally:

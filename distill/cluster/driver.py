@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from ..conversation import Reject
+from ..cost import Budget
 from ..errors import CacheError, DistillError, UsageError
 from ..merge import merge
 from ..stats import RunStats
@@ -100,7 +101,7 @@ def specs_for(job: RunJob, run_id: str, input_path: str) -> list[ShardSpec]:
 
 def check_job(job: RunJob) -> None:
     """Refuse, before Ray starts, what a cluster run does not do."""
-    for given, flag in ((job.shard, "--shard"), (job.batch, "--batch"), (job.budget, "--budget")):
+    for given, flag in ((job.shard, "--shard"), (job.batch, "--batch")):
         if given is not None:
             raise UsageError(f"{flag} cannot be combined with --ray; drop one of them")
 
@@ -139,8 +140,13 @@ async def answer_on_cluster(
     stats: RunStats,
     on_reject: Callable[[Reject], None],
     reader_stats: dict | None,
+    budget: Budget | None = None,
 ) -> ClusterReport:
-    """Answer ``job`` on Ray, merge the shard caches into ``job.cache`` and report the rejects in input order."""
+    """Answer ``job`` on Ray, merge the shard caches into ``job.cache`` and report the rejects in input order.
+
+    ``budget``: the run's (a cap, or a meter): under a cap the broker holds it for every shard
+    (:mod:`distill.cluster.budget`); it ends with what the shards spent and refused, as a single run's would.
+    """
     check_job(job)
     options = job.cluster
     assert options is not None
@@ -154,6 +160,8 @@ async def answer_on_cluster(
         settings.tpm,
         options.lease_seconds,
         stored_rate(job.cache, settings.base_url, settings.model),
+        budget_usd=budget.limit if budget is not None else None,
+        spent_before_usd=budget.spent_before if budget is not None else 0.0,
     )
     report = ClusterReport()
     caches = [s.cache for s in specs]
@@ -167,6 +175,9 @@ async def answer_on_cluster(
     _merge_shards(job.cache, run_id, caches)
     keep_rate(job.cache, run_id, settings.base_url, settings.model, report.limiter)
     _sum_final(stats, results, carried)
+    if budget is not None:
+        budget.spent = stats.cost_usd or 0.0
+        budget.refused += sum(r.budget_refused for r in results)
     for _, reject in heapq.merge(*(r.rejects for r in results), key=lambda pair: pair[0]):
         on_reject(reject)
     if reader_stats is not None and results[0].reader_stats:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass
 
 from ..limiter import Budget, Clock
+from .budget import BudgetBroker
 from .control import ClusterController, Report
 
 __all__ = ["ClusterLimit", "Lease", "LeaseBroker", "Report"]
@@ -65,6 +66,8 @@ class ClusterLimit:
     tpm: float | None = None
     lease_seconds: float = 0.1
     stored_rpm: float | None = None  # the rate an earlier run learned for this server and model
+    budget_usd: float | None = None  # a cluster-wide --budget (distill.cluster.budget)
+    spent_before_usd: float = 0.0  # what counts against it from earlier invocations (--budget-scope total)
 
 
 class LeaseBroker:
@@ -76,6 +79,7 @@ class LeaseBroker:
         self.limit = limit
         self._clock = clock
         self.control = ClusterController(limit.rpm, limit.tpm, limit.stored_rpm, clock, wall_clock)
+        self.budget = BudgetBroker(limit.budget_usd, limit.spent_before_usd) if limit.budget_usd else None
         self._requests = Budget(self.control.request_rate)
         self._tokens: Budget | None = None
         self.granted = 0
@@ -147,4 +151,5 @@ class LeaseBroker:
             "granted": self.granted,
             "idle_seconds": round(self.idle_seconds, 4),
             **self.control.state(),
+            **(self.budget.state() if self.budget is not None else {}),
         }
