@@ -38,8 +38,8 @@ class LimiterActor:
     def grant(self, requests: int, tokens: int, report: Report) -> Lease:
         return self.broker.grant(requests, tokens, report)
 
-    def report(self, report: Report) -> None:
-        self.broker.report(report)
+    def report(self, report: Report) -> Lease:
+        return self.broker.report(report)
 
     def allow(self, holder: str, wanted: float, needed: float, spent: float) -> tuple[float, bool]:
         assert self.broker.budget is not None
@@ -75,8 +75,8 @@ class ShardActor:
         async def ask(requests: int, tokens: int, report: Report) -> Lease:
             return await actor.grant.remote(requests, tokens, report)
 
-        async def send_report(report: Report) -> None:
-            await actor.report.remote(report)
+        async def send_report(report: Report) -> Lease:
+            return await actor.report.remote(report)
 
         async def allow(holder: str, wanted: float, needed: float, spent: float) -> tuple[float, bool]:
             return await actor.allow.remote(holder, wanted, needed, spent)

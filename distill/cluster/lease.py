@@ -49,13 +49,15 @@ __all__ = ["ClusterLimit", "Lease", "LeaseBroker", "Report"]
 @dataclass(frozen=True, slots=True)
 class Lease:
     """N request slots (and T tokens) evenly over ``duration`` s, starting ``delay`` s after it was granted;
-    ``rate``: the cluster's request rate when it was granted (per second)."""
+    ``rate``: the cluster's request rate when it was granted (per second); ``pause``: see below. A shard holding
+    slots of an earlier lease drops them when the rate fell, and holds them back during the pause."""
 
     delay: float
     duration: float
     requests: int
     tokens: int = 0
     rate: float = 0.0
+    pause: float = 0.0  # seconds from the answer during which the cluster sends nothing (a 429's Retry-After)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,10 @@ class LeaseBroker:
             self._tokens.spend(start, tokens)
         self.granted += requests
         self.leases += 1
-        return Lease(start - now, duration, requests, tokens, self._requests.rate)
+        return Lease(start - now, duration, requests, tokens, self._requests.rate, self._pause(now))
+
+    def _pause(self, now: float) -> float:
+        return max(0.0, self.control.paused_until - now)
 
     def _follow_rates(self, now: float) -> None:
         """The cells at the rates the controller decided (what is already lent flows out at the new rate)."""
@@ -133,11 +138,16 @@ class LeaseBroker:
                 tokens = math.ceil(requests * average)
         return requests, tokens
 
-    def report(self, report: Report) -> None:
-        """A shard's outcomes, to the controller; the tokens it over-estimated go back to the token cell."""
+    def report(self, report: Report) -> Lease:
+        """A shard's outcomes, to the controller; the tokens it over-estimated go back to the token cell.
+
+        Returns an empty lease with the rate and pause decided, so the shard that reported a 429 applies them to
+        the slots it holds at once (the others, with their next lease)."""
         if report.token_refund and self._tokens:
             self._tokens.refund(report.token_refund)
         self.control.observe(report)
+        now = self._clock()
+        return Lease(0.0, 0.0, 0, 0, self.control.request_rate, self._pause(now))
 
     def finish(self) -> dict:
         """Close the controller's last window; the state, with every window, for the driver to keep."""

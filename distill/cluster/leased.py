@@ -24,7 +24,10 @@ from .control import Report, later
 from .lease import ClusterLimit, Lease
 
 AskLease = Callable[[int, int, Report], Awaitable[Lease]]
-SendReport = Callable[[Report], Awaitable[None]]
+SendReport = Callable[[Report], Awaitable[Lease | None]]
+RATE_FELL = (
+    0.95  # a lease at a rate below this share of the last one's: slots held at the old rate are dropped
+)
 
 
 @dataclass(slots=True)
@@ -92,6 +95,7 @@ class LeasedLimiter:
         self.rate = limit.rpm / 60.0 * policy.HEADROOM if limit.rpm else policy.START_RATE
         self.lease_requests = self._per_lease(self.rate)  # a lease's worth; each lease says the rate
         self._held: deque[_Held] = deque()
+        self._held_until = -math.inf  # when the last lease held ends
         self._asking: asyncio.Task[None] | None = None
         self._report = Report()
         self._paused_until = -math.inf
@@ -153,12 +157,26 @@ class LeasedLimiter:
 
     def _prefetch(self) -> None:
         """Ask for the next lease while half of this one is left (called by a request: there is demand)."""
-        if self._asking is None and self._unused() <= self.lease_requests // 2:
+        if self._asking is None and self._unused() <= self.lease_requests // 2 and not self._ahead():
             self._asking = asyncio.ensure_future(self._fetch())
+
+    def _ahead(self) -> float:
+        """Seconds until the leases held run out, beyond one lease: a shard asks for no more before then.
+
+        Requests that found no slot would otherwise take the slots of lease after lease as fast as the broker
+        answers, far ahead on the timeline, at the rate of the moment: a rate the controller raises or cuts, or a
+        pause, would reach them only seconds later. So a shard holds about two leases of time ahead, as the
+        controller's decisions must reach every shard within a fraction of a second.
+        """
+        return max(0.0, self._held_until - self.limit.lease_seconds - self.now())
 
     async def _lease_arrival(self) -> None:
         if self._asking is None:
-            self._asking = asyncio.ensure_future(self._fetch())
+            wait = self._ahead()
+            if wait > 0:
+                await self._sleep(wait)
+            if self._asking is None:
+                self._asking = asyncio.ensure_future(self._fetch())
         await asyncio.shield(self._asking)
 
     async def _fetch(self) -> None:
@@ -170,13 +188,26 @@ class LeasedLimiter:
             received = self.now()
             self.stats.leases += 1
             self.stats.ask_seconds.append(received - asked)
-            if lease.rate > 0:
-                self.rate = lease.rate
-                self.lease_requests = self._per_lease(lease.rate)
+            self._follow(lease, received)
             step = lease.duration / lease.requests if lease.requests else 0.0
             self._held.append(_Held(received + lease.delay, step, lease.requests))
+            self._held_until = max(self._held_until, received + lease.delay + lease.duration)
         finally:
             self._asking = None
+
+    def _follow(self, lease: Lease | None, received: float) -> None:
+        """The cluster's rate and pause as of ``lease``: slots held at a higher rate are dropped, and none is used
+        during the pause."""
+        if lease is None or lease.rate <= 0:
+            return
+        if lease.rate < self.rate * RATE_FELL:
+            for held in self._held:
+                held.requests = min(held.requests, held.used)
+            self._held_until = min(self._held_until, received)
+        self.rate = lease.rate
+        self.lease_requests = self._per_lease(lease.rate)
+        if lease.pause > 0:
+            self._paused_until = max(self._paused_until, received + lease.pause)
 
     def take_report(self) -> Report:
         """What happened since the last report (the engine's hooks, and the watch's counters), and start anew."""
@@ -211,10 +242,14 @@ class LeasedLimiter:
             self._send_now()
 
     def _send_now(self) -> None:
-        assert self._send_report is not None
-        sending = asyncio.ensure_future(self._send_report(self.take_report()))
+        sending = asyncio.ensure_future(self._report_now())
         self._reporting.add(sending)
         sending.add_done_callback(self._reporting.discard)
+
+    async def _report_now(self) -> None:
+        assert self._send_report is not None
+        verdict = await self._send_report(self.take_report())
+        self._follow(verdict, self.now())
 
     def on_headers(self, remaining: float | None, reset_seconds: float | None) -> None:
         if remaining is not None and remaining <= 0 and reset_seconds:
