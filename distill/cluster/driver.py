@@ -125,7 +125,9 @@ def connected(options: ClusterOptions) -> Iterator[None]:
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(
             f"cannot reach the Ray cluster at --ray {options.address}: {e}; start it with 'ray start --head' "
-            "on the head node, or pass --ray local"
+            "on the head node, or pass --ray local. A cluster with token authentication (what 'ray start' sets "
+            "up since Ray 2.59) needs RAY_AUTH_MODE=token here too, and its token in ~/.ray/auth_token or "
+            "RAY_AUTH_TOKEN"
         ) from None
     try:
         yield
