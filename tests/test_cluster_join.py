@@ -7,6 +7,7 @@ At the end the head's whole session (every process Ray started for it) is stoppe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -37,14 +38,10 @@ def free_port() -> int:
 def stop_session(head: subprocess.Popen) -> None:
     """Stop ``ray start`` and every process of its session (gcs, raylet, workers): all started by this test."""
     head.terminate()
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         head.wait(15)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     head.wait(15)
 
 
