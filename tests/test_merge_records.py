@@ -19,6 +19,7 @@ from distill.merge import merge
 from distill.runner import RunJob, run_async
 from distill.settings import RunSettings
 from distill.shard import Shard
+from distill.view.store import open_cache, runs
 
 COUNTED = {
     "attempts": "SELECT count(*) FROM attempts",
@@ -87,6 +88,14 @@ async def test_merge_carries_every_record_of_the_shards(tmp_path, teacher):
             "SELECT count(*) FROM conversation_search WHERE conversation_search MATCH 'Lassiter'"
         ).fetchone()[0]
         assert found == 1  # the viewer's search finds merged conversations
+    conn = open_cache(merged)  # what `distill view` reads
+    try:
+        (run,) = runs(conn)
+        assert (run.finished, run.failed, run.rejects) == (79, 1, 6) and run.completion_tokens == total["tokens"]
+        assert run.ended is not None
+        assert conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == total["attempts"]
+    finally:
+        conn.close()
     merge(merged, caches)  # again: no record twice (spending adds up by design: a shard's spend is per merge)
     again = counts(merged)
     assert {k: v for k, v in again.items() if k not in ("usd", "paid")} == {
