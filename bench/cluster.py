@@ -342,7 +342,7 @@ def bare_actor_call_ms(address: str, calls: int = 300) -> dict:
     from distill.cluster.actors import LimiterActor
     from distill.cluster.lease import ClusterLimit, Report
 
-    ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         actor = LimiterActor.remote(ClusterLimit(rpm=1e9))
         ray.get(actor.state.remote())

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,9 +50,12 @@ def stop_session(head: subprocess.Popen) -> None:
 def test_a_run_joins_a_cluster_started_with_ray_start(tmp_path):
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # its own temp dir (short: Ray's socket paths must fit): `ray start` leaves the address of its cluster there,
+    # where any ray.init() on this machine would otherwise find it (and try to join it once it is gone)
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     head = subprocess.Popen(
         [str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-         "--include-dashboard=false", "--disable-usage-stats", "--block"],
+         "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(temp), "--block"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
@@ -69,6 +74,11 @@ def test_a_run_joins_a_cluster_started_with_ray_start(tmp_path):
             stats = server.stats(with_hashes=False)
     finally:
         stop_session(head)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert (
+        not Path("/tmp/ray/ray_current_cluster").exists()
+        or str(port) not in Path("/tmp/ray/ray_current_cluster").read_text()
+    )
     assert done.returncode == 0, done.stderr
     assert "50 conversations = 50 written + 0 failed" in done.stderr
     assert stats["answered"] == stats["requests"] == 100

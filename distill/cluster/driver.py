@@ -27,7 +27,7 @@ from ..errors import CacheError, DistillError, UsageError
 from ..merge import merge
 from ..stats import RunStats
 from .lease import ClusterLimit
-from .options import AUTO, LOCAL, ClusterOptions
+from .options import LOCAL, ClusterOptions
 from .records import add_spending, keep_rate, rate_of, shard_spending, stored_rate
 from .work import RECOUNTED, SENT, ShardResult, ShardSpec, added
 
@@ -119,9 +119,10 @@ def connected(options: ClusterOptions) -> Iterator[None]:
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if options.address == LOCAL:
-            ray.init(num_cpus=options.num_cpus, namespace=None, **quiet)
-        else:
-            ray.init(address=None if options.address == AUTO else options.address, **quiet)
+            # "local": a new instance even where `ray start` left the address of its cluster in /tmp/ray
+            ray.init(address=LOCAL, num_cpus=options.num_cpus, namespace=None, **quiet)
+        else:  # "auto": the cluster `ray start` started on this machine (RAY_ADDRESS first), else an error
+            ray.init(address=options.address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(
             f"cannot reach the Ray cluster at --ray {options.address}: {e}; start it with 'ray start --head' "
