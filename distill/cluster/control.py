@@ -91,6 +91,7 @@ class ClusterController:
             self.pace, rpm=rpm, tpm=tpm, stored_rpm=stored_rpm, clock=clock, on_window=self.windows.append,
             **extra,
         )  # fmt: skip
+        self.started = (self.watch.state.per_minute, self.watch.state.source)  # where the run began
         self.watch.waiting = self._demand
         self._demand_until = -math.inf
         self._last: Sent | None = None
@@ -161,5 +162,7 @@ class ClusterController:
             "rpm": round(state.per_minute, 3),
             "source": state.source,
             "learned_rpm": self.watch.learned_rpm(),
+            "start_rpm": round(self.started[0], 3),
+            "start_source": self.started[1],
             **{f"reported_{k}": v for k, v in asdict(self.totals).items() if k in Report.SUMMED},
         }
