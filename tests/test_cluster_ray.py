@@ -279,21 +279,24 @@ def test_an_unknown_limit_is_learned_once_for_the_cluster_and_kept_with_every_re
 
     data = write_multi_turn(tmp_path / "in.jsonl", 160, 1)
     knobs = TeacherKnobs(latency=0.05, rpm=1200, rate_headers="none", retry_after=False)  # bare 429s
+    more = write_multi_turn(tmp_path / "more.jsonl", 120, 1, lambda c, t: f"another question {c}")
     with start_teacher_process(knobs) as server:
         settings = RunSettings(model="teacher", base_url=server.base_url, attempts=1, concurrency=8)
         job = cluster_job(tmp_path, data, settings, shards=2)
         job.price = Price(1.0, 2.0)
         report = run(job)
         stats = server.stats(with_hashes=False)
+        with sqlite3.connect(f"file:{job.cache}?mode=ro", uri=True) as conn:
+            summary = cache_stats(conn)
+            windows = conn.execute("SELECT count(*) FROM rate_windows").fetchone()[0]
+        # the next cluster run against this server starts from the stored rate: no probing from 4 a second
+        second = run(RunJob(more, tmp_path / "more.out.jsonl", job.cache, settings, cluster=job.cluster))
     assert report.exit_code == 0 and report.stats.conversations_done == 160 and not report.stats.failures
     # --attempts 1, and nothing failed: no 429 cost an attempt
     assert stats["rate_limited"] > 0 and report.stats.rate_limited == stats["rate_limited"]
     assert report.stats.rate_source == "learned" and 400 < report.stats.learned_rpm < 1300
     assert manifest_of(job.output)["this_run"]["rate_source"] == "learned"
     run_id = report.run_id
-    with sqlite3.connect(f"file:{job.cache}?mode=ro", uri=True) as conn:
-        summary = cache_stats(conn)
-        (windows,) = conn.execute("SELECT count(*) FROM rate_windows WHERE run_id = ?", (run_id,)).fetchone()
     (learned,) = summary["learned_limits"]
     assert learned["source"] == "learned" and 600 <= learned["rpm"] <= 1300  # kept for the next run
     assert windows >= 3 and learned["windows"] == windows  # the broker's windows, not the shards'
@@ -304,13 +307,6 @@ def test_an_unknown_limit_is_learned_once_for_the_cluster_and_kept_with_every_re
     assert merged["usd"] == pytest.approx(report.stats.cost_usd) and merged["finished"] == 160
     (run_row,) = summary["runs"]
     assert run_row["requests_paid"] == 160 and run_row["finished"] == 160
-
-    # the next cluster run starts from the stored rate: no probing from 4 requests a second
-    more = write_multi_turn(tmp_path / "more.jsonl", 120, 1, lambda c, t: f"another question {c}")
-    with start_teacher_process(knobs) as server:
-        settings = RunSettings(model="teacher", base_url=server.base_url, attempts=1, concurrency=8)
-        again = RunJob(more, tmp_path / "more.out.jsonl", job.cache, settings, cluster=job.cluster)
-        second = run(again)
     assert second.exit_code == 0 and second.stats.conversations_done == 120
     broker = orjson.loads((tmp_path / "ray.sqlite.shards" / REPORT_NAME).read_bytes())["limiter"]
     assert broker["start_source"] == "stored" and broker["start_rpm"] == pytest.approx(0.9 * learned["rpm"])
