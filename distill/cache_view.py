@@ -1,6 +1,7 @@
 """Cache migration 6 (issue 15) and the rows it adds: what ``distill view`` shows that a run did not keep before.
 
-- ``attempts``: one row per HTTP attempt (when it was sent, its status or error kind, its latency), so the viewer
+- ``attempts``: one row per HTTP attempt (when it was sent, its status or error kind, its latency; a ``--batch``
+  run writes one per result line instead, see :mod:`distill.run_passes`), so the viewer
   draws requests over time with the 429s marked, shows each answer's latency and counts a failure's attempts.
   It is keyed by (request key, time) in one B-tree (``WITHOUT ROWID``): one insert per attempt, no second index;
   the timeline, drawn far less often than attempts are written, scans it;
@@ -150,7 +151,11 @@ class ViewRows:
     def write(self, db) -> None:
         """Write the rows inside the group commit's transaction on ``db``."""
         if self.attempts:
-            db.executemany("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)", self.attempts)
+            db.executemany(
+                "INSERT OR REPLACE INTO attempts (key, at, status, error, latency, batch_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                self.attempts,
+            )
         if self.failed:
             db.executemany(
                 "UPDATE conversations SET failed_key = ? WHERE run_id = ? AND position = ?", self.failed
@@ -191,7 +196,17 @@ class ViewRecords:
     def log_attempt(self, key: str, at: float, latency: float, status: int | None, error: str | None) -> None:
         """Queue one HTTP attempt: sent at ``at`` (epoch seconds), answered or failed ``latency`` s later."""
         # no flush of its own: the answer or failure that follows every last attempt schedules one
-        self._view_rows.attempts.append((key, at, status, error, latency))
+        self._view_rows.attempts.append((key, at, status, error, latency, None))
+
+    def log_batch_line(
+        self, key: str, batch_id: str, at: float, turnaround: float, status: int | None, error: str | None
+    ) -> None:
+        """Queue what a batch's result file said of one request: its status, or why it has none (``error``).
+
+        A Batch API dates no request: ``at`` is when the batch was uploaded, ``turnaround`` how long the batch
+        took as distill saw it (see :mod:`distill.run_passes`).
+        """
+        self._view_rows.attempts.append((key, at, status, error, turnaround, batch_id))
 
     def mark_failed(self, run_id: str, position: int, key: str) -> None:
         """Queue the mark that the request ``key`` failed the conversation at ``position``."""

@@ -35,7 +35,7 @@ from .merge_records import carry_conversations, carry_run_records, carry_shared_
 # the search index is rebuilt from the merged conversations; batches are local bookkeeping
 MERGED_TABLES = frozenset(
     ("responses", "failures", "runs", "conversations", "batches", "spending", "attempts", "rejects",
-     "rate_limits", "rate_windows", "conversation_search", "search_progress", "search_stale")
+     "rate_limits", "rate_windows", "run_passes", "conversation_search", "search_progress", "search_stale")
 )  # fmt: skip
 
 

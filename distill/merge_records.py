@@ -4,8 +4,9 @@ A merged cache must serve ``distill stats``, ``distill view`` and the next run a
 these go with the runs and conversations of :mod:`distill.merge` (``src`` is the attached input cache, ``main``
 the output):
 
-- the viewer's rows (cache migration 6): ``attempts`` (per-request timings), ``rejects``, each conversation's
-  ``finished`` mark, tokens and ``failed_key``, and ``runs.ended``;
+- the viewer's rows (cache migrations 6 and 7): ``attempts`` (per-request timings, and the batch of a batch
+  line), ``rejects``, each conversation's ``finished`` mark, tokens and ``failed_key``, ``runs.ended`` and each
+  run's passes in time (``run_passes``: a cluster run's are its shards' passes);
 - the rate controller's rows (migration 4): ``rate_windows`` (added once: a window already there, the same
   moment of the same server and run, is not added again, so merging the same cache twice adds nothing) and
   ``rate_limits`` (the most recently learned rate of each server and model wins).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 
 CONVERSATION_COLUMNS = ("finished", "failed_key", "prompt_tokens", "answer_tokens", "longest_answer")
+ATTEMPT_COLUMNS = ("key", "at", "status", "error", "latency", "batch_id")
 WINDOW_COLUMNS = "base_url, model, at, seconds, sent, accepted, limited, shed, faults, rpm"
 
 
@@ -44,7 +46,7 @@ def carry_conversations(conn: sqlite3.Connection, target: str, run_id: str) -> i
 
 
 def carry_run_records(conn: sqlite3.Connection, target: str, run_id: str) -> None:
-    """Run ``run_id``'s end, rejects and rate windows, as records of run ``target``."""
+    """Run ``run_id``'s end, passes, rejects and rate windows, as records of run ``target``."""
     names = {"target": target, "run_id": run_id}
     if "ended" in columns(conn, "src", "runs"):
         (ended,) = conn.execute("SELECT ended FROM src.runs WHERE id = ?", (run_id,)).fetchone()
@@ -61,16 +63,20 @@ def carry_run_records(conn: sqlite3.Connection, target: str, run_id: str) -> Non
         )
     if "rate_windows" in present:
         _carry_windows(conn, ":target", "s.run_id = :run_id", names)
+    if "run_passes" in present:
+        conn.execute(
+            "INSERT OR IGNORE INTO main.run_passes (run_id, started, ended) "
+            "SELECT :target, started, ended FROM src.run_passes WHERE run_id = :run_id",
+            names,
+        )
 
 
 def carry_shared_records(conn: sqlite3.Connection) -> None:
     """What is not a run's: every attempt, the learned rates, and rate windows of runs the input does not hold."""
     present = tables(conn, "src")
     if "attempts" in present:
-        conn.execute(
-            "INSERT OR IGNORE INTO main.attempts (key, at, status, error, latency) "
-            "SELECT key, at, status, error, latency FROM src.attempts"
-        )
+        names = ", ".join(c for c in ATTEMPT_COLUMNS if c in columns(conn, "src", "attempts"))
+        conn.execute(f"INSERT OR IGNORE INTO main.attempts ({names}) SELECT {names} FROM src.attempts")
     if "rate_limits" in present:
         conn.execute(
             "INSERT INTO main.rate_limits (base_url, model, rpm, source, updated) "

@@ -82,7 +82,10 @@ class RateWatch:
         self.accepted_total = 0
         self.faults_total = 0
         self.latency_total = 0.0  # summed seconds from departure to answer of the accepted requests
-        self._busiest_refusing = 0.0  # most answers a second accepted in a whole window with a rate signal
+        # answers a second accepted over the busiest two whole windows in a row that saw a rate signal, and the
+        # last window (accepted, seconds) when it was one of them
+        self._busiest_refusing = 0.0
+        self._last_refusing: tuple[int, float] | None = None
 
     # -- what the engine reports --------------------------------------------------------------------------
 
@@ -223,8 +226,7 @@ class RateWatch:
         self._apply()
         seconds = now - self._window_start
         self._window_start = now
-        if tally.signalled and seconds >= self.window:
-            self._busiest_refusing = max(self._busiest_refusing, tally.accepted / seconds)
+        self._note_refusing(tally, seconds)
         if self.on_window is not None:
             self.on_window(
                 WindowRecord(
@@ -238,6 +240,16 @@ class RateWatch:
                     self.state.per_minute,
                 )  # fmt: skip
             )
+
+    def _note_refusing(self, tally: _Tally, seconds: float) -> None:
+        if not tally.signalled or seconds < self.window:
+            self._last_refusing = None
+            return
+        if self._last_refusing is not None:
+            accepted, spent = self._last_refusing
+            both = (accepted + tally.accepted) / (spent + seconds)
+            self._busiest_refusing = max(self._busiest_refusing, both)
+        self._last_refusing = (tally.accepted, seconds)
 
     def finish(self) -> None:
         """Close the window in progress (the end of a run), so that its counts are recorded too."""
@@ -253,11 +265,13 @@ class RateWatch:
         if state.source == "told" and state.ceiling is not None:
             return state.ceiling / policy.HEADROOM * 60.0
         level = state.target if state.target is not None else state.rate
-        if self._busiest_refusing:
-            # A decrease measures the requests that left in the second before a refused one, which is not aligned
-            # with the server's windows: in a short run it may count parts of two of them. What a whole window
-            # that saw refusals accepted, by arrival, is what the server lets through in one of its own.
-            level = min(level, self._busiest_refusing)
+        two = self._busiest_refusing
+        if two:
+            # A decrease counts the requests that left in the second before a refused one, which is not aligned
+            # with the server's windows (nor is the engine's clock with the server's when the loop is busy): one
+            # such count may take in parts of two server windows. What two whole refusing windows in a row
+            # accepted, by arrival, is what the server lets through.
+            level = min(level, two)
         return level * 60.0
 
 

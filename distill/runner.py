@@ -291,6 +291,8 @@ async def _run_batch(
     """Answer the run through a provider's Batch API (``--batch``) instead of live requests."""
     from .batch import BatchRunner, open_provider
 
+    stats.learned_rpm = stats.rate_source = None  # a Batch API is not paced by a request rate
+
     assert job.batch is not None
     provider = open_provider(job.batch, job.settings, job.api_key)
     log = observer.note

@@ -21,6 +21,7 @@ from bench import (
     export_speed,
     latency,
     memory,
+    peer_rate,
     rate_limit,
     resume,
     run_all,
@@ -88,6 +89,18 @@ def test_curator_without_its_interpreter_is_skipped(tmp_path, capsys):
 def test_curator_runs_when_installed(tmp_path):
     peer_throughput, peer_rate = rows_of(curator, tmp_path)
     assert peer_throughput["detail"]["answered"] == 100 and peer_rate["detail"]["answered"] == 60
+
+
+@pytest.mark.slow  # four runs (six with Curator), each with its own teacher: about 6 s (16 s with Curator)
+def test_peer_rate_delivers_every_prompt_in_both_cases(tmp_path):
+    """Curator's rows run only where ``CURATOR_PYTHON`` names its interpreter; distill's and the loop's always."""
+    curator_python = os.environ.get("CURATOR_PYTHON") or str(tmp_path / "no-python")
+    rows = rows_of(peer_rate, tmp_path, "--curator-python", curator_python)
+    assert len(rows) == (6 if os.environ.get("CURATOR_PYTHON") else 4)
+    for row in rows:
+        assert row["detail"]["delivered"] == row["detail"]["prompts"] and row["detail"]["lost"] == 0
+        assert row["detail"]["requests_received"] >= row["detail"]["prompts"] and row["figure"] >= 0
+    assert [row["detail"]["exit"] for row in rows if "distill" in row["case"]] == [0, 0]
 
 
 def test_run_all_writes_the_table(tmp_path):

@@ -125,7 +125,7 @@ def test_run_shows_the_rate_and_stats_shows_the_learned_limits(tmp_path):
     from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
     data = tmp_path / "in.json"
-    write_sharegpt(data, questions(40))
+    write_sharegpt(data, questions(80))
     cache, output = tmp_path / "c.sqlite", tmp_path / "o.jsonl"
     knobs = TeacherKnobs(rpm=1200, retry_after=False, rate_headers="none", token_counter="words")
     with start_teacher_process(knobs) as server:

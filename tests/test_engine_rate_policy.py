@@ -142,6 +142,16 @@ def test_a_rerun_from_the_stored_rate_does_not_flood():
     assert rerun.refused <= 0.01 * rerun.sent and rerun.share >= 0.9
 
 
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("latency", [0.01, 0.2])
+def test_a_short_run_keeps_a_rate_near_the_limit_whatever_the_windows_alignment(phase, latency):
+    # What a run of a few seconds keeps for the next one is near the limit (a rerun starts at 0.9 of it).
+    result = simulate(
+        lambda t: 20.0, seconds=6.0, workers=32, latency=latency, retry_after=False, phase=phase
+    )
+    assert result.watch.learned_rpm() == pytest.approx(1200, rel=0.15)
+
+
 def test_random_429s_slow_the_run_but_never_stop_it():
     result = simulate(lambda t: None, latency=0.05, seconds=20.0, throttle_rate=0.04)
     assert result.watch.state.rate > 5.0 and result.admitted > 100

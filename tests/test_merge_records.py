@@ -29,6 +29,7 @@ COUNTED = {
     "failed": "SELECT count(*) FROM conversations WHERE failed_key IS NOT NULL",
     "tokens": "SELECT coalesce(sum(answer_tokens), 0) FROM conversations",
     "ended": "SELECT count(*) FROM runs WHERE ended IS NOT NULL",
+    "passes": "SELECT count(*) FROM run_passes",
 }
 
 
@@ -73,7 +74,7 @@ async def test_merge_carries_every_record_of_the_shards(tmp_path, teacher):
     merged = tmp_path / "merged.sqlite"
     merge(merged, caches)
     total = counts(merged)
-    for name in ("attempts", "rejects", "windows", "finished", "failed", "tokens", "paid"):
+    for name in ("attempts", "rejects", "windows", "finished", "failed", "tokens", "paid", "passes"):
         assert total[name] == sum(s[name] for s in shards), name
     assert abs(total["usd"] - sum(s["usd"] for s in shards)) < 1e-9 and total["ended"] == 1
     assert total["rejects"] == 6
@@ -91,7 +92,9 @@ async def test_merge_carries_every_record_of_the_shards(tmp_path, teacher):
     conn = open_cache(merged)  # what `distill view` reads
     try:
         (run,) = runs(conn)
-        assert (run.finished, run.failed, run.rejects) == (79, 1, 6) and run.completion_tokens == total["tokens"]
+        assert (run.finished, run.failed, run.rejects) == (79, 1, 6) and run.completion_tokens == total[
+            "tokens"
+        ]
         assert run.ended is not None
         assert conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == total["attempts"]
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import write_multi_turn
 
 from distill import plan
 from distill.batch import BatchFailed, BatchOptions
@@ -118,6 +120,12 @@ async def test_failed_and_expired_requests_are_sent_again(tmp_path, teacher, sha
     assert report.exit_code == 0 and report.export.written == 60
     submissions = teacher.state.batch.stats.submissions
     assert max(submissions.values()) >= 2  # every request failed once with a 500 before it was answered
+    with contextlib.closing(sqlite3.connect(tmp_path / "batch.sqlite")) as con:  # what the viewer shows of it
+        tries = dict(con.execute("SELECT coalesce(status, error), count(*) FROM attempts GROUP BY 1"))
+        finished = con.execute("SELECT sum(finished), count(failed_key) FROM conversations").fetchone()
+    unreached = "not reached (batch expired)" if provider == "openai" else "no result line (batch expired)"
+    assert tries[200] == sum(1 for _ in submissions) and tries[500] > 0 and tries[unreached] > 0
+    assert finished == (60, 0)
     teacher.state.batch.set_knobs(fail_first=0, expire_after=None)
     assert (tmp_path / "batch.jsonl").read_bytes() == await live_output(teacher, tmp_path, sharegpt_60)
 
@@ -130,6 +138,14 @@ async def test_requests_that_keep_failing_are_given_up_after_attempts(tmp_path, 
     assert set(teacher.state.batch.stats.submissions.values()) == {3}
     assert "no answer after 3 failed batch submissions" in report.stats.failures[0][2]
     assert "500" in report.stats.failures[0][2]
+    with contextlib.closing(sqlite3.connect(tmp_path / "batch.sqlite")) as con:
+        marked = con.execute(
+            "SELECT count(*) FROM conversations c JOIN failures f ON f.key = c.failed_key WHERE f.status = 500"
+        ).fetchone()[0]
+        tries = con.execute(
+            "SELECT count(*) FROM attempts WHERE status = 500 AND batch_id IS NOT NULL"
+        ).fetchone()
+    assert marked == 60 and tries[0] == 3 * len(teacher.state.batch.stats.submissions)
 
 
 async def test_permanent_failures_are_recorded_and_never_sent_again(tmp_path, teacher):
@@ -141,9 +157,18 @@ async def test_permanent_failures_are_recorded_and_never_sent_again(tmp_path, te
     assert report.exit_code == 1 and report.export.written == 4
     assert "(400)" in report.stats.failures[0][2] and "FORBIDDEN" in report.stats.failures[0][2]
     created = teacher.state.batch.stats.batches_created
+    with contextlib.closing(sqlite3.connect(tmp_path / "batch.sqlite")) as con, con:
+        con.execute(
+            "UPDATE conversations SET answer_tokens = answer_tokens + 1000"
+        )  # a rewrite would undo it
     again = await run_async(job(teacher, tmp_path, data))
     assert again.export.written == 4 and teacher.state.batch.stats.batches_created == created
     assert set(teacher.state.batch.stats.submissions.values()) == {1}
+    with contextlib.closing(sqlite3.connect(tmp_path / "batch.sqlite")) as con:
+        marks = con.execute(
+            "SELECT sum(finished), count(failed_key), min(answer_tokens) > 1000 FROM conversations"
+        ).fetchone()
+    assert marks == (4, 1, 1)  # as the first run left them: the rerun rewrote no conversation
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -192,7 +217,11 @@ async def test_a_batch_the_provider_fails_stops_the_run_with_its_reason(tmp_path
     with pytest.raises(BatchFailed, match="over the limit of 5.*run the same command again"):
         await run_async(job(teacher, tmp_path, sharegpt_60))
     con = sqlite3.connect(tmp_path / "batch.sqlite")
-    assert con.execute("SELECT status FROM batches").fetchall() == [("failed",)]
+    [(status, carried)] = con.execute("SELECT status, requests FROM batches").fetchall()
+    assert status == "failed"
+    tries = con.execute("SELECT error, count(*) FROM attempts GROUP BY error").fetchall()
+    assert tries == [("no result line (batch failed)", carried)]  # each request the failed batch carried
+    assert con.execute("SELECT ended IS NOT NULL FROM runs").fetchone() == (1,)
     con.close()
 
 
@@ -261,3 +290,51 @@ async def test_batch_run_from_the_command_line(tmp_path, teacher, sharegpt_60):
     assert proc.returncode == 0, err.decode()
     assert "submitted 11 requests" in err.decode() and "cli.jsonl: 60 conversations" in err.decode()
     assert (tmp_path / "cli.jsonl").read_bytes() == await live_output(teacher, tmp_path, sharegpt_60)
+
+
+class PausingProvider:
+    """The real provider, but the creation of the second batch waits until the test lets it go."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.created = 0
+        self.second = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def create(self, input_file_id: str, endpoint: str) -> str:
+        self.created += 1
+        if self.created == 2:
+            self.second.set()
+            await self.go.wait()
+        return await self.inner.create(input_file_id, endpoint)
+
+
+async def test_a_conversation_is_marked_finished_as_soon_as_its_last_wave_is_in(tmp_path, teacher):
+    from distill.batch import BatchRunner, open_provider
+    from distill.cache import Cache
+
+    data = tmp_path / "in.jsonl"
+    write_multi_turn(data, 1, 1)  # conv-0: one turn, answered by the first wave
+    three = write_multi_turn(tmp_path / "three.jsonl", 1, 3, lambda c, t: f"three turns, question {t}")
+    with open(data, "a", encoding="utf-8") as f:
+        f.write(three.read_text().replace("conv-0", "conv-3"))  # conv-3: three turns, three waves
+    settings = RunSettings(model="teacher", base_url=teacher.base_url)
+    options = BatchOptions(provider="together", poll_seconds=0.01)
+    provider = PausingProvider(open_provider(options, settings, "test-key"))
+    records = list(open_reader(data).read(data))
+    async with Cache(tmp_path / "cache.sqlite") as cache:
+        runner = BatchRunner(settings, cache, provider, options)
+        run = asyncio.create_task(runner.run(records, "run", str(data)))
+        second = asyncio.create_task(provider.second.wait())
+        await asyncio.wait([run, second], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        assert second.done(), run  # wave 1 is in; wave 2 is being submitted
+        with contextlib.closing(sqlite3.connect(tmp_path / "cache.sqlite")) as con:
+            marks = dict(con.execute("SELECT id, finished FROM conversations"))
+        provider.go.set()
+        await run
+    assert marks == {"conv-0": 1, "conv-3": 0}  # the viewer sees the run's progress, not only its end
+    with contextlib.closing(sqlite3.connect(tmp_path / "cache.sqlite")) as con:
+        assert dict(con.execute("SELECT id, finished FROM conversations")) == {"conv-0": 1, "conv-3": 1}

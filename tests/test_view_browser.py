@@ -9,11 +9,13 @@ test's temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,10 +88,11 @@ def run_cache(tmp_path_factory) -> dict:
     return {"cache": cache, "answers": answers, "tmp": tmp}
 
 
-@pytest.fixture(scope="module")
-def viewer(run_cache):
+@contextlib.contextmanager
+def serving(cache: Path) -> Iterator[str]:
+    """``distill view`` over ``cache`` as a user starts it, on a free port; yields its address."""
     process = subprocess.Popen(
-        [*DISTILL, "view", "--cache", str(run_cache["cache"]), "--port", "0", "--no-browser"],
+        [*DISTILL, "view", "--cache", str(cache), "--port", "0", "--no-browser"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -104,7 +107,14 @@ def viewer(run_cache):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def viewer(run_cache):
+    with serving(run_cache["cache"]) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def headless_chromium() -> Iterator:
+    """A Selenium driver of a headless Chromium, quit on leaving."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
@@ -115,6 +125,12 @@ def browser():
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with headless_chromium() as driver:
+        yield driver
 
 
 def no_alert(driver) -> bool:
@@ -228,8 +244,12 @@ def test_charts_show_429s_and_finish_reasons(browser, viewer, run_cache):
     browser.get(f"{viewer}runs/{run_id}/charts")
     titles = [e.text for e in browser.find_elements(By.TAG_NAME, "figcaption")]
     assert titles == [
-        "Tokens per turn", "Tokens per conversation", "Finish reasons", "Requests over time", "Cost accumulating"
+        "Tokens per turn", "Tokens per conversation", "Finish reasons", "Requests over time", "Cost accumulating",
+        "Rate over time",
     ]  # fmt: skip
+    assert "this run's" in browser.find_element(By.ID, "scope").text
+    learned = browser.find_element(By.ID, "limits").find_element(By.XPATH, "following-sibling::p").text
+    assert "observation windows" in learned and "rate limited (429)" in learned
     assert browser.find_elements(By.CSS_SELECTOR, "rect.limited")
     assert browser.find_elements(By.CSS_SELECTOR, "rect.cut")
     assert browser.find_elements(By.CSS_SELECTOR, "polyline")

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.requests import TeacherResponse
+
 OPEN = ("uploaded", "submitted")
 
 
@@ -71,6 +73,19 @@ class Ledger:
         self.conn.execute(
             "UPDATE batches SET status = ?, updated = ? WHERE part = ?", (status, time.time(), part)
         )
+
+    def response(self, key: str) -> TeacherResponse | None:
+        """The stored answer to ``key`` with its finish reason and usage."""
+        row = self.conn.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
+            (key,),
+        ).fetchone()
+        return TeacherResponse(*row) if row is not None else None
+
+    def uploaded_at(self, part: str) -> float | None:
+        """When the input file ``part`` was uploaded (by this run or the one it re-attached to)."""
+        row = self.conn.execute("SELECT created FROM batches WHERE part = ?", (part,)).fetchone()
+        return row[0] if row is not None else None
 
     def answer(self, key: str) -> str | None:
         row = self.conn.execute("SELECT text FROM responses WHERE key = ?", (key,)).fetchone()

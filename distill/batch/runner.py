@@ -8,6 +8,10 @@ each ends and stores its answers and permanent failures in the cache. Requests t
 5xx) go into the next wave until they have failed ``--attempts`` times; requests an expired or cancelled batch
 never reached go into the next wave too (they were not tried), unless ``--attempts`` waves in a row answered
 nothing at all. A run that was interrupted follows the batches it recorded before it submits anything new.
+
+It leaves in the cache what a live run leaves for ``distill view``: each wave marks the conversations the waves
+before finished (with their tokens) or failed (with the request that failed them), so the viewer follows the run,
+and skips them; each result line becomes an ``attempts`` row (:mod:`.attempts`); the run's end is recorded.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ from distill.requests import TeacherRequest, TeacherResponse, canonical_json
 from distill.settings import RunSettings
 from distill.shard import Shard
 from distill.stats import RunStats
-from distill.stored import encode_conversation, stored_conversations
+from distill.stored import encode_conversation
 
+from .attempts import log_lines
 from .ledger import Ledger, Row
 from .lines import Part, PartWriter, parse_result, read_jsonl, rebuild_request
 from .options import BatchOptions
 from .provider import Provider, endpoint_for
-from .tally import count_outcome
+from .tally import count_outcome, mark, positioned
 
 STORE_CHUNK = 1000
 YIELD_EVERY = 256
@@ -123,9 +128,11 @@ class BatchRunner:
                         f"{self.provider.name} ended {stalled} waves of batches in a row without reaching any "
                         "request (expired or cancelled); run the same command again later"
                     )
-            count_outcome(ledger, run_id, self.settings, self.stats, self._stored)
+            await count_outcome(ledger, self.cache, run_id, self.settings, self.stats, self._stored)
+            await self.cache.flush()
         finally:
             ledger.close()
+            await self.cache.record_run_end(run_id)
         with contextlib.suppress(OSError):
             self.workdir.rmdir()  # only when empty: nothing left in flight
         return self.stats
@@ -148,13 +155,20 @@ class BatchRunner:
                     self.stats.conversations_read += 1
                 position += 1
             if len(rows) >= STORE_CHUNK:
-                self.cache.add_conversations(run_id, rows)
+                self._store_changed(run_id, rows)
                 rows = []
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        self.cache.add_conversations(run_id, rows)
+        self._store_changed(run_id, rows)
         await self.cache.drop_conversations_from(run_id, position)
         await self.cache.flush()
+
+    def _store_changed(self, run_id: str, rows: list[tuple[int, str, str, bytes]]) -> None:
+        """Store the conversations the cache does not hold as they are (an unchanged one keeps its marks)."""
+        if rows and self.cache.had_input:
+            stored = self.cache.stored_inputs(run_id, rows[0][0], rows[-1][0])
+            rows = [row for row in rows if stored.get(row[0], (None,))[0] != row[3]]
+        self.cache.add_conversations(run_id, rows)
 
     # -- waves -----------------------------------------------------------------------------------------------
 
@@ -164,8 +178,12 @@ class BatchRunner:
         writer = PartWriter(self.workdir, stem, self.provider.max_requests, self.provider.max_bytes)
         seen: set[str] = set()
         try:
-            for n, conversation in enumerate(stored_conversations(ledger.conn, run_id), 1):
+            for n, (position, conversation, finished) in enumerate(positioned(ledger, run_id), 1):
+                if finished:
+                    continue
+                wrote = False
                 for request in self._next_requests(ledger, conversation):
+                    wrote = True
                     if request.key in seen:
                         continue
                     seen.add(request.key)
@@ -175,7 +193,11 @@ class BatchRunner:
                     part = writer.add(request.key, self.provider.line(request))
                     if self.budget is not None:
                         part.estimate += self.budget.estimate(request, expected_output_tokens(self.settings))
+                # nothing left to send: answered or failed by the waves before, marked as a live run marks it
+                if not wrote:
+                    mark(ledger, self.cache, run_id, position, conversation, self.settings)
                 if n % YIELD_EVERY == 0:
+                    await self.cache.room()
                     await asyncio.sleep(0)
         finally:
             parts = writer.close()
@@ -294,6 +316,8 @@ class BatchRunner:
         """Store a finished batch's answers and permanent failures; remember the rest for the next wave."""
         if state.status == "failed":
             ledger.close_row(row.part, "failed")
+            log_lines(self.cache, ledger, row, state, await self._requests_of(row), {})  # for the viewer
+            await self.cache.flush()
             raise BatchFailed(
                 f"{self.provider.name} failed batch {row.batch_id} ({row.requests:,} requests): "
                 f"{state.message or 'no reason given'}; fix the cause and run the same command again to send "
@@ -301,6 +325,7 @@ class BatchRunner:
             )
         requests = await self._requests_of(row)
         results = await self._results(state, requests)
+        log_lines(self.cache, ledger, row, state, requests, results)
         outcome = Outcome()
         for key, request in requests.items():
             result = results.get(key)

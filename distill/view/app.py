@@ -17,11 +17,12 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from distill import learned_limits
 from distill.cost import resolve_price
 from distill.errors import UsageError
 from distill.shard import Shard
 
-from . import charts, details, store
+from . import charts, details, limits, store
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
@@ -77,6 +78,7 @@ def make_app(cache: Path) -> web.Application:
             web.get("/runs/{run}/failures", failures_page),
             web.get("/runs/{run}/rejects/{rowid:\\d+}", reject_page),
             web.get("/runs/{run}/charts", charts_page),
+            web.get("/charts", cache_charts_page),
         ]
     )
     return app
@@ -114,10 +116,10 @@ async def run_or_404(request: web.Request, conversations: bool = False) -> store
 
 async def runs_page(request: web.Request) -> web.Response:
     def work(conn):
-        return store.runs(conn), store.other_tables(conn)
+        return store.runs(conn), learned_limits.summary(conn)
 
-    runs, limits = await query(request, work)
-    return render(request, "runs.jinja", runs=runs, limits=limits)
+    runs, kept = await query(request, work)
+    return render(request, "runs.jinja", runs=runs, kept=kept)
 
 
 def int_param(request: web.Request, name: str, default: int) -> int:
@@ -202,6 +204,29 @@ async def reject_page(request: web.Request) -> web.Response:
 
 
 async def charts_page(request: web.Request) -> web.Response:
+    """A run's charts, over the answers and attempts of its own passes, and what it learned of rate limits."""
     run = await run_or_404(request)
-    figures = await query(request, charts.run_charts, run.id, resolve_price(run.model))
-    return render(request, "charts.jinja", run=run, charts=figures)
+
+    def work(conn):
+        return charts.run_charts(conn, run.id, resolve_price(run.model)), limits.run_limits(
+            conn, run.id, run.model
+        )
+
+    figures, learned = await query(request, work)
+    return render(request, "charts.jinja", run=run, charts=figures, limits=learned)
+
+
+async def cache_charts_page(request: web.Request) -> web.Response:
+    """The charts of the whole cache (every run); cost at list price when every run used the same model."""
+
+    def work(conn):
+        models = {
+            model
+            for (model,) in conn.execute(
+                "SELECT DISTINCT json_extract(CAST(settings AS TEXT), '$.model') FROM runs"
+            )
+        }
+        price = resolve_price(models.pop()) if len(models) == 1 else None
+        return charts.run_charts(conn, None, price)
+
+    return render(request, "charts.jinja", charts=await query(request, work), limits=None)

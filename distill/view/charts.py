@@ -11,10 +11,34 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
+from distill import run_passes
 from distill.cost import Price
 
 WIDTH, HEIGHT, MARGIN = 640, 200, 36
 BINS = 30
+Where = tuple[str, tuple]
+ALL: Where = ("1", ())
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a page's charts cover: one run (over the passes it ran in) or, with no run, the whole cache."""
+
+    run_id: str | None
+    spans: list[run_passes.Span] | None = None
+
+    @property
+    def of(self) -> str:
+        return "of this run" if self.run_id else "in the whole cache (every run)"
+
+    @property
+    def got(self) -> str:
+        if self.run_id is None:
+            return "in the whole cache (every run)"
+        return "this run received from the teacher (answers it found in the cache are not counted)"
+
+    def where(self, column: str) -> Where:
+        return run_passes.within(column, self.spans)
 
 
 @dataclass(slots=True)
@@ -97,24 +121,35 @@ def categories(conn: sqlite3.Connection, title: str, note: str, sql: str, params
     return chart
 
 
-def time_buckets(conn: sqlite3.Connection, table: str, column: str, sums: str) -> tuple[float, float, list]:
-    """The first and last time in ``table.column`` and, per one of :data:`BINS` spans between, ``sums``."""
-    start, end = conn.execute(f"SELECT min({column}), max({column}) FROM {table}").fetchone()
+def time_buckets(
+    conn: sqlite3.Connection, table: str, column: str, sums: str, where: Where = ALL
+) -> tuple[float, float, list]:
+    """The first and last time in ``table.column`` (rows matching ``where``) and, per one of :data:`BINS` spans
+    between, ``sums``."""
+    condition, params = where
+    start, end = conn.execute(
+        f"SELECT min({column}), max({column}) FROM {table} WHERE {condition}", params
+    ).fetchone()
     if start is None:
         return 0.0, 0.0, []
     span = max(end - start, 1e-3)
     rows = conn.execute(
-        f"SELECT min(CAST(({column} - ?) * ? / ? AS INTEGER), ? - 1) AS b, {sums} FROM {table} GROUP BY b ORDER BY b",
-        (start, BINS, span, BINS),
+        f"SELECT min(CAST(({column} - ?) * ? / ? AS INTEGER), ? - 1) AS b, {sums} FROM {table} "
+        f"WHERE {condition} GROUP BY b ORDER BY b",
+        (start, BINS, span, BINS, *params),
     ).fetchall()
     return start, end, rows
 
 
-def requests_over_time(conn: sqlite3.Connection) -> Chart:
+def requests_over_time(conn: sqlite3.Connection, scope: Scope) -> Chart:
     """Attempts per time bucket, stacked: answered, rate limited (429), other errors."""
-    chart = Chart("Requests over time", "every HTTP attempt in the cache; 429s in red, other errors in grey")
+    chart = Chart(
+        "Requests over time",
+        f"every HTTP attempt {scope.of}; 429s in red, other errors in grey; a batch's requests count when the "
+        "batch was uploaded",
+    )
     sums = "sum(status = 200), sum(status = 429), sum(status IS NULL OR (status != 200 AND status != 429))"
-    start, end, rows = time_buckets(conn, "attempts", "at", sums)
+    start, end, rows = time_buckets(conn, "attempts", "at", sums, scope.where("at"))
     if not rows:
         chart.empty = True
         return chart
@@ -136,17 +171,18 @@ def requests_over_time(conn: sqlite3.Connection) -> Chart:
                 chart.bars.append(
                     Bar(MARGIN + b * step, base, max(step - 1, 1), h, f"{at}: {count} {what}", kind)
                 )
-    chart.x_labels = (_clock(start), _clock(end))
-    chart.y_label = f"{tallest:,} / {span / BINS:.3g} s"
+    chart.x_labels = (clock_text(start), clock_text(end))
+    chart.y_label = f"{tallest:,} in {_duration(span / BINS)}"
     return chart
 
 
-def cost_over_time(conn: sqlite3.Connection, price: Price | None) -> Chart:
+def cost_over_time(conn: sqlite3.Connection, price: Price | None, scope: Scope) -> Chart:
     """Cumulative cost (or tokens, when the model's price is unknown) of the answers, by the time they arrived."""
-    what = "US dollars at list price" if price else "tokens (no price known for the model)"
-    chart = Chart("Cost accumulating", f"every answer in the cache, {what}")
+    unknown = "no price known for the model" if scope.run_id else "no single model with a known price"
+    what = "US dollars at list price" if price else f"tokens ({unknown})"
+    chart = Chart("Cost accumulating", f"every answer {scope.got}, {what}")
     sums = "coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)"
-    start, end, rows = time_buckets(conn, "responses", "created", sums)
+    start, end, rows = time_buckets(conn, "responses", "created", sums, scope.where("created"))
     if not rows:
         chart.empty = True
         return chart
@@ -159,36 +195,47 @@ def cost_over_time(conn: sqlite3.Connection, price: Price | None) -> Chart:
     chart.line = " ".join(
         f"{MARGIN + x * step:.1f},{HEIGHT - MARGIN - y * scale:.1f}" for x, y in [(0, 0.0), *points]
     )
-    chart.x_labels = (_clock(start), _clock(end))
+    chart.x_labels = (clock_text(start), clock_text(end))
     chart.y_label = f"${total:,.4f}" if price else f"{total:,.0f} tokens"
     return chart
 
 
-def _clock(at: float) -> str:
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def clock_text(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
-def run_charts(conn: sqlite3.Connection, run_id: str, price: Price | None) -> list[Chart]:
+def run_charts(conn: sqlite3.Connection, run_id: str | None, price: Price | None) -> list[Chart]:
+    """The charts of one run (None: of the whole cache)."""
+    scope = Scope(run_id, None if run_id is None else run_passes.spans(conn, run_id))
+    answers, params = scope.where("created")
+    conversations = "SELECT answer_tokens AS v FROM conversations" + (" WHERE run_id = ?" if run_id else "")
     return [
         histogram(
             conn,
             "Tokens per turn",
-            "completion tokens of every answer in the cache",
-            "SELECT completion_tokens AS v FROM responses",
+            f"completion tokens of every answer {scope.got}",
+            f"SELECT completion_tokens AS v FROM responses WHERE {answers}",
+            params,
         ),
         histogram(
             conn,
             "Tokens per conversation",
-            "completion tokens of each finished conversation of this run",
-            "SELECT answer_tokens AS v FROM conversations WHERE run_id = ?",
-            (run_id,),
+            f"completion tokens of each finished conversation {scope.of}",
+            conversations,
+            (run_id,) if run_id else (),
         ),
         categories(
             conn,
             "Finish reasons",
-            "every answer in the cache; 'length' (cut at max_tokens) in orange",
-            "SELECT finish_reason, count(*) AS n FROM responses GROUP BY finish_reason ORDER BY n DESC",
+            f"every answer {scope.got}; 'length' (cut at max_tokens) in orange",
+            f"SELECT finish_reason, count(*) AS n FROM responses WHERE {answers} GROUP BY finish_reason "
+            "ORDER BY n DESC",
+            params,
         ),
-        requests_over_time(conn),
-        cost_over_time(conn, price),
+        requests_over_time(conn, scope),
+        cost_over_time(conn, price, scope),
     ]

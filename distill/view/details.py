@@ -22,8 +22,10 @@ class Attempts:
     """What the ``attempts`` table says about one request key."""
 
     count: int = 0
-    latency: float | None = None  # of the attempt that got the answer
+    latency: float | None = None  # of the attempt that got the answer (a live one: batch lines have none)
     statuses: list[str] = field(default_factory=list)
+    batch: str | None = None  # the batch of the last attempt, when it was a batch line
+    turnaround: float | None = None  # that batch's, uploaded to collected
 
 
 @dataclass(slots=True)
@@ -45,6 +47,8 @@ class ConversationView:
     system: str | None
     turns: list[Turn]
     history: str
+    previous: int | None = None  # positions of the run's conversations before and after (a shard's have gaps)
+    next: int | None = None
 
 
 def conversation_view(conn: sqlite3.Connection, run_id: str, position: int) -> ConversationView | None:
@@ -75,7 +79,13 @@ def conversation_view(conn: sqlite3.Connection, run_id: str, position: int) -> C
             failure = conn.execute("SELECT status, reason FROM failures WHERE key = ?", (key,)).fetchone()
             turn.failure = tuple(failure) if failure else None
         turns.append(turn)
-    return ConversationView(run_id, position, conversation, conversation.system, turns, settings.history)
+    view = ConversationView(run_id, position, conversation, conversation.system, turns, settings.history)
+    view.previous, view.next = conn.execute(
+        "SELECT (SELECT max(position) FROM conversations WHERE run_id = ?1 AND position < ?2), "
+        "(SELECT min(position) FROM conversations WHERE run_id = ?1 AND position > ?2)",
+        (run_id, position),
+    ).fetchone()
+    return view
 
 
 def turn_keys(conversation: Conversation, settings, answers: list[TeacherResponse]) -> list[str | None]:
@@ -95,13 +105,14 @@ def attempts_of(conn: sqlite3.Connection, keys: list[str]) -> dict[str, Attempts
     if not keys:
         return found
     marks = ",".join("?" * len(keys))
-    for key, status, error, latency in conn.execute(
-        f"SELECT key, status, error, latency FROM attempts WHERE key IN ({marks}) ORDER BY at", keys
+    for key, status, error, latency, batch in conn.execute(
+        f"SELECT key, status, error, latency, batch_id FROM attempts WHERE key IN ({marks}) ORDER BY at", keys
     ):
         entry = found.setdefault(key, Attempts())
         entry.count += 1
         entry.statuses.append(str(status) if status is not None else (error or "no answer"))
-        if status == 200:
+        entry.batch, entry.turnaround = (batch, latency) if batch else (None, None)
+        if status == 200 and not batch:
             entry.latency = latency
     return found
 

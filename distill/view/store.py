@@ -53,6 +53,8 @@ class RunSummary:
     completion_tokens: int = 0
     cost: float | None = None
     price_source: str | None = None
+    passes: int = 0  # invocations of the run
+    running: bool = False  # its last pass has no end: it is running now, or its process was killed
 
     @property
     def model(self) -> str:
@@ -100,6 +102,11 @@ def run_counts(conn: sqlite3.Connection, run: RunSummary, conversations: bool = 
         ).fetchone()[0]
     run.failed = failed_count(conn, run.id)
     run.rejects = conn.execute("SELECT count(*) FROM rejects WHERE run_id = ?", (run.id,)).fetchone()[0]
+    run.passes, unended = conn.execute(
+        "SELECT count(*), max(started) FILTER (WHERE ended IS NULL) = max(started) FROM run_passes WHERE run_id = ?",
+        (run.id,),
+    ).fetchone()
+    run.running = bool(unended)
     return run
 
 
@@ -114,17 +121,6 @@ def failed_count(conn: sqlite3.Connection, run_id: str) -> int:
         "WHERE c.run_id = ? AND c.failed_key IS NOT NULL",
         (run_id,),
     ).fetchone()[0]
-
-
-def other_tables(conn: sqlite3.Connection, words: tuple[str, ...] = ("limit",)) -> dict[str, list[dict]]:
-    """Rows of tables other issues may add (learned rate limits): shown as they are, when they exist."""
-    found: dict[str, list[dict]] = {}
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
-        if any(word in name.lower() for word in words):
-            cursor = conn.execute(f'SELECT * FROM "{name}" LIMIT 100')
-            columns = [d[0] for d in cursor.description]
-            found[name] = [dict(zip(columns, row, strict=True)) for row in cursor]
-    return found
 
 
 @dataclass(slots=True)
