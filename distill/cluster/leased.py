@@ -59,16 +59,6 @@ class LeaseStats:
     stalled_seconds: float = 0.0
 
 
-@dataclass(slots=True)
-class _Seen:
-    """The shard watch's counters at the last report."""
-
-    sent: int = 0
-    shed: int = 0
-    faults: int = 0
-    latency: float = 0.0
-
-
 class LeasedLimiter:
     """The engine's rate limiter on a shard: the same calls as :class:`distill.limiter.RateLimiter`.
 
@@ -102,7 +92,7 @@ class LeasedLimiter:
         self._reporting: set[asyncio.Future[None]] = set()
         self._mean_tokens = 0.0
         self._watch: RateWatch | None = None
-        self._seen = _Seen()
+        self._seen: tuple[int, int, int, float] = (0, 0, 0, 0.0)  # the watch's counters at the last report
         self.stats = LeaseStats()
         self.waits = 0
 
@@ -215,11 +205,11 @@ class LeasedLimiter:
         watch = self._watch
         if watch is None:
             return report
-        seen = self._seen
-        report.sent, seen.sent = watch.sent_total - seen.sent, watch.sent_total
-        report.shed, seen.shed = watch.shed_total - seen.shed, watch.shed_total
-        report.faults, seen.faults = watch.faults_total - seen.faults, watch.faults_total
-        report.latency, seen.latency = watch.latency_total - seen.latency, watch.latency_total
+        counts = (watch.sent_total, watch.shed_total, watch.faults_total, watch.latency_total)
+        report.sent, report.shed, report.faults, report.latency = (
+            now - before for now, before in zip(counts, self._seen, strict=True)
+        )
+        self._seen = counts
         state = watch.state
         if state.source == "told" and state.ceiling is not None:
             report.told_rpm = state.ceiling / policy.HEADROOM * 60.0
