@@ -294,11 +294,12 @@ def test_an_unknown_limit_is_learned_once_for_the_cluster_and_kept_with_every_re
     assert report.exit_code == 0 and report.stats.conversations_done == 160 and not report.stats.failures
     # --attempts 1, and nothing failed: no 429 cost an attempt
     assert stats["rate_limited"] > 0 and report.stats.rate_limited == stats["rate_limited"]
-    assert report.stats.rate_source == "learned" and 400 < report.stats.learned_rpm < 1300
+    assert report.stats.rate_source == "learned" and 400 < report.stats.learned_rpm < 1.15 * 1200
     assert manifest_of(job.output)["this_run"]["rate_source"] == "learned"
     run_id = report.run_id
     (learned,) = summary["learned_limits"]
-    assert learned["source"] == "learned" and 600 <= learned["rpm"] <= 1300  # kept for the next run
+    # kept for the next run; the broker counts answers by report arrival, which may bunch a few into a window
+    assert learned["source"] == "learned" and 600 <= learned["rpm"] <= 1.15 * 1200
     assert windows >= 3 and learned["windows"] == windows  # the broker's windows, not the shards'
     shards = [table_counts(p, run_id) for p in sorted((tmp_path / "ray.sqlite.shards").glob("*.sqlite"))]
     merged = table_counts(job.cache, run_id)
