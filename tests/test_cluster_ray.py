@@ -311,3 +311,36 @@ def test_an_unknown_limit_is_learned_once_for_the_cluster_and_kept_with_every_re
     assert second.exit_code == 0 and second.stats.conversations_done == 120
     broker = orjson.loads((tmp_path / "ray.sqlite.shards" / REPORT_NAME).read_bytes())["limiter"]
     assert broker["start_source"] == "stored" and broker["start_rpm"] == pytest.approx(0.9 * learned["rpm"])
+
+
+def test_one_budget_holds_for_the_whole_cluster_and_over_invocations(tmp_path, ray_instance):
+    from distill.cost import BudgetReached, Price
+
+    data = write_multi_turn(tmp_path / "in.jsonl", 100, 1)
+    price = Price(1.0, 2.0)
+    with start_teacher_process(TeacherKnobs()) as server:
+        reference = RunSettings(model="teacher", base_url=server.base_url)
+        whole = run(RunJob(data, tmp_path / "one.jsonl", tmp_path / "one.sqlite", reference, price=price))
+        cost = whole.stats.cost_usd  # what answering everything costs
+        output = whole.stats.completion_tokens // 100
+        settings = RunSettings(model="teacher", base_url=server.base_url, estimated_output_tokens=output)
+        job = cluster_job(tmp_path, data, settings, shards=2)
+        job.price, job.budget = price, 0.4 * cost
+
+        def spent() -> float:
+            with sqlite3.connect(f"file:{job.cache}?mode=ro", uri=True) as conn:
+                return conn.execute("SELECT coalesce(sum(usd), 0) FROM spending").fetchone()[0]
+
+        for _ in range(2):  # the second invocation counts what the first spent: nothing more goes out
+            with pytest.raises(BudgetReached) as stopped:
+                run(job)
+            assert stopped.value.exit_code == 75 and "--budget" in str(stopped.value)
+            assert 0.2 * cost < spent() <= 0.41 * cost  # never over; short by the allowances shards held
+        written = len(job.output.read_text().splitlines())
+        assert 20 <= written < 45
+        job.budget = 2 * cost
+        done = run(job)
+        stats = server.stats(with_hashes=False)
+    assert done.exit_code == 0 and len(job.output.read_text().splitlines()) == 100
+    assert spent() == pytest.approx(cost)  # every answer paid for once, over three invocations
+    assert stats["answered"] == 200  # the reference's 100, and the cluster's 100 once
