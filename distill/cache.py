@@ -8,7 +8,9 @@ computing a single request key, which is what makes resuming over a large finish
 only the rows whose conversation changed, and drops the rows past the input's end once it has read it all (an
 interrupted rerun leaves the previous run's rows after the point it reached). The database is in WAL mode; answers
 are committed in groups some 20 milliseconds apart, so a ``kill -9`` loses at most the requests in flight and the
-answers of those last milliseconds.
+answers of those last milliseconds. A conversation's input row waits up to ``CONVERSATION_HOLD`` (a quarter of a
+second) for its finished or failed mark, to be written once, complete; one lost to a ``kill -9`` is stored again by
+the rerun, which reads the input again anyway.
 
 Look-ups and writes are batched: every ``get`` issued in the same event-loop turn is answered by one ``SELECT``
 on the event loop's own thread, and writes are committed by one transaction at most ``commit_interval`` seconds
@@ -56,6 +58,7 @@ from .cache_file import (  # noqa: F401
 )
 from .cache_view import ViewRecords, ViewRows
 from .errors import CacheError
+from .key_filter import KeyFilter
 from .requests import TeacherResponse
 
 LOOKUP_CHUNK = 500
@@ -102,18 +105,22 @@ class Cache(GroupCommits, ViewRecords):
         self._unflushed: dict[str, TeacherResponse] = {}
         self._response_rows: list[tuple[Any, ...]] = []
         self._failure_rows: list[tuple[Any, ...]] = []
-        self._conversation_rows: list[tuple[Any, ...]] = []
+        self._conversation_rows: dict[tuple[str, int], tuple[float, tuple[Any, ...]]] = {}
+        self._complete_rows: list[tuple[Any, ...]] = []
         self._finished_rows: list[tuple[Any, ...]] = []
         self._spend: dict[
             str, list[float]
         ] = {}  # run id -> [usd, requests, prompt, completion] not committed
         self._view_rows = ViewRows()
+        self._answered: dict[str, tuple[float, float]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         # False while the failures table is empty and no failure was queued: look-ups and commits skip it then.
         self._failures_possible = True
         self.had_answers = True  # whether the cache held any answer when it was opened (a run to resume)
         self.had_input = True  # whether it held any input conversation then
+        # the keys stored since opening a cache that held no answer and no failure (None: look every key up)
+        self._keys: KeyFilter | None = None
         self.commits = 0
 
     async def __aenter__(self) -> Cache:
@@ -148,6 +155,8 @@ class Cache(GroupCommits, ViewRecords):
                 self.had_input = bool(
                     setup.execute("SELECT EXISTS (SELECT 1 FROM conversations)").fetchone()[0]
                 )
+            fresh = not (self.had_answers or self._failures_possible)
+            self._keys = KeyFilter() if fresh else None
             setup.close()
             self._db = self._connect()
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-cache-writer")
@@ -193,6 +202,11 @@ class Cache(GroupCommits, ViewRecords):
             self._writer_state.db = None
 
     # -- reads ---------------------------------------------------------------------------------------------
+
+    def may_hold(self, key: str) -> bool:
+        """False when the cache certainly holds neither an answer nor a failure for ``key``: ``get`` would find
+        nothing (a cache opened empty, and ``key`` never stored since: :mod:`distill.key_filter`)."""
+        return self._keys is None or self._keys.may_hold(key)
 
     def get(self, key: str) -> asyncio.Future[CacheEntry | None]:
         """The stored answer (or recorded failure) for ``key``, or None. Batched with every other get this turn."""

@@ -18,12 +18,28 @@ from typing import Any
 
 from .cache_file import reported
 from .cache_view import FINISHED_UPDATE, ViewRows, finished_row
+from .key_filter import KeyFilter
 from .requests import TeacherResponse
+from .sqlite_rows import insert_rows
 
 BACKLOG_BATCHES = 4  # rows queued beyond this many batches make producers wait (Cache.room)
 # Seconds between group commits. Larger groups write each B-tree page once for more rows: 20 ms instead of 5 cost
 # some 10 us less CPU per answer at thousands of answers a second (issue 12), and still commit within tens of ms.
 COMMIT_INTERVAL = 0.02
+# Seconds an input conversation's row waits in memory for its finished (or failed) mark, so that the row is written
+# once, complete, instead of inserted and then rewritten by an UPDATE (issue 12: the second write of the row and its
+# index entries cost some microseconds of CPU per conversation). A conversation not marked by then is written
+# unmarked, as before; an explicit flush, a full batch or closing the cache write every row at once.
+CONVERSATION_HOLD = 0.25
+CONVERSATION_INSERT = (
+    "INSERT OR REPLACE INTO conversations (run_id, position, id, source, data) VALUES (?, ?, ?, ?, ?)"
+)
+COMPLETE_INSERT = (
+    "INSERT OR REPLACE INTO conversations (run_id, position, id, source, data, finished, failed_key, prompt_tokens, "
+    "answer_tokens, longest_answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+NO_TIMING = (None, None)  # an answer no attempt was logged for (a Batch API's)
 
 SPEND_UPSERT = (
     "INSERT INTO spending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
@@ -46,18 +62,26 @@ class GroupCommits:
     _unflushed: dict[str, TeacherResponse]
     _response_rows: list[tuple[Any, ...]]
     _failure_rows: list[tuple[Any, ...]]
-    _conversation_rows: list[tuple[Any, ...]]
+    # (run id, position) -> (monotonic time queued, the row): held for their marks (CONVERSATION_HOLD)
+    _conversation_rows: dict[tuple[str, int], tuple[float, tuple[Any, ...]]]
+    _complete_rows: list[tuple[Any, ...]]  # conversations with their marks, for COMPLETE_INSERT
     _finished_rows: list[tuple[Any, ...]]
     _spend: dict[str, list[float]]
     _flush_handle: asyncio.TimerHandle | None
     _flushing: asyncio.Task[None] | None
     _failures_possible: bool
+    _keys: KeyFilter | None  # the keys stored since a fresh cache was opened (Cache.may_hold)
+    _answered: dict[str, tuple[float, float]]  # from distill.cache_view.ViewRecords.log_attempt
     _take_view_rows: Callable[[], ViewRows]  # from distill.cache_view.ViewRecords
     _index_if_due: Callable[[sqlite3.Connection, int], None]
 
     def put(self, key: str, identity: bytes, response: TeacherResponse) -> None:
-        """Queue an answer for the next group commit (readable at once through ``get``)."""
+        """Queue an answer for the next group commit (readable at once through ``get``), with the time and
+        latency of the attempt that got it (``log_attempt``), when one was logged."""
         self._unflushed[key] = response
+        if self._keys is not None:
+            self._keys.add(key)
+        sent_at, latency = self._answered.pop(key, NO_TIMING)
         self._response_rows.append(
             (
                 key,
@@ -67,24 +91,42 @@ class GroupCommits:
                 response.prompt_tokens,
                 response.completion_tokens,
                 time.time(),
+                sent_at,
+                latency,
             )
         )
         self._schedule_flush()
 
     def put_failure(self, key: str, reason: str, status: int | None) -> None:
         self._failures_possible = True
+        if self._keys is not None:
+            self._keys.add(key)
         self._failure_rows.append((key, reason, status, time.time()))
         self._schedule_flush()
 
     def add_conversations(self, run_id: str, rows: Iterable[tuple[int, str, str, bytes]]) -> None:
         """Queue input conversations ``(position, id, source, data)``, replacing (unfinished) what was there."""
-        self._conversation_rows.extend((run_id, *row) for row in rows)
+        now = time.monotonic()
+        held = self._conversation_rows
+        for row in rows:
+            held[run_id, row[0]] = (now, (run_id, *row))
         self._schedule_flush()
 
     def mark_finished(self, run_id: str, position: int, answers: Sequence[TeacherResponse] = ()) -> None:
         """Queue the mark that every turn of the conversation at ``position`` is answered (by ``answers``)."""
-        self._finished_rows.append(finished_row(run_id, position, answers))
+        marks = finished_row(run_id, position, answers)
+        if not self._complete(run_id, position, (1, None, *marks[:3])):
+            self._finished_rows.append(marks)
         self._schedule_flush()
+
+    def _complete(self, run_id: str, position: int, marks: tuple[Any, ...]) -> bool:
+        """Fold ``marks`` (finished, failed key, prompt, answer and longest answer's tokens) into the row of the
+        conversation at ``position`` if it is still held in memory; False when it was written already."""
+        held = self._conversation_rows.pop((run_id, position), None)
+        if held is None:
+            return False
+        self._complete_rows.append((*held[1], *marks))
+        return True
 
     def add_spend(self, run_id: str, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
         """Queue the cost of one answer paid for by ``run_id`` (committed with the answers of its group)."""
@@ -96,7 +138,12 @@ class GroupCommits:
         self._schedule_flush()
 
     def _queued(self) -> int:
-        return len(self._response_rows) + len(self._conversation_rows) + len(self._finished_rows)
+        return (
+            len(self._response_rows)
+            + len(self._conversation_rows)
+            + len(self._complete_rows)
+            + len(self._finished_rows)
+        )
 
     async def room(self) -> None:
         """Wait while more than ``BACKLOG_BATCHES`` commits' worth of rows are queued behind the one in progress.
@@ -106,16 +153,17 @@ class GroupCommits:
         """
         while self._queued() > BACKLOG_BATCHES * self.max_batch:
             if self._flushing is None or self._flushing.done():
-                self._schedule_flush()  # over max_batch: this starts a commit at once
+                self._flushing = asyncio.ensure_future(self._flush_once(hold=False))  # all, held rows too
             await asyncio.shield(self._flushing)
 
     def _schedule_flush(self) -> None:
-        queued = self._queued()
+        # held conversation rows wait for their time (room() counts them)
+        queued = len(self._response_rows) + len(self._complete_rows) + len(self._finished_rows)
         if queued >= self.max_batch and (self._flushing is None or self._flushing.done()):
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
                 self._flush_handle = None
-            self._flushing = asyncio.ensure_future(self._flush_once())
+            self._flushing = asyncio.ensure_future(self._flush_once(hold=True))
         elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(self.commit_interval, self._start_flush)
@@ -123,31 +171,73 @@ class GroupCommits:
     def _start_flush(self) -> None:
         self._flush_handle = None
         if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.ensure_future(self._flush_once())
+            self._flushing = asyncio.ensure_future(self._flush_once(hold=True))
         else:
             self._flush_handle = asyncio.get_running_loop().call_later(
                 self.commit_interval, self._start_flush
             )
 
-    async def _flush_once(self) -> None:
+    async def _flush_once(self, hold: bool = False) -> None:
         responses, self._response_rows = self._response_rows, []
         failures, self._failure_rows = self._failure_rows, []
-        conversations, self._conversation_rows = self._conversation_rows, []
         finished, self._finished_rows = self._finished_rows, []
+        viewed = self._take_view_rows()
+        conversations = self._take_conversations(hold, finished, viewed.failed)
+        complete, self._complete_rows = self._complete_rows, []
         spend = [(run_id, *total, time.time()) for run_id, total in self._spend.items()]
         self._spend = {}
-        viewed = self._take_view_rows()
-        if not (responses or failures or conversations or finished or spend or viewed):
+        if (
+            self._conversation_rows and self._flush_handle is None
+        ):  # rows held back: a later commit writes them
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                self.commit_interval, self._start_flush
+            )
+        if not (responses or failures or conversations or complete or finished or spend or viewed):
             return
         with reported(self.path):
             # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
             # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
             await asyncio.get_running_loop().run_in_executor(
-                self._writer, self._write, responses, failures, conversations, finished, spend, viewed
+                self._writer,
+                self._write,
+                responses,
+                failures,
+                conversations,
+                finished,
+                spend,
+                viewed,
+                complete,
             )
         self.commits += 1
         for row in responses:
             self._unflushed.pop(row[0], None)
+
+    def _take_conversations(
+        self, hold: bool, finished: list[tuple[Any, ...]], failed: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """The held conversation rows to write now: all of them, or (``hold``) those held long enough and those
+        an UPDATE of this commit marks (queued before the row: the row must be there for it)."""
+        held = self._conversation_rows
+        if not held:
+            return []
+        if not hold:
+            self._conversation_rows = {}
+            return [row for _, row in held.values()]
+        rows = [
+            held.pop(key)[1]
+            for key in {(r[3], r[4]) for r in finished} | {(r[1], r[2]) for r in failed}
+            if key in held
+        ]
+        oldest = time.monotonic() - CONVERSATION_HOLD
+        aged = []  # in the order they were queued: only the oldest are looked at
+        for key, (queued, row) in held.items():
+            if queued > oldest:
+                break
+            aged.append(key)
+            rows.append(row)
+        for key in aged:
+            del held[key]
+        return rows
 
     async def flush(self) -> None:
         """Commit everything queued so far."""
@@ -157,7 +247,7 @@ class GroupCommits:
         if self._flushing is not None:
             await self._flushing
         if self._db is not None:
-            await self._flush_once()
+            await self._flush_once(hold=False)
 
     def _write(
         self,
@@ -167,22 +257,23 @@ class GroupCommits:
         finished: list,
         spend: list = (),
         viewed: ViewRows | None = None,
+        complete: list = (),
     ) -> None:
         db = self._writer_db()
         db.execute("BEGIN")
         try:
             if responses:
-                db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", responses)
+                insert_rows(
+                    db, "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", responses
+                )
                 if self._failures_possible:
                     db.executemany("DELETE FROM failures WHERE key = ?", [(r[0],) for r in responses])
             if failures:
-                db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
+                insert_rows(db, "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
             if conversations:
-                db.executemany(
-                    "INSERT OR REPLACE INTO conversations (run_id, position, id, source, data) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    conversations,
-                )
+                insert_rows(db, CONVERSATION_INSERT, conversations)
+            if complete:
+                insert_rows(db, COMPLETE_INSERT, complete)
             if finished:
                 db.executemany(FINISHED_UPDATE, finished)
             if spend:
@@ -194,4 +285,4 @@ class GroupCommits:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        self._index_if_due(db, len(conversations))
+        self._index_if_due(db, len(conversations) + len(complete))

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import learned_limits, run_passes
-from .cache_view import VIEW_MIGRATION
+from .cache_view import ANSWER_TIMING_MIGRATION, VIEW_MIGRATION
 from .errors import CacheError
 
 APPLICATION_ID = 0x64737431  # "dst1"
@@ -91,6 +91,8 @@ MIGRATIONS: tuple[str, ...] = (
     VIEW_MIGRATION,
     # migration 7: each run's passes in time and the batch of a batch line's attempt, for the viewer (issue 15)
     run_passes.MIGRATION,
+    # migration 8: the answered attempt's time and latency on the responses row (issue 12), in cache_view.py
+    ANSWER_TIMING_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

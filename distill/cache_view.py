@@ -1,10 +1,12 @@
 """Cache migration 6 (issue 15) and the rows it adds: what ``distill view`` shows that a run did not keep before.
 
-- ``attempts``: one row per HTTP attempt (when it was sent, its status or error kind, its latency; a ``--batch``
-  run writes one per result line instead, see :mod:`distill.run_passes`), so the viewer
-  draws requests over time with the 429s marked, shows each answer's latency and counts a failure's attempts.
-  It is keyed by (request key, time) in one B-tree (``WITHOUT ROWID``): one insert per attempt, no second index;
-  the timeline, drawn far less often than attempts are written, scans it;
+- ``attempts``: one row per HTTP attempt that got no answer (when it was sent, its status or error kind, its
+  latency; a ``--batch`` run writes one per result line instead, see :mod:`distill.run_passes`); the live attempt
+  that got the answer is on its ``responses`` row (``sent_at``, ``latency``, migration 8,
+  :data:`ANSWER_TIMING_MIGRATION`), and the view ``attempt_log`` reads both, so the viewer draws requests over time
+  with the 429s marked, shows each answer's latency and counts a request's attempts. It is keyed by (request key,
+  time) in one B-tree (``WITHOUT ROWID``): one insert per failed attempt, no second index; the timeline, drawn far
+  less often than attempts are written, scans both tables;
 - ``rejects``: the input records a reader could not use (``file:line``, reason, the record), as in
   ``OUTPUT.rejects.jsonl``, so the viewer needs only the cache;
 - on ``conversations``: the key of the request that failed the conversation (``failed_key``) and its answers'
@@ -35,6 +37,7 @@ import orjson
 
 from .conversation import Reject
 from .requests import TeacherResponse
+from .sqlite_rows import insert_rows
 
 RUN_SHIFT = 1 << 40  # positions below 2**40 per run in the search index's rowid
 
@@ -137,6 +140,25 @@ VIEW_MIGRATION = f"""
 """
 
 
+# migration 8 (issue 12): the answered attempt's time and latency on its answer's row, not a second row elsewhere.
+# At thousands of answers a second an attempts row per answer (a B-tree insert at a random key) was a measurable
+# part of the engine's CPU; failed attempts, rare, keep their rows, and so do a batch's result lines (``batch_id``,
+# migration 7). Caches of schema 7 move their live answered attempts over.
+# ``attempt_log`` (:data:`ALL_ATTEMPTS`) reads as the ``attempts`` table did: every attempt, answered or not.
+ANSWER_TIMING_MIGRATION = """
+    ALTER TABLE responses ADD COLUMN sent_at REAL;
+    ALTER TABLE responses ADD COLUMN latency REAL;
+    UPDATE responses SET sent_at = a.at, latency = a.latency
+    FROM (SELECT key, max(at) AS at, latency FROM attempts WHERE status = 200 AND batch_id IS NULL GROUP BY key) AS a
+    WHERE a.key = responses.key;
+    DELETE FROM attempts WHERE status = 200 AND batch_id IS NULL AND key IN (SELECT key FROM responses);
+    CREATE VIEW attempt_log (key, at, status, error, latency, batch_id) AS
+        SELECT key, at, status, error, latency, batch_id FROM attempts
+        UNION ALL SELECT key, sent_at, 200, NULL, latency, NULL FROM responses WHERE sent_at IS NOT NULL;
+"""
+ALL_ATTEMPTS = "attempt_log"  # every attempt (columns: key, at, status, error, latency, batch_id)
+
+
 @dataclass(slots=True)
 class ViewRows:
     """The viewer's rows queued for one group commit."""
@@ -151,7 +173,8 @@ class ViewRows:
     def write(self, db) -> None:
         """Write the rows inside the group commit's transaction on ``db``."""
         if self.attempts:
-            db.executemany(
+            insert_rows(
+                db,
                 "INSERT OR REPLACE INTO attempts (key, at, status, error, latency, batch_id) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 self.attempts,
@@ -188,13 +211,24 @@ class ViewRecords:
     """The part of :class:`~distill.cache.Cache` that records what the viewer shows (mixed in)."""
 
     _view_rows: ViewRows
+    _answered: dict[str, tuple[float, float]]  # key -> (sent at, latency) of the attempt that got its answer
     _unindexed = 0  # conversations written since the last indexing pass (writer thread only)
 
     def _schedule_flush(self) -> None:  # pragma: no cover - provided by Cache
         raise NotImplementedError
 
+    def _complete(self, run_id: str, position: int, marks: tuple[Any, ...]) -> bool:  # pragma: no cover
+        raise NotImplementedError  # provided by Cache (distill.cache_commits.GroupCommits)
+
     def log_attempt(self, key: str, at: float, latency: float, status: int | None, error: str | None) -> None:
-        """Queue one HTTP attempt: sent at ``at`` (epoch seconds), answered or failed ``latency`` s later."""
+        """Queue one HTTP attempt: sent at ``at`` (epoch seconds), answered or failed ``latency`` s later.
+
+        The attempt that got the answer (200) is written on the answer's ``responses`` row, which
+        :meth:`~distill.cache.Cache.put` queues next; any other gets an ``attempts`` row.
+        """
+        if status == 200 and error is None:
+            self._answered[key] = (at, latency)
+            return
         # no flush of its own: the answer or failure that follows every last attempt schedules one
         self._view_rows.attempts.append((key, at, status, error, latency, None))
 
@@ -210,7 +244,8 @@ class ViewRecords:
 
     def mark_failed(self, run_id: str, position: int, key: str) -> None:
         """Queue the mark that the request ``key`` failed the conversation at ``position``."""
-        self._view_rows.failed.append((key, run_id, position))
+        if not self._complete(run_id, position, (0, key, None, None, None)):
+            self._view_rows.failed.append((key, run_id, position))
         self._schedule_flush()
 
     def put_reject(self, run_id: str, reject: Reject) -> None:
@@ -237,4 +272,9 @@ class ViewRecords:
 
     def _take_view_rows(self) -> ViewRows:
         rows, self._view_rows = self._view_rows, ViewRows()
+        if self._answered:  # answered attempts whose answer was not stored (an error came between): own rows
+            rows.attempts.extend(
+                (key, at, 200, None, latency, None) for key, (at, latency) in self._answered.items()
+            )
+            self._answered = {}
         return rows

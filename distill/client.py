@@ -191,8 +191,10 @@ def cut_at_stop(response: TeacherResponse, request: TeacherRequest) -> TeacherRe
     A server that stops on a token containing the sequence may return it (``transformers serve`` does, with the
     rest of that token); the answer stored and written is the text before it, as from any other server.
     """
-    stops = [s for s in dict(request.params).get("stop") or () if s]
-    found = [i for i in (response.text.find(s) for s in stops) if i >= 0]
+    stops = next((value for name, value in request.params if name == "stop"), None)
+    if not stops:
+        return response
+    found = [i for i in (response.text.find(s) for s in stops if s) if i >= 0]
     if not found:
         return response
     return replace(response, text=response.text[: min(found)])

@@ -292,7 +292,14 @@ class Engine:
         if shared is not None:
             self.stats.shared_in_flight += 1
             return await asyncio.shield(shared)
-        entry = await self.cache.get(key)
+        if self.cache.may_hold(key):
+            entry = await self.cache.get(key)
+        else:
+            # Certainly not stored: no look-up, but still a turn of the loop before sending, as a look-up took.
+            # The requests of a turn then leave together and their answers come back together, fewer per epoll
+            # wake-up otherwise (measured: some 5 us of CPU per request less than sending at once).
+            entry = None
+            await asyncio.sleep(0)
         if isinstance(entry, TeacherResponse):
             self.stats.cache_hits += 1
             return entry

@@ -49,7 +49,11 @@ def fill(path) -> None:
                 (550, "stop", 90),
             )
         ]
-        conn.executemany("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", answers)
+        conn.executemany(
+            "INSERT INTO responses (key, request, text, finish_reason, prompt_tokens, completion_tokens, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            answers,
+        )
         windows = [
             ("a", "http://t/v1", "teacher", 160.0, 1.0, 10, 9, 1, 0, 0, 600.0),
             ("a", "http://t/v1", "teacher", 455.0, 1.0, 10, 8, 2, 0, 0, 450.0),
@@ -120,11 +124,14 @@ def test_a_runs_learned_limits_are_its_windows_and_its_models_rate(tmp_path):
 def test_a_cache_from_before_migration_9_knows_each_runs_last_pass(tmp_path):
     path = tmp_path / "old.sqlite"
     asyncio.run(make_cache(path))
-    with sqlite3.connect(path) as conn:  # back to schema 8: what the migration finds
+    with sqlite3.connect(path) as conn:  # back to the schema before run_passes: what the migration finds
+        conn.execute("DROP VIEW attempt_log")  # the later migration's (answered attempts' timing, issue 12)
+        conn.execute("ALTER TABLE responses DROP COLUMN sent_at")
+        conn.execute("ALTER TABLE responses DROP COLUMN latency")
         conn.execute("DROP TABLE run_passes")
         conn.execute("ALTER TABLE attempts DROP COLUMN batch_id")
         conn.execute("UPDATE runs SET updated = 50, ended = 60 WHERE id = 'a'")
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        conn.execute(f"PRAGMA user_version = {MIGRATIONS.index(run_passes.MIGRATION)}")
     asyncio.run(make_cache(path))  # the next run migrates it, and starts a pass of its own
     conn = store.open_cache(path)
     assert run_passes.spans(conn, "a")[0] == (50.0, 60.0)

@@ -15,7 +15,7 @@ from distill.errors import CacheError
 from distill.shard import Shard
 from distill.split import split_of
 from distill.stored import encode_conversation
-from distill.view import server, store
+from distill.view import details, server, store
 
 COUNT = 1200  # failed: positions 7, 507, 1007; the rare word at 800
 
@@ -161,9 +161,24 @@ async def test_a_run_records_what_the_viewer_shows(tmp_path, teacher):
     assert report.exit_code == 1
     conn = store.open_cache(tmp_path / "cache.sqlite")
     statuses = sorted(s for (s,) in conn.execute("SELECT status FROM attempts"))
-    # the refusal is answered 400 at once; the other two requests' first attempts got a 5xx
-    assert statuses[:3] == [200, 200, 400] and len(statuses) == 5 and all(s >= 500 for s in statuses[3:])
+    # the refusal is answered 400 at once; the other two requests' first attempts got a 5xx ...
+    assert statuses[0] == 400 and len(statuses) == 3 and all(s >= 500 for s in statuses[1:])
     assert all(latency >= 0 for (latency,) in conn.execute("SELECT latency FROM attempts"))
+    # ... and their second attempts got the answers, whose rows say when they were sent and how long they took
+    timing = conn.execute(
+        "SELECT r.sent_at, r.latency, r.created, a.at FROM responses r JOIN attempts a ON a.key = r.key"
+    ).fetchall()
+    assert len(timing) == 2
+    assert all(
+        failed < sent and latency >= 0 and sent + latency <= made + 1e-3
+        for sent, latency, made, failed in timing
+    )
+    assert details.attempts_of(conn, [k for (k,) in conn.execute("SELECT key FROM responses")]) == {
+        key: details.Attempts(2, latency, [str(status), "200"])
+        for key, latency, status in conn.execute(
+            "SELECT r.key, r.latency, a.status FROM responses r JOIN attempts a USING (key)"
+        )
+    }
     ok, refused = conn.execute(
         "SELECT id, finished, failed_key, prompt_tokens, answer_tokens, longest_answer FROM conversations "
         "ORDER BY position"
@@ -223,3 +238,46 @@ async def test_a_long_run_is_searchable_while_it_goes(tmp_path, monkeypatch):
         assert found == {"word2": [2], "word3": []}
         assert store.conversation_page(conn, "run", store.ListQuery(text="word3")).unindexed == 1
         conn.close()
+
+
+async def test_a_cache_from_before_migration_8_moves_its_answered_attempts_onto_the_answers(tmp_path):
+    from distill.cache import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+    from distill.cache_view import ANSWER_TIMING_MIGRATION
+
+    before = MIGRATIONS.index(ANSWER_TIMING_MIGRATION)  # the schema version of a cache before migration 8
+    path = tmp_path / "cache.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(MIGRATIONS[:before]))  # every attempt in `attempts`, answered ones too
+    conn.execute(f"PRAGMA user_version = {before}")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.executemany(
+        "INSERT INTO responses VALUES (?, x'7b7d', 'answer', 'stop', 1, 2, ?)",
+        [("retried", 20.0), ("first", 30.0), ("batched", 40.0)],
+    )
+    conn.executemany(
+        "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?)",
+        [("retried", 10.0, 503, None, 0.5, None), ("retried", 19.0, 200, None, 0.75, None),
+         ("first", 29.0, 200, None, 0.25, None), ("lost", 5.0, None, "ClientConnectionError", 1.0, None),
+         ("batched", 35.0, 200, None, 3600.0, "batch-1")],  # a batch's result line stays a line
+    )  # fmt: skip
+    conn.commit()
+    conn.close()
+    async with Cache(path):
+        pass
+    conn = store.open_cache(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT key, sent_at, latency FROM responses ORDER BY key").fetchall() == [
+        ("batched", None, None),
+        ("first", 29.0, 0.25),
+        ("retried", 19.0, 0.75),
+    ]
+    assert conn.execute("SELECT key, status FROM attempts ORDER BY at").fetchall() == [
+        ("lost", None),
+        ("retried", 503),
+        ("batched", 200),
+    ]
+    assert details.attempts_of(conn, ["retried", "first", "lost"]) == {
+        "retried": details.Attempts(2, 0.75, ["503", "200"]),
+        "first": details.Attempts(1, 0.25, ["200"]),
+        "lost": details.Attempts(1, None, ["ClientConnectionError"]),
+    }

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from distill import run_passes
+from distill.cache_view import ALL_ATTEMPTS
 from distill.cost import Price
 
 WIDTH, HEIGHT, MARGIN = 640, 200, 36
@@ -149,7 +150,7 @@ def requests_over_time(conn: sqlite3.Connection, scope: Scope) -> Chart:
         "batch was uploaded",
     )
     sums = "sum(status = 200), sum(status = 429), sum(status IS NULL OR (status != 200 AND status != 429))"
-    start, end, rows = time_buckets(conn, "attempts", "at", sums, scope.where("at"))
+    start, end, rows = time_buckets(conn, ALL_ATTEMPTS, "at", sums, scope.where("at"))
     if not rows:
         chart.empty = True
         return chart

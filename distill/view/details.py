@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from distill import plan
+from distill.cache_view import ALL_ATTEMPTS
 from distill.conversation import Conversation
 from distill.export import answered
 from distill.requests import TeacherResponse
@@ -19,7 +20,7 @@ from .store import PAGE_SIZE
 
 @dataclass(slots=True)
 class Attempts:
-    """What the ``attempts`` table says about one request key."""
+    """What the cache says about one request key's attempts (the ``attempts`` rows and its answer's row)."""
 
     count: int = 0
     latency: float | None = None  # of the attempt that got the answer (a live one: batch lines have none)
@@ -106,7 +107,8 @@ def attempts_of(conn: sqlite3.Connection, keys: list[str]) -> dict[str, Attempts
         return found
     marks = ",".join("?" * len(keys))
     for key, status, error, latency, batch in conn.execute(
-        f"SELECT key, status, error, latency, batch_id FROM attempts WHERE key IN ({marks}) ORDER BY at", keys
+        f"SELECT key, status, error, latency, batch_id FROM {ALL_ATTEMPTS} WHERE key IN ({marks}) ORDER BY at",
+        keys,
     ):
         entry = found.setdefault(key, Attempts())
         entry.count += 1
