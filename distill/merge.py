@@ -30,7 +30,14 @@ from urllib.parse import quote
 from .cache import APPLICATION_ID, SCHEMA_VERSION, RunLock, check_file, prepare
 from .cache_view import index_for_search
 from .errors import CacheError, UsageError
-from .merge_records import carry_conversations, carry_run_records, carry_shared_records, tables
+from .merge_records import (
+    RESPONSE_COLUMNS,
+    carry_conversations,
+    carry_run_records,
+    carry_shared_records,
+    columns,
+    tables,
+)
 
 # the search index is rebuilt from the merged conversations; batches are local bookkeeping
 MERGED_TABLES = frozenset(
@@ -249,11 +256,8 @@ def _merge_answers(conn: sqlite3.Connection, result: MergeResult) -> None:
     ).fetchone()
     result.answers_duplicate += same
     result.answers_conflicting += different
-    added = conn.execute(
-        "INSERT OR IGNORE INTO main.responses "
-        "(key, request, text, finish_reason, prompt_tokens, completion_tokens, created) "
-        "SELECT key, request, text, finish_reason, prompt_tokens, completion_tokens, created FROM src.responses"
-    )
+    names = ", ".join(c for c in RESPONSE_COLUMNS if c in columns(conn, "src", "responses"))
+    added = conn.execute(f"INSERT OR IGNORE INTO main.responses ({names}) SELECT {names} FROM src.responses")
     result.answers_added += added.rowcount
     failures = conn.execute(
         "INSERT OR IGNORE INTO main.failures (key, reason, status, updated) "

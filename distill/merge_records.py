@@ -4,8 +4,8 @@ A merged cache must serve ``distill stats``, ``distill view`` and the next run a
 these go with the runs and conversations of :mod:`distill.merge` (``src`` is the attached input cache, ``main``
 the output):
 
-- the viewer's rows (cache migrations 6 and 7): ``attempts`` (per-request timings, and the batch of a batch
-  line), ``rejects``, each conversation's ``finished`` mark, tokens and ``failed_key``, ``runs.ended`` and each
+- the viewer's rows (cache migrations 6 to 8): ``attempts`` (the failed attempts' timings, and the batch of a
+  batch line; an answered attempt's time and latency are on its answer's row, carried with it), ``rejects``, each conversation's ``finished`` mark, tokens and ``failed_key``, ``runs.ended`` and each
   run's passes in time (``run_passes``: a cluster run's are its shards' passes);
 - the rate controller's rows (migration 4): ``rate_windows`` (added once: a window already there, the same
   moment of the same server and run, is not added again, so merging the same cache twice adds nothing) and
@@ -20,6 +20,9 @@ from __future__ import annotations
 import sqlite3
 
 CONVERSATION_COLUMNS = ("finished", "failed_key", "prompt_tokens", "answer_tokens", "longest_answer")
+# an answer's row, with the time and latency of the attempt that got it (migration 8) where the input has them
+RESPONSE_COLUMNS = ("key", "request", "text", "finish_reason", "prompt_tokens", "completion_tokens", "created",
+                    "sent_at", "latency")  # fmt: skip
 ATTEMPT_COLUMNS = ("key", "at", "status", "error", "latency", "batch_id")
 WINDOW_COLUMNS = "base_url, model, at, seconds, sent, accepted, limited, shed, faults, rpm"
 

@@ -261,6 +261,7 @@ def table_counts(cache: Path, run_id: str) -> dict[str, float]:
     """The rows of a run's records in ``cache`` that ``distill stats`` and ``distill view`` read."""
     queries = {
         "attempts": "SELECT count(*) FROM attempts",
+        "timed": "SELECT count(*) FROM responses WHERE sent_at IS NOT NULL",
         "finished": "SELECT count(*) FROM conversations WHERE finished = 1 AND run_id = ?1",
         "tokens": "SELECT coalesce(sum(answer_tokens), 0) FROM conversations WHERE run_id = ?1",
         "paid": "SELECT coalesce(sum(requests), 0) FROM spending WHERE run_id = ?1",
@@ -303,7 +304,7 @@ def test_an_unknown_limit_is_learned_once_for_the_cluster_and_kept_with_every_re
     assert windows >= 3 and learned["windows"] == windows  # the broker's windows, not the shards'
     shards = [table_counts(p, run_id) for p in sorted((tmp_path / "ray.sqlite.shards").glob("*.sqlite"))]
     merged = table_counts(job.cache, run_id)
-    for name in ("attempts", "finished", "tokens", "paid"):
+    for name in ("attempts", "timed", "finished", "tokens", "paid"):
         assert merged[name] == sum(s[name] for s in shards) > 0, name
     assert merged["usd"] == pytest.approx(report.stats.cost_usd) and merged["finished"] == 160
     (run_row,) = summary["runs"]

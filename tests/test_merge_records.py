@@ -30,6 +30,7 @@ COUNTED = {
     "tokens": "SELECT coalesce(sum(answer_tokens), 0) FROM conversations",
     "ended": "SELECT count(*) FROM runs WHERE ended IS NOT NULL",
     "passes": "SELECT count(*) FROM run_passes",
+    "timed": "SELECT count(*) FROM responses WHERE sent_at IS NOT NULL AND latency IS NOT NULL",
 }
 
 
@@ -74,7 +75,7 @@ async def test_merge_carries_every_record_of_the_shards(tmp_path, teacher):
     merged = tmp_path / "merged.sqlite"
     merge(merged, caches)
     total = counts(merged)
-    for name in ("attempts", "rejects", "windows", "finished", "failed", "tokens", "paid", "passes"):
+    for name in ("attempts", "rejects", "windows", "finished", "failed", "tokens", "paid", "passes", "timed"):
         assert total[name] == sum(s[name] for s in shards), name
     assert abs(total["usd"] - sum(s["usd"] for s in shards)) < 1e-9 and total["ended"] == 1
     assert total["rejects"] == 6
