@@ -174,7 +174,10 @@ def test_sigint_stops_every_shard_and_the_same_command_resumes(tmp_path, ray_ins
         assert again.returncode == 0, again.stderr
         stats = server.stats()
     assert output.read_bytes() == single
-    assert set(stats["answered_by_hash"].values()) == {1}  # nothing answered twice across the two runs
+    # as without Ray, a clean stop keeps every answer it has read and may abandon those still being read: only
+    # requests in flight at the stop may have been answered twice across the two runs
+    twice = [n for n in stats["answered_by_hash"].values() if n > 1]
+    assert len(twice) <= concurrency * shards and set(twice) <= {2}
     assert stats["requests"] - stats["answered"] <= concurrency * shards  # only what was in flight, resent
 
 
