@@ -12,6 +12,11 @@ Five cases, each a real ``distill run`` command:
   complete with the same bytes, and the teacher must receive again at most what that shard had in flight;
 * **scaling**: single-turn requests against a teacher that answers after 1 s, 256 in flight per shard
   (``--concurrency 256``), with 1, 2 and 4 shards: answered requests/s against the ideal 256 x shards;
+* **learned limit**: *no* ``--rpm`` over 4 shards (64 in flight each) against a teacher that admits 100 requests
+  per one-second window and refuses the rest with 429 + ``Retry-After`` (no rate headers), 200 ms latency: the
+  broker learns the limit once for every shard from their reports. The share of the limit the teacher admitted
+  over the time the run was sending and the share it answered 429, beside the same run without Ray
+  (``--concurrency 256``, as ``bench.adaptive_rate``'s unknown case), and the rate stored in the cache;
 * **lease cost**: from the one-limit run, the round trip of a lease ask and how many requests waited for one
   (``CACHE.shards/cluster-report.json``), and the round trip of a bare call to the limiter actor.
 
@@ -52,6 +57,8 @@ GOAL_429 = 0.005
 SCALING_LATENCY = 1.0
 IN_FLIGHT = 256
 GOAL_SCALING = 0.8
+GOAL_LEARNED = 0.85
+GOAL_LEARNED_429 = 0.03
 
 
 def write_sharegpt(path: Path, count: int, seed: int = 14) -> Path:
@@ -281,6 +288,53 @@ def one_limit(root: Path, address: str, conversations: int) -> list[Result]:
     return [limit_row, lease_row]
 
 
+def learned_limit(root: Path, address: str, conversations: int) -> Result:
+    """No --rpm: the broker learns the teacher's limit for every shard (beside the run without Ray)."""
+    import sqlite3
+
+    source = write_conversations(root / "learn.jsonl", conversations)
+    figures = {}
+    for name, extra in (
+        ("without Ray", ["--concurrency", "256"]),
+        ("cluster", ["--concurrency", "64", *ray_flags(address, SHARDS)]),
+    ):
+        cache = root / f"learn-{len(figures)}.sqlite"
+        with teacher(latency=RPM_LATENCY, rpm=RPM, rate_headers="none") as served:
+            command = distill_command(
+                source, root / f"learn-{len(figures)}.jsonl", cache, served.base_url, *extra
+            )
+            with RequestClock(served) as clock:
+                done = run_command(command)
+            check_completed(done, "distill run")
+            share, refused, detail = rate_share(served, clock)
+        with sqlite3.connect(cache) as conn:
+            stored = conn.execute("SELECT rpm, source FROM rate_limits").fetchone()
+        detail["stored_rpm"] = round(stored[0], 1) if stored else None
+        figures[name] = (share, refused, detail, command)
+    share, refused, detail, command = figures["cluster"]
+    single_share, single_refused, single_detail, _ = figures["without Ray"]
+    return Result(
+        target="14 cluster: learned limit",
+        case=f"no --rpm, {SHARDS} shards x 64 in flight; teacher {RPM:,}/min in 1 s windows, 429 + Retry-After, "
+        f"{RPM_LATENCY * 1000:.0f} ms",
+        figure=share,
+        unit="of the limit",
+        reference=single_share,
+        ratio=share / single_share if single_share else None,
+        goal=f">= {GOAL_LEARNED} of the limit, <= {GOAL_LEARNED_429:.0%} answered 429, every conversation written "
+        "(reference: the same run without Ray, --concurrency 256)",
+        passed=share >= GOAL_LEARNED and refused <= GOAL_LEARNED_429 and detail["answered"] == conversations,
+        detail={
+            **detail,
+            "share_429": round(refused, 5),
+            "without_ray": single_detail,
+            "without_ray_share": round(single_share, 4),
+            "without_ray_share_429": round(single_refused, 5),
+        },
+        command=shown(command),
+    )
+
+
 def bare_actor_call_ms(address: str, calls: int = 300) -> dict:
     """Round trips of ``grant`` on a limiter actor from a driver: the floor under every lease ask."""
     import ray
@@ -288,7 +342,7 @@ def bare_actor_call_ms(address: str, calls: int = 300) -> dict:
     from distill.cluster.actors import LimiterActor
     from distill.cluster.lease import ClusterLimit, Report
 
-    ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         actor = LimiterActor.remote(ClusterLimit(rpm=1e9))
         ray.get(actor.state.remote())
@@ -358,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--ray", default="local", help="local (default) or the address of a running Ray instance")
     p.add_argument("--sharegpt", type=Path, help="a real ShareGPT JSON list to take the conversations from")
-    p.add_argument("--only", help="comma-separated cases: bytes, kill, limit, scaling")
+    p.add_argument("--only", help="comma-separated cases: bytes, kill, limit, learn, scaling")
     args = p.parse_args(argv)
     conversations, rpm_requests, seconds_each = (40, 150, 2.0) if args.tiny else (1000, 3000, 10.0)
-    cases = set((args.only or "bytes,kill,limit,scaling").split(","))
+    cases = set((args.only or "bytes,kill,limit,learn,scaling").split(","))
     results: list[Result] = []
     with workdir() as root:
         if "bytes" in cases:
@@ -370,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(killed_shard(root, args.ray, conversations))
         if "limit" in cases:
             results += one_limit(root, args.ray, rpm_requests)
+        if "learn" in cases:
+            results.append(learned_limit(root, args.ray, 2 * rpm_requests // 3))
         if "scaling" in cases:
             results += scaling(root, args.ray, seconds_each)
     return report(results, args.json)

@@ -148,7 +148,8 @@ class Engine:
     def _on_window(self, window: WindowRecord) -> None:
         self.stats.learned_rpm = self.watch.state.per_minute
         self.stats.rate_source = self.watch.state.source
-        if window.sent or window.limited or window.shed:
+        # a cluster shard's windows are the broker's to keep (distill.cluster.control): this watch decides nothing
+        if self._learns and (window.sent or window.limited or window.shed):
             learned_limits.record_window(
                 self.cache, self._run_id, self.settings.base_url, self.settings.model, window
             )

@@ -36,7 +36,7 @@ class Budget:
 
         A request's own cost is paid when it starts (it pushes the TAT for the next one), so a request larger
         than the burst still goes when the cell is empty, and the flow over any window stays at the rate.
-        ``scale`` runs the cell at a share of its rate (the cluster's broker trims it so).
+        ``scale`` runs the cell at a share of its rate.
         """
         tolerance = max(self.burst - 1.0, 0.0) / (self.rate * scale)
         return max(now, self.tat - tolerance)

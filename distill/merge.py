@@ -9,6 +9,10 @@
   its position in the whole input, so the merged run lists the dataset in its order and ``distill export`` writes
   it whole. Two caches that put different conversations at the same position of the same run did not read the
   same input: that is an error, and nothing of that cache is merged.
+- **Everything else a run keeps** goes too (:mod:`distill.merge_records`): spending (summed per run), the
+  viewer's attempts, rejects, marks and tokens, the rate windows and learned rates; so ``distill stats``,
+  ``distill view``, ``--budget`` over invocations and the next run's starting rate work on the merged cache as on
+  one run's. The merged conversations are indexed for the viewer's search.
 - **Batches** are local bookkeeping and are not merged; a cache with a batch still in flight is refused (run its
   ``distill run --batch`` again to collect it first).
 
@@ -24,9 +28,22 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .cache import APPLICATION_ID, SCHEMA_VERSION, RunLock, check_file, prepare
+from .cache_view import index_for_search
 from .errors import CacheError, UsageError
+from .merge_records import (
+    RESPONSE_COLUMNS,
+    carry_conversations,
+    carry_run_records,
+    carry_shared_records,
+    columns,
+    tables,
+)
 
-MERGED_TABLES = frozenset(("responses", "failures", "runs", "conversations", "batches", "spending"))
+# the search index is rebuilt from the merged conversations; batches are local bookkeeping
+MERGED_TABLES = frozenset(
+    ("responses", "failures", "runs", "conversations", "batches", "spending", "attempts", "rejects",
+     "rate_limits", "rate_windows", "run_passes", "conversation_search", "search_progress", "search_stale")
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -60,10 +77,14 @@ class MergeResult:
         return "\n".join(lines)
 
 
-def merge(output: Path, inputs: list[Path], *, output_locked: bool = False) -> MergeResult:
+def merge(
+    output: Path, inputs: list[Path], *, output_locked: bool = False, spending: bool = True
+) -> MergeResult:
     """Merge the caches ``inputs`` into ``output`` (created if missing); see the module for the rules.
 
     ``output_locked``: the caller already holds ``output``'s run lock (a cluster run's driver does).
+    ``spending=False`` leaves the spending out (a cluster run's driver adds only what this invocation spent, as
+    it merges the same shard caches again on every run).
     """
     output = Path(output)
     inputs = [Path(p) for p in inputs]
@@ -76,7 +97,7 @@ def merge(output: Path, inputs: list[Path], *, output_locked: bool = False) -> M
         for lock in locks:
             lock.acquire()
             held.append(lock)
-        return _merge_locked(output, inputs)
+        return _merge_locked(output, inputs, spending)
     finally:
         for lock in held:
             lock.release()
@@ -128,7 +149,7 @@ def _uri(path: Path) -> str:
     return "file:" + quote(str(path.resolve()))
 
 
-def _merge_locked(output: Path, inputs: list[Path]) -> MergeResult:
+def _merge_locked(output: Path, inputs: list[Path], spending: bool) -> MergeResult:
     output.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(output) as setup:
         prepare(setup, output)
@@ -141,11 +162,12 @@ def _merge_locked(output: Path, inputs: list[Path]) -> MergeResult:
         for path in inputs:
             conn.execute("ATTACH DATABASE ? AS src", (f"{_uri(path)}?mode=ro",))
             try:
-                _merge_one(conn, path, run_ids, result)
+                _merge_one(conn, path, run_ids, result, spending)
             finally:
                 conn.execute("DETACH DATABASE src")
             result.inputs += 1
         conn.execute("DELETE FROM failures WHERE key IN (SELECT key FROM responses)")
+        index_for_search(conn)
     finally:
         conn.close()
     return result
@@ -161,14 +183,19 @@ def _run_groups(conn: sqlite3.Connection, schema: str) -> dict[tuple[str, bytes]
 
 
 def _merge_one(
-    conn: sqlite3.Connection, path: Path, run_ids: dict[tuple[str, bytes], str], result: MergeResult
+    conn: sqlite3.Connection,
+    path: Path,
+    run_ids: dict[tuple[str, bytes], str],
+    result: MergeResult,
+    spending: bool,
 ) -> None:
-    tables = {r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")}
-    result.skipped_tables |= tables - MERGED_TABLES
+    result.skipped_tables |= {t for t in tables(conn, "src") if not t.startswith("conversation_search")}
+    result.skipped_tables -= MERGED_TABLES
     conn.execute("BEGIN IMMEDIATE")
     try:
-        _merge_runs(conn, path, run_ids, result)
+        _merge_runs(conn, path, run_ids, result, spending and "spending" in tables(conn, "src"))
         _merge_answers(conn, result)
+        carry_shared_records(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -176,14 +203,15 @@ def _merge_one(
 
 
 def _merge_runs(
-    conn: sqlite3.Connection, path: Path, run_ids: dict[tuple[str, bytes], str], result: MergeResult
+    conn: sqlite3.Connection,
+    path: Path,
+    run_ids: dict[tuple[str, bytes], str],
+    result: MergeResult,
+    spending: bool,
 ) -> None:
     runs = conn.execute(
         "SELECT id, input, settings, created, updated FROM src.runs ORDER BY created"
     ).fetchall()
-    has_spending = conn.execute(
-        "SELECT 1 FROM src.sqlite_master WHERE type = 'table' AND name = 'spending'"
-    ).fetchone()
     for run_id, input_path, settings, created, updated in runs:
         if conn.execute("SELECT 1 FROM main.runs WHERE id = ?", (run_id,)).fetchone():
             target = run_id  # the very same run (the same input path): no need to match it by file name
@@ -207,13 +235,9 @@ def _merge_runs(
             "updated = max(updated, excluded.updated)",
             (target, input_path, settings, created, updated),
         )
-        added = conn.execute(
-            "INSERT OR IGNORE INTO main.conversations (run_id, position, id, source, data) "
-            "SELECT ?, position, id, source, data FROM src.conversations WHERE run_id = ?",
-            (target, run_id),
-        )
-        result.conversations_added += added.rowcount
-        if not has_spending:  # a cache from before migration 5
+        result.conversations_added += carry_conversations(conn, target, run_id)
+        carry_run_records(conn, target, run_id)
+        if not spending:  # not asked for, or a cache from before migration 5
             continue
         conn.execute(  # what each shard paid adds up to what the merged run cost
             "INSERT INTO main.spending SELECT ?, usd, requests, prompt_tokens, completion_tokens, updated "
@@ -232,11 +256,8 @@ def _merge_answers(conn: sqlite3.Connection, result: MergeResult) -> None:
     ).fetchone()
     result.answers_duplicate += same
     result.answers_conflicting += different
-    added = conn.execute(
-        "INSERT OR IGNORE INTO main.responses "
-        "(key, request, text, finish_reason, prompt_tokens, completion_tokens, created) "
-        "SELECT key, request, text, finish_reason, prompt_tokens, completion_tokens, created FROM src.responses"
-    )
+    names = ", ".join(c for c in RESPONSE_COLUMNS if c in columns(conn, "src", "responses"))
+    added = conn.execute(f"INSERT OR IGNORE INTO main.responses ({names}) SELECT {names} FROM src.responses")
     result.answers_added += added.rowcount
     failures = conn.execute(
         "INSERT OR IGNORE INTO main.failures (key, reason, status, updated) "

@@ -80,6 +80,8 @@ class RateWatch:
         self.limited_total = 0
         self.shed_total = 0
         self.accepted_total = 0
+        self.faults_total = 0
+        self.latency_total = 0.0  # summed seconds from departure to answer of the accepted requests
         # answers a second accepted over the busiest two whole windows in a row that saw a rate signal, and the
         # last window (accepted, seconds) when it was one of them
         self._busiest_refusing = 0.0
@@ -98,6 +100,7 @@ class RateWatch:
         now = self._tick()
         sent_at = ticket.at
         self.accepted_total += 1
+        self.latency_total += now - sent_at
         self._tally.accepted += 1
         self._ok[self._bucket % BUCKETS] += 1
         self._answers[self._bucket % BUCKETS] += 1
@@ -132,8 +135,13 @@ class RateWatch:
 
     def fault(self) -> None:
         self._tick()
+        self.faults_total += 1
         self._tally.faults += 1
         self._answers[self._bucket % BUCKETS] += 1
+
+    @property
+    def sent_total(self) -> int:
+        return self._seq
 
     # -- decisions ----------------------------------------------------------------------------------------
 

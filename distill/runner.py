@@ -182,7 +182,7 @@ async def run_async(
                     from .cluster.driver import answer_on_cluster
 
                     reader_stats = getattr(reader, "stats", None)
-                    await answer_on_cluster(job, run_id, input_path, stats, on_reject, reader_stats)
+                    await answer_on_cluster(job, run_id, input_path, stats, on_reject, reader_stats, budget)
                 else:
                     await engine.run(records, run_id, input_path)
             finally:

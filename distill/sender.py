@@ -125,6 +125,10 @@ class Sender:
                 await self._wait_for_slot(estimate)
             if self.budget is None or self.budget.limit is None:  # no cap: answers are only charged
                 return await self._send_once(request, estimate)
+            if (
+                self._leased
+            ):  # a cluster shard's share of --budget is lent by its broker (distill.cluster.budget)
+                await self.budget.make_room(request, expected_output_tokens(self.settings))
             with self.budget.reserving(request, expected_output_tokens(self.settings)):
                 return await self._send_once(request, estimate)
         finally:

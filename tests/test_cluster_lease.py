@@ -6,7 +6,11 @@ import asyncio
 
 import pytest
 
-from distill.cluster.lease import ClusterLimit, Lease, LeaseBroker, LeasedLimiter, Report
+from distill.cluster.lease import ClusterLimit, Lease, LeaseBroker, Report
+from distill.cluster.leased import LeasedLimiter
+from distill.rate_policy import HEADROOM
+
+EXACT = 1 / HEADROOM  # --rpm R is paced at R x HEADROOM: these limits are paced at round rates
 
 
 class FakeClock:
@@ -60,7 +64,7 @@ def most_in_any_window(times: list[float], window: float) -> int:
 
 def test_leases_of_different_shards_are_consecutive_slices_of_one_timeline():
     clock = FakeClock()
-    broker = LeaseBroker(ClusterLimit(rpm=6000, lease_seconds=0.1, headroom=1.0), clock)
+    broker = LeaseBroker(ClusterLimit(rpm=6000 * EXACT, lease_seconds=0.1), clock)
     slices = []
     for shard in range(4):
         lease = broker.grant(50)  # asks for more than a lease's worth: capped at 0.1 s of 100/s
@@ -75,41 +79,43 @@ def test_leases_of_different_shards_are_consecutive_slices_of_one_timeline():
 
 def test_tokens_bind_a_lease_when_they_run_out_first():
     clock = FakeClock()
-    broker = LeaseBroker(ClusterLimit(rpm=6000, tpm=60_000, lease_seconds=0.1, headroom=1.0), clock)
+    broker = LeaseBroker(ClusterLimit(rpm=6000 * EXACT, tpm=60_000 * EXACT, lease_seconds=0.1), clock)
     lease = broker.grant(10, tokens=10 * 500)  # 1,000 tokens/s: a lease holds 100 tokens, 0 requests of 500
     assert lease.requests == 1 and lease.tokens == 500  # one request always fits, and takes its time
     assert lease.duration == pytest.approx(0.5)
     assert broker.grant(10, tokens=10 * 20).requests == 5  # 100 tokens at 20 each
 
 
-def test_a_429_reported_by_one_shard_pauses_every_lease_and_trims_the_rate():
+def test_a_429_reported_by_one_shard_pauses_every_lease_and_the_controller_cuts_the_rate():
     clock = FakeClock()
-    broker = LeaseBroker(ClusterLimit(rpm=600, lease_seconds=1.0, headroom=1.0), clock)
-    broker.grant(10)
+    broker = LeaseBroker(ClusterLimit(rpm=600 * EXACT, lease_seconds=1.0), clock)
+    assert broker.grant(10).duration == pytest.approx(1.0)
     clock.now += 1.0
-    broker.report(Report(rate_limited=1, retry_after=2.0))
+    broker.report(Report(sent=10, accepted=9, latency=0.9))
+    broker.report(Report(sent=0, rate_limited=1, retry_after=2.0))  # a shard meets a 429: it reports at once
     lease = broker.grant(10)
-    assert lease.delay == pytest.approx(2.0)
-    assert broker.scale == pytest.approx(0.95) and lease.duration == pytest.approx(1.0 / 0.95)
-    broker.report(Report(accepted=100))
-    assert broker.scale == 1.0  # recovered with successes
-    broker.report(Report(remaining=0, reset_seconds=5.0))
-    assert broker.grant(1).delay == pytest.approx(5.0)
-    assert broker.state()["rate_limited"] == 1 and broker.state()["accepted"] == 100
+    assert lease.delay == pytest.approx(2.0)  # every shard's next lease waits out the Retry-After
+    state = broker.state()
+    assert state["source"] == "--rpm" and state["rpm"] < 600  # under --rpm, a refusal still cuts the rate
+    assert lease.requests < 10 and lease.rate == pytest.approx(state["rpm"] / 60)  # a lease follows the rate
+    broker.report(Report(remaining=0, reset_seconds=5.0, sent=1, accepted=1, latency=0.1))
+    assert broker.grant(1).delay == pytest.approx(5.0)  # a spent budget the server states pauses everyone
+    assert state["reported_rate_limited"] == 1 and state["reported_accepted"] == 9
 
 
 def test_reports_are_gathered_and_taken_once():
     report = Report()
-    report.merge(Report(accepted=3, retry_after=1.0))
-    report.merge(Report(rate_limited=1, retry_after=0.5, token_refund=7))
+    report.merge(Report(accepted=3, retry_after=1.0, sent=4, latency=0.5))
+    report.merge(Report(rate_limited=1, retry_after=0.5, token_refund=7, sent=1, told_rpm=600))
     taken = report.take()
     assert (taken.accepted, taken.rate_limited, taken.retry_after, taken.token_refund) == (3, 1, 1.0, 7)
+    assert (taken.sent, taken.latency, taken.told_rpm) == (5, 0.5, 600)
     assert report.take() == Report()
 
 
 async def test_four_shards_under_one_broker_send_no_more_than_the_limit_in_any_second():
     clock = FakeClock()
-    broker, sends, shards = on_one_broker(clock, ClusterLimit(rpm=6000, lease_seconds=0.1, headroom=1.0), 4)
+    broker, sends, shards = on_one_broker(clock, ClusterLimit(rpm=6000 * EXACT, lease_seconds=0.1), 4)
 
     async def shard_sends(limiter: LeasedLimiter, count: int) -> None:
         for _ in range(count):
@@ -125,7 +131,7 @@ async def test_four_shards_under_one_broker_send_no_more_than_the_limit_in_any_s
 
 async def test_slots_whose_time_passed_are_lost_not_sent_late_in_a_burst():
     clock = FakeClock()
-    _, sends, (limiter,) = on_one_broker(clock, ClusterLimit(rpm=600, lease_seconds=1.0, headroom=1.0), 1)
+    _, sends, (limiter,) = on_one_broker(clock, ClusterLimit(rpm=600 * EXACT, lease_seconds=1.0), 1)
     await sends.acquire(limiter)  # a lease of 10 slots over [100, 101)
     clock.now = 100.55  # nothing to send for a while: slots 1 to 4 pass, slot 5 is still open
     await sends.acquire(limiter)
@@ -159,5 +165,6 @@ async def test_outcomes_go_back_with_the_next_ask_and_a_429_at_once():
     assert sent_now[0].accepted == 1 and sent_now[0].token_refund == 40
     for _ in range(10):
         await limiter.acquire(100)
-    assert len(asked) == 2 and asked[1] == Report()  # everything was reported already
+    assert len(asked) == 2 and asked[1].answers == 0  # every answer was reported already
+    assert asked[1].held_back == 8  # the requests that waited for their slot: the rate held them back
     await limiter.close()

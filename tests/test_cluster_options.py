@@ -14,6 +14,7 @@ from distill.cluster.driver import check_job, connected
 from distill.errors import UsageError
 from distill.runner import RunJob
 from distill.settings import RunSettings
+from distill.shard import Shard
 
 
 def test_shard_caches_go_beside_the_cache_unless_a_directory_is_given(tmp_path):
@@ -62,10 +63,10 @@ def test_a_cluster_run_refuses_what_it_does_not_do(tmp_path):
         tmp_path / "o.jsonl",
         tmp_path / "c.sqlite",
         settings,
-        budget=5.0,
+        shard=Shard(1, 2),
         cluster=ClusterOptions(),
     )
-    with pytest.raises(UsageError, match="--budget cannot be combined with --ray"):
+    with pytest.raises(UsageError, match="--shard cannot be combined with --ray"):
         check_job(job)
 
 

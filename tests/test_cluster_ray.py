@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -174,7 +174,10 @@ def test_sigint_stops_every_shard_and_the_same_command_resumes(tmp_path, ray_ins
         assert again.returncode == 0, again.stderr
         stats = server.stats()
     assert output.read_bytes() == single
-    assert set(stats["answered_by_hash"].values()) == {1}  # nothing answered twice across the two runs
+    # as without Ray, a clean stop keeps every answer it has read and may abandon those still being read: only
+    # requests in flight at the stop may have been answered twice across the two runs
+    twice = [n for n in stats["answered_by_hash"].values() if n > 1]
+    assert len(twice) <= concurrency * shards and set(twice) <= {2}
     assert stats["requests"] - stats["answered"] <= concurrency * shards  # only what was in flight, resent
 
 
@@ -255,3 +258,93 @@ def test_a_shard_refused_by_the_teacher_stops_the_run_with_the_teacher_s_error(t
             run(job)
     assert refused.value.exit_code == 2 and "a-wrong-key" not in str(refused.value)
     assert not job.output.exists()
+
+
+def table_counts(cache: Path, run_id: str) -> dict[str, float]:
+    """The rows of a run's records in ``cache`` that ``distill stats`` and ``distill view`` read."""
+    queries = {
+        "attempts": "SELECT count(*) FROM attempts",
+        "timed": "SELECT count(*) FROM responses WHERE sent_at IS NOT NULL",
+        "finished": "SELECT count(*) FROM conversations WHERE finished = 1 AND run_id = ?1",
+        "tokens": "SELECT coalesce(sum(answer_tokens), 0) FROM conversations WHERE run_id = ?1",
+        "paid": "SELECT coalesce(sum(requests), 0) FROM spending WHERE run_id = ?1",
+        "usd": "SELECT coalesce(sum(usd), 0) FROM spending WHERE run_id = ?1",
+    }
+    with sqlite3.connect(f"file:{cache}?mode=ro", uri=True) as conn:
+        return {
+            name: conn.execute(sql, (run_id,) if "?1" in sql else ()).fetchone()[0]
+            for name, sql in queries.items()
+        }
+
+
+def test_an_unknown_limit_is_learned_once_for_the_cluster_and_kept_with_every_record(tmp_path, ray_instance):
+    from distill.cli.stats import cache_stats
+    from distill.cost import Price
+
+    data = write_multi_turn(tmp_path / "in.jsonl", 160, 1)
+    knobs = TeacherKnobs(latency=0.05, rpm=1200, rate_headers="none", retry_after=False)  # bare 429s
+    more = write_multi_turn(tmp_path / "more.jsonl", 120, 1, lambda c, t: f"another question {c}")
+    with start_teacher_process(knobs) as server:
+        settings = RunSettings(model="teacher", base_url=server.base_url, attempts=1, concurrency=8)
+        job = cluster_job(tmp_path, data, settings, shards=2)
+        job.price = Price(1.0, 2.0)
+        report = run(job)
+        stats = server.stats(with_hashes=False)
+        with sqlite3.connect(f"file:{job.cache}?mode=ro", uri=True) as conn:
+            summary = cache_stats(conn)
+            windows = conn.execute("SELECT count(*) FROM rate_windows").fetchone()[0]
+        # the next cluster run against this server starts from the stored rate: no probing from 4 a second
+        second = run(RunJob(more, tmp_path / "more.out.jsonl", job.cache, settings, cluster=job.cluster))
+    assert report.exit_code == 0 and report.stats.conversations_done == 160 and not report.stats.failures
+    # --attempts 1, and nothing failed: no 429 cost an attempt
+    assert stats["rate_limited"] > 0 and report.stats.rate_limited == stats["rate_limited"]
+    assert report.stats.rate_source == "learned" and 400 < report.stats.learned_rpm < 1.15 * 1200
+    assert manifest_of(job.output)["this_run"]["rate_source"] == "learned"
+    run_id = report.run_id
+    (learned,) = summary["learned_limits"]
+    # kept for the next run; the broker counts answers by report arrival, which may bunch a few into a window
+    assert learned["source"] == "learned" and 600 <= learned["rpm"] <= 1.15 * 1200
+    assert windows >= 3 and learned["windows"] == windows  # the broker's windows, not the shards'
+    shards = [table_counts(p, run_id) for p in sorted((tmp_path / "ray.sqlite.shards").glob("*.sqlite"))]
+    merged = table_counts(job.cache, run_id)
+    for name in ("attempts", "timed", "finished", "tokens", "paid"):
+        assert merged[name] == sum(s[name] for s in shards) > 0, name
+    assert merged["usd"] == pytest.approx(report.stats.cost_usd) and merged["finished"] == 160
+    (run_row,) = summary["runs"]
+    assert run_row["requests_paid"] == 160 and run_row["finished"] == 160
+    assert second.exit_code == 0 and second.stats.conversations_done == 120
+    broker = orjson.loads((tmp_path / "ray.sqlite.shards" / REPORT_NAME).read_bytes())["limiter"]
+    assert broker["start_source"] == "stored" and broker["start_rpm"] == pytest.approx(0.9 * learned["rpm"])
+
+
+def test_one_budget_holds_for_the_whole_cluster_and_over_invocations(tmp_path, ray_instance):
+    from distill.cost import BudgetReached, Price
+
+    data = write_multi_turn(tmp_path / "in.jsonl", 100, 1)
+    price = Price(1.0, 2.0)
+    with start_teacher_process(TeacherKnobs()) as server:
+        reference = RunSettings(model="teacher", base_url=server.base_url)
+        whole = run(RunJob(data, tmp_path / "one.jsonl", tmp_path / "one.sqlite", reference, price=price))
+        cost = whole.stats.cost_usd  # what answering everything costs
+        output = whole.stats.completion_tokens // 100
+        settings = RunSettings(model="teacher", base_url=server.base_url, estimated_output_tokens=output)
+        job = cluster_job(tmp_path, data, settings, shards=2)
+        job.price, job.budget = price, 0.4 * cost
+
+        def spent() -> float:
+            with sqlite3.connect(f"file:{job.cache}?mode=ro", uri=True) as conn:
+                return conn.execute("SELECT coalesce(sum(usd), 0) FROM spending").fetchone()[0]
+
+        for _ in range(2):  # the second invocation counts what the first spent: nothing more goes out
+            with pytest.raises(BudgetReached) as stopped:
+                run(job)
+            assert stopped.value.exit_code == 75 and "--budget" in str(stopped.value)
+            assert 0.2 * cost < spent() <= 0.41 * cost  # never over; short by the allowances shards held
+        written = len(job.output.read_text().splitlines())
+        assert 20 <= written < 45
+        job.budget = 2 * cost
+        done = run(job)
+        stats = server.stats(with_hashes=False)
+    assert done.exit_code == 0 and len(job.output.read_text().splitlines()) == 100
+    assert spent() == pytest.approx(cost)  # every answer paid for once, over three invocations
+    assert stats["answered"] == 200  # the reference's 100, and the cluster's 100 once

@@ -36,7 +36,7 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
         "--lease-seconds",
         type=float,
         default=0.1,
-        help="with --ray: seconds of the --rpm/--tpm budget lent to a shard at a time (default: 0.1)",
+        help="with --ray: seconds of the cluster's rate lent to a shard at a time (default: 0.1)",
     )
 
 

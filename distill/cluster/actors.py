@@ -16,8 +16,9 @@ import uuid
 import ray
 
 from ..stats import RunStats
-from .lease import ClusterLimit, Lease, LeaseBroker, LeasedLimiter, Report
-from .work import ShardResult, ShardSpec, answer_shard, counters
+from .lease import ClusterLimit, Lease, LeaseBroker, Report
+from .leased import LeasedLimiter
+from .work import Lender, ShardResult, ShardSpec, answer_shard, counters
 
 NAMESPACE = "distill"
 SHARD_RESTARTS = 8
@@ -27,27 +28,39 @@ SHARD_RESTARTS = 8
 class LimiterActor:
     """The cluster's one rate limit (a :class:`LeaseBroker`), named ``distill-limiter-RUN`` in ``distill``.
 
-    Restarted if its process dies, with a fresh timeline: the shards' asks are retried on the new one.
+    Restarted if its process dies, with a fresh timeline and controller (from the rate an earlier run stored):
+    the shards' asks are retried on the new one.
     """
 
     def __init__(self, limit: ClusterLimit) -> None:
-        self.broker = LeaseBroker(limit, time.monotonic)
+        self.broker = LeaseBroker(limit, time.monotonic, time.time)
 
     def grant(self, requests: int, tokens: int, report: Report) -> Lease:
         return self.broker.grant(requests, tokens, report)
 
-    def report(self, report: Report) -> None:
-        self.broker.report(report)
+    def report(self, report: Report) -> Lease:
+        return self.broker.report(report)
+
+    def allow(self, holder: str, wanted: float, needed: float, spent: float) -> tuple[float, bool]:
+        assert self.broker.budget is not None
+        return self.broker.budget.allow(holder, wanted, needed, spent)
+
+    def give_back(self, holder: str, spent: float) -> None:
+        assert self.broker.budget is not None
+        self.broker.budget.give_back(holder, spent)
 
     def state(self) -> dict:
         return self.broker.state()
+
+    def finish(self) -> dict:
+        return self.broker.finish()
 
 
 @ray.remote(num_cpus=0, max_restarts=SHARD_RESTARTS, max_task_retries=SHARD_RESTARTS)
 class ShardActor:
     """Runs :func:`answer_shard` for one shard; ``progress`` may be called while ``run`` goes."""
 
-    def __init__(self, spec: ShardSpec, limit: ClusterLimit, limiter_name: str | None) -> None:
+    def __init__(self, spec: ShardSpec, limit: ClusterLimit, limiter_name: str) -> None:
         self.spec = spec
         self.limit = limit
         self.limiter_name = limiter_name  # looked up by name: a restarted shard finds the same limiter
@@ -57,18 +70,24 @@ class ShardActor:
         self._task: asyncio.Task[ShardResult] | None = None
 
     async def run(self) -> ShardResult:
-        limiter = None
-        if self.limiter_name is not None and self.limit.limited:
-            actor = ray.get_actor(self.limiter_name, namespace=NAMESPACE)
+        actor = ray.get_actor(self.limiter_name, namespace=NAMESPACE)
 
-            async def ask(requests: int, tokens: int, report: Report) -> Lease:
-                return await actor.grant.remote(requests, tokens, report)
+        async def ask(requests: int, tokens: int, report: Report) -> Lease:
+            return await actor.grant.remote(requests, tokens, report)
 
-            async def send_report(report: Report) -> None:
-                await actor.report.remote(report)
+        async def send_report(report: Report) -> Lease:
+            return await actor.report.remote(report)
 
-            limiter = self.leased = LeasedLimiter(self.limit, ask, send_report)
-        self._task = asyncio.ensure_future(answer_shard(self.spec, limiter, self.stats))
+        async def allow(holder: str, wanted: float, needed: float, spent: float) -> tuple[float, bool]:
+            return await actor.allow.remote(holder, wanted, needed, spent)
+
+        async def give_back(holder: str, spent: float) -> None:
+            await actor.give_back.remote(holder, spent)
+
+        limiter = self.leased = LeasedLimiter(self.limit, ask, send_report)
+        budget = self.limit.budget_usd
+        lender = Lender(budget, self.incarnation, allow, give_back) if budget else None
+        self._task = asyncio.ensure_future(answer_shard(self.spec, limiter, self.stats, lender))
         try:
             return await self._task
         finally:

@@ -22,11 +22,13 @@ from typing import Any
 import orjson
 
 from ..conversation import Reject
+from ..cost import Budget
 from ..errors import CacheError, DistillError, UsageError
 from ..merge import merge
 from ..stats import RunStats
 from .lease import ClusterLimit
-from .options import AUTO, LOCAL, ClusterOptions
+from .options import LOCAL, ClusterOptions
+from .records import add_spending, keep_rate, rate_of, shard_spending, stored_rate
 from .work import RECOUNTED, SENT, ShardResult, ShardSpec, added
 
 # A distill.runner.RunJob (not imported: the runner imports this module)
@@ -99,7 +101,7 @@ def specs_for(job: RunJob, run_id: str, input_path: str) -> list[ShardSpec]:
 
 def check_job(job: RunJob) -> None:
     """Refuse, before Ray starts, what a cluster run does not do."""
-    for given, flag in ((job.shard, "--shard"), (job.batch, "--batch"), (job.budget, "--budget")):
+    for given, flag in ((job.shard, "--shard"), (job.batch, "--batch")):
         if given is not None:
             raise UsageError(f"{flag} cannot be combined with --ray; drop one of them")
 
@@ -117,13 +119,16 @@ def connected(options: ClusterOptions) -> Iterator[None]:
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if options.address == LOCAL:
-            ray.init(num_cpus=options.num_cpus, namespace=None, **quiet)
-        else:
-            ray.init(address=None if options.address == AUTO else options.address, **quiet)
+            # "local": a new instance even where `ray start` left the address of its cluster in /tmp/ray
+            ray.init(address=LOCAL, num_cpus=options.num_cpus, namespace=None, **quiet)
+        else:  # "auto": the cluster `ray start` started on this machine (RAY_ADDRESS first), else an error
+            ray.init(address=options.address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(
             f"cannot reach the Ray cluster at --ray {options.address}: {e}; start it with 'ray start --head' "
-            "on the head node, or pass --ray local"
+            "on the head node, or pass --ray local. A cluster with token authentication (what 'ray start' sets "
+            "up since Ray 2.59) needs RAY_AUTH_MODE=token here too, and its token in ~/.ray/auth_token or "
+            "RAY_AUTH_TOKEN"
         ) from None
     try:
         yield
@@ -138,8 +143,13 @@ async def answer_on_cluster(
     stats: RunStats,
     on_reject: Callable[[Reject], None],
     reader_stats: dict | None,
+    budget: Budget | None = None,
 ) -> ClusterReport:
-    """Answer ``job`` on Ray, merge the shard caches into ``job.cache`` and report the rejects in input order."""
+    """Answer ``job`` on Ray, merge the shard caches into ``job.cache`` and report the rejects in input order.
+
+    ``budget``: the run's (a cap, or a meter): under a cap the broker holds it for every shard
+    (:mod:`distill.cluster.budget`); it ends with what the shards spent and refused, as a single run's would.
+    """
     check_job(job)
     options = job.cluster
     assert options is not None
@@ -147,13 +157,30 @@ async def answer_on_cluster(
     for spec in specs:
         if spec.cache.resolve() == job.cache.resolve():
             raise UsageError("--cache-dir must not hold the run's own --cache file")
-    limit = ClusterLimit(job.settings.rpm, job.settings.tpm, lease_seconds=options.lease_seconds)
+    settings = job.settings
+    limit = ClusterLimit(
+        settings.rpm,
+        settings.tpm,
+        options.lease_seconds,
+        stored_rate(job.cache, settings.base_url, settings.model),
+        budget_usd=budget.limit if budget is not None else None,
+        spent_before_usd=budget.spent_before if budget is not None else 0.0,
+    )
     report = ClusterReport()
-    with connected(options):
-        results, carried = await _run_shards(specs, limit, run_id, stats, report)
+    caches = [s.cache for s in specs]
+    spent_before = shard_spending(caches, run_id)
+    try:
+        with connected(options):
+            results, carried = await _run_shards(specs, limit, run_id, stats, report)
+    finally:  # stopped or not, what the shards paid for is counted against --budget next time
+        add_spending(job.cache, run_id, spent_before, shard_spending(caches, run_id))
     _check_markers(specs, results)
-    _merge_shards(job.cache, run_id, [s.cache for s in specs])
+    _merge_shards(job.cache, run_id, caches)
+    keep_rate(job.cache, run_id, settings.base_url, settings.model, report.limiter)
     _sum_final(stats, results, carried)
+    if budget is not None:
+        budget.spent = stats.cost_usd or 0.0
+        budget.refused += sum(r.budget_refused for r in results)
     for _, reject in heapq.merge(*(r.rejects for r in results), key=lambda pair: pair[0]):
         on_reject(reject)
     if reader_stats is not None and results[0].reader_stats:
@@ -171,15 +198,13 @@ async def _run_shards(
 
     from .actors import NAMESPACE, LimiterActor, ShardActor
 
-    limiter, name = None, None
-    if limit.limited:
-        name = f"distill-limiter-{run_id}"
-        try:
-            limiter = LimiterActor.options(name=name, namespace=NAMESPACE).remote(limit)
-        except ValueError:
-            raise ClusterError(
-                f"another distill run of this input and settings is running on this Ray cluster ({name})"
-            ) from None
+    name = f"distill-limiter-{run_id}"
+    try:
+        limiter = LimiterActor.options(name=name, namespace=NAMESPACE).remote(limit)
+    except ValueError:
+        raise ClusterError(
+            f"another distill run of this input and settings is running on this Ray cluster ({name})"
+        ) from None
     shards = [
         ShardActor.options(
             name=shard_actor_name(run_id, spec.index), namespace=NAMESPACE, scheduling_strategy="SPREAD"
@@ -187,7 +212,7 @@ async def _run_shards(
         for spec in specs
     ]
     runs = [shard.run.remote() for shard in shards]
-    follower = _Follower(shards, stats, report)
+    follower = _Follower(shards, limiter, stats, report)
     try:
         watching = asyncio.ensure_future(follower.follow())
         try:
@@ -195,8 +220,8 @@ async def _run_shards(
         finally:
             watching.cancel()
         await follower.poll()
-        if limiter is not None:
-            report.limiter = await asyncio.wrap_future(limiter.state.remote().future())
+        report.limiter = await asyncio.wrap_future(limiter.finish.remote().future())
+        rate_of(stats, report.limiter)
         return list(results), follower.carried_counts()
     except asyncio.CancelledError:
         await _stop(shards)
@@ -207,7 +232,7 @@ async def _run_shards(
             raise cause from None
         raise ClusterError(f"a shard failed: {str(e).strip().splitlines()[-1]}") from None
     finally:
-        for actor in [*shards, *([limiter] if limiter is not None else [])]:
+        for actor in [*shards, limiter]:
             ray.kill(actor, no_restart=True)
 
 
@@ -226,8 +251,9 @@ async def _stop(shards: list) -> None:
 class _Follower:
     """Polls every shard's counters and keeps ``stats`` at their sum (the progress line reads it)."""
 
-    def __init__(self, shards: list, stats: RunStats, report: ClusterReport) -> None:
+    def __init__(self, shards: list, limiter, stats: RunStats, report: ClusterReport) -> None:
         self.shards = shards
+        self.limiter = limiter
         self.stats = stats
         self.report = report
         self.latest: list[tuple[str, dict[str, Any]] | None] = [None] * len(shards)
@@ -243,7 +269,11 @@ class _Follower:
 
     async def poll(self) -> None:
         calls = [asyncio.wrap_future(shard.progress.remote().future()) for shard in self.shards]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
+        *answers, limiter = await asyncio.gather(
+            *calls, asyncio.wrap_future(self.limiter.state.remote().future()), return_exceptions=True
+        )
+        if not isinstance(limiter, BaseException):
+            rate_of(self.stats, limiter)
         for i, answer in enumerate(answers):
             if isinstance(answer, BaseException):
                 continue  # a shard being restarted answers again soon; its run's end is what counts
@@ -314,4 +344,4 @@ def _merge_shards(cache: Path, run_id: str, shard_caches: list[Path]) -> None:
             )
         finally:
             conn.execute("DETACH DATABASE shard")
-    merge(cache, shard_caches, output_locked=True)
+    merge(cache, shard_caches, output_locked=True, spending=False)  # records.add_spending counts it

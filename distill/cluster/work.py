@@ -24,12 +24,22 @@ from ..engine import Engine
 from ..settings import RunSettings
 from ..shard import OpeningShard
 from ..stats import RunStats
+from .budget import AskAllowance, GiveBack, SharedBudget
 
 # Counters a restarted shard counts again from its cache (progress), as opposed to work done once (requests sent,
 # tokens, money, waits: every other number or count of RunStats), which a restart does not undo.
 RECOUNTED = ("conversations_read", "conversations_done", "conversations_failed", "rejects", "turns_done",
              "cache_hits", "conversations_cached")  # fmt: skip
-NOT_SUMMED = ("total_expected", "started", "failures", "cost_before_usd", "budget_usd", "rate_source")
+# the rate and its source are the broker's (the driver reads them there), not a shard's
+NOT_SUMMED = (
+    "total_expected",
+    "started",
+    "failures",
+    "cost_before_usd",
+    "budget_usd",
+    "rate_source",
+    "learned_rpm",
+)
 SENT = tuple(f.name for f in fields(RunStats) if f.name not in (*RECOUNTED, *NOT_SUMMED))
 
 
@@ -49,9 +59,7 @@ class ShardSpec:
     reader_options: dict = field(default_factory=dict)
     limit: int | None = None
     api_key: str | None = None
-    price: Price | None = (
-        None  # meters what the shard's answers cost (no cap: --budget is refused with --ray)
-    )
+    price: Price | None = None  # meters what the shard's answers cost (and a cluster-wide --budget caps it)
 
     @property
     def shard(self) -> OpeningShard:
@@ -61,6 +69,16 @@ class ShardSpec:
     def marker(self) -> Path:
         """A file the shard writes beside its cache, so the driver can tell whether it sees the same storage."""
         return self.cache.with_name(self.cache.name + ".node")
+
+
+@dataclass(frozen=True, slots=True)
+class Lender:
+    """Where a shard's share of a cluster-wide ``--budget`` of ``limit_usd`` comes from: the limiter actor."""
+
+    limit_usd: float
+    holder: str  # the shard's incarnation: a restarted shard is a new holder
+    allow: AskAllowance
+    give_back: GiveBack
 
 
 @dataclass(slots=True)
@@ -73,6 +91,7 @@ class ShardResult:
     marker: str
     node: str
     pid: int
+    budget_refused: int = 0  # requests the cluster-wide --budget had no room for
 
 
 def counters(stats: RunStats) -> dict[str, Any]:
@@ -104,8 +123,11 @@ def write_marker(spec: ShardSpec) -> str:
     return token
 
 
-async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult:
-    """Answer shard ``spec`` into its cache through ``limiter``; counters go into ``stats`` as they change."""
+async def answer_shard(
+    spec: ShardSpec, limiter, stats: RunStats, lender: Lender | None = None
+) -> ShardResult:
+    """Answer shard ``spec`` into its cache through ``limiter`` (and under ``lender``'s ``--budget``); counters go
+    into ``stats`` as they change."""
     from formats.intake import screened
     from formats.readers import ReaderOptions, open_reader
     from formats.writers import open_writer
@@ -120,6 +142,7 @@ async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult
     writer = open_writer(spec.output_format)
     numbered = _Numbered(screened(limited(reader.read(spec.input), spec.limit), writer))
     async with Cache(spec.cache) as cache, TeacherClient.for_settings(spec.settings, spec.api_key) as client:
+        budget = _meter(spec, stats, cache, limiter, lender)
         engine = Engine(
             spec.settings,
             cache,
@@ -127,10 +150,16 @@ async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult
             limiter=limiter,
             stats=stats,
             on_reject=lambda reject: rejects.append((numbered.current, reject)),
-            budget=_meter(spec, stats),
+            budget=budget,
             shard=spec.shard,
         )
-        await engine.run(iter(numbered), spec.run_id, spec.input_path)
+        if limiter is not None:
+            limiter.follow(engine.watch)
+        try:
+            await engine.run(iter(numbered), spec.run_id, spec.input_path)
+        finally:
+            if isinstance(budget, SharedBudget):
+                await budget.close()
     return ShardResult(
         index=spec.index,
         stats=counters(stats),
@@ -140,16 +169,26 @@ async def answer_shard(spec: ShardSpec, limiter, stats: RunStats) -> ShardResult
         marker=marker,
         node=socket.gethostname(),
         pid=os.getpid(),
+        budget_refused=budget.refused if budget is not None else 0,
     )
 
 
-def _meter(spec: ShardSpec, stats: RunStats) -> Budget | None:
-    """A meter of what the answers cost (where the price is known), into ``stats.cost_usd``."""
+def _meter(spec: ShardSpec, stats: RunStats, cache: Cache, limiter, lender: Lender | None) -> Budget | None:
+    """What the answers cost (where the price is known): into ``stats.cost_usd``, the shard cache's spending and
+    the reports to the broker; a :class:`SharedBudget` of ``lender``'s ``--budget`` when there is one."""
 
     def on_charge(usd: float, prompt_tokens: int, completion_tokens: int) -> None:
         stats.cost_usd = (stats.cost_usd or 0.0) + usd
+        cache.add_spend(spec.run_id, usd, prompt_tokens, completion_tokens)
+        if limiter is not None:
+            limiter.on_spent(usd)
 
-    meter = budget_for(None, spec.settings.model, spec.price, on_charge=on_charge)
+    if lender is not None and spec.price is not None:
+        meter: Budget | None = SharedBudget(
+            lender.limit_usd, spec.price, lender.holder, lender.allow, lender.give_back, on_charge=on_charge
+        )
+    else:
+        meter = budget_for(None, spec.settings.model, spec.price, on_charge=on_charge)
     if meter is not None:
         stats.cost_usd = 0.0
     return meter
