@@ -189,6 +189,9 @@ class ViewRows:
 
 def finished_row(run_id: str, position: int, answers: Sequence[TeacherResponse]) -> tuple[Any, ...]:
     """The parameters of the ``mark_finished`` update: prompt tokens, completion tokens, the longest answer's."""
+    if len(answers) == 1:  # the usual single-turn conversation: its answer's figures, no lists
+        only = answers[0]
+        return only.prompt_tokens, only.completion_tokens, only.completion_tokens, run_id, position
     prompt = [a.prompt_tokens for a in answers if a.prompt_tokens is not None]
     tokens = [a.completion_tokens for a in answers if a.completion_tokens is not None]
     return (

@@ -27,3 +27,14 @@ async def test_room_waits_until_the_backlog_is_committed(tmp_path):
         assert cache.commits >= 1
     with sqlite3.connect(tmp_path / "c.sqlite") as conn:
         assert conn.execute("SELECT count(*) FROM responses").fetchone()[0] == 1010
+
+
+def test_a_finished_mark_carries_the_answers_tokens():
+    from distill.cache_view import finished_row
+
+    one, other = TeacherResponse("a", "stop", 7, 3), TeacherResponse("b", "stop", 5, 9)
+    unknown = TeacherResponse("c", "stop")  # a server that reported no usage
+    assert finished_row("r", 4, [one]) == (7, 3, 3, "r", 4)
+    assert finished_row("r", 4, [unknown]) == (None, None, None, "r", 4)
+    assert finished_row("r", 4, [one, other, unknown]) == (12, 12, 9, "r", 4)
+    assert finished_row("r", 4, []) == (None, None, None, "r", 4)
