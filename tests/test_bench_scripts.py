@@ -103,12 +103,16 @@ def test_peer_rate_delivers_every_prompt_in_both_cases(tmp_path):
     assert [row["detail"]["exit"] for row in rows if "distill" in row["case"]] == [0, 0]
 
 
-def test_run_all_writes_the_table(tmp_path):
+def test_run_all_writes_the_table_and_keeps_what_was_written_by_hand(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
+    out.write_text(
+        f"# Benchmarks\n\n| 1 throughput | an old row |\n\n{run_all.HAND_WRITTEN}\n\n## Issue 99\n\nnotes\n"
+    )
     assert run_all.main(["--tiny", "--only", "export_speed", "--output", str(out)]) == 0
     text = out.read_text()
     assert "| 6 export |" in text and "nproc" not in text and "cores" in text
     assert "Command: `python -m bench.run_all --tiny`" in text
+    assert "an old row" not in text and text.endswith(f"{run_all.HAND_WRITTEN}\n\n## Issue 99\n\nnotes\n")
 
 
 @pytest.mark.slow  # eight runs, each with its own teacher process: about 35 s
