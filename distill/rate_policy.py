@@ -32,6 +32,9 @@ MAX_CUT = 0.5  # one decrease goes at most this far below the rate (then BETA)
 ALPHA = 0.01
 ALPHA_MIN = 0.5
 RECOVER_GROWTH = 0.1
+PROBE_DOUBLING = (
+    0.25  # seconds: while probing and holding requests back, the rate doubles at least this often
+)
 STORED_START = 0.9  # a run starts at this share of the rate a run before it learned
 HEADROOM = 0.985  # a stated limit is paced a hair under, as a clock drift and window edges need
 SHED_SHARE = 0.1  # 503s are shedding (a rate signal) when this share of a window's answers or more...
@@ -105,6 +108,18 @@ def accepted_growth(state: RateState, latency: float) -> RateState:
     if state.phase != "probe":
         return state
     return replace(state, rate=_bounded(state.rate + 1.0 / max(latency, 1e-3)))
+
+
+def probe_growth(state: RateState, seconds: float) -> RateState:
+    """Slow start by the clock: while probing, the rate also doubles every ``PROBE_DOUBLING`` seconds.
+
+    Growth by answers alone waits a round trip per doubling, which against a slow server without a limit (a
+    self-hosted model answering in a second) holds the run back for many seconds. A server that limits refuses
+    at once, so the clock can run ahead of the answers: the first refusal ends the probe.
+    """
+    if state.phase != "probe" or seconds <= 0:
+        return state
+    return replace(state, rate=_bounded(state.rate * 2.0 ** (seconds / PROBE_DOUBLING)))
 
 
 def signal(

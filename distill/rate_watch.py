@@ -75,6 +75,7 @@ class RateWatch:
         self._bucket = int(now / self._bucket_width)
         self._tally = _Tally()
         self._window_start = now
+        self._probe_clock = now  # when the probe last grew by the clock
         self._held_back = limiter.held_back
         self.waiting: Callable[[], int] = lambda: limiter.waiting  # requests held back now
         self.limited_total = 0
@@ -82,10 +83,10 @@ class RateWatch:
         self.accepted_total = 0
         self.faults_total = 0
         self.latency_total = 0.0  # summed seconds from departure to answer of the accepted requests
-        # answers a second accepted over the busiest two whole windows in a row that saw a rate signal, and the
-        # last window (accepted, seconds) when it was one of them
-        self._busiest_refusing = 0.0
-        self._last_refusing: tuple[int, float] | None = None
+        # answers a second accepted over the busiest two whole windows in a row, and the last whole window
+        # (accepted, seconds)
+        self._busiest_two = 0.0
+        self._last_whole: tuple[int, float] | None = None
 
     # -- what the engine reports --------------------------------------------------------------------------
 
@@ -94,6 +95,11 @@ class RateWatch:
         now = self._tick()
         self._seq += 1
         self._tally.sent += 1
+        if self.state.phase == "probe":
+            if self.waiting():
+                self.state = policy.probe_growth(self.state, now - self._probe_clock)
+                self._apply()
+            self._probe_clock = now
         return Sent(now, self._seq)
 
     def accepted(self, ticket: Sent, signals: RateSignals) -> None:
@@ -149,7 +155,6 @@ class RateWatch:
         now = self._clock()
         cut_already = now < self.state.hold_until
         before = self.state
-        self._tally.signalled = True
         sent_rate = (self._seq - self._seq_at(now - self.window)) / self.window
         self.state = policy.signal(self.state, self.accepted_rate(ticket), now, self.window, sent_rate)
         if self.state is not before:
@@ -226,7 +231,7 @@ class RateWatch:
         self._apply()
         seconds = now - self._window_start
         self._window_start = now
-        self._note_refusing(tally, seconds)
+        self._note_accepted(tally, seconds)
         if self.on_window is not None:
             self.on_window(
                 WindowRecord(
@@ -241,15 +246,15 @@ class RateWatch:
                 )  # fmt: skip
             )
 
-    def _note_refusing(self, tally: _Tally, seconds: float) -> None:
-        if not tally.signalled or seconds < self.window:
-            self._last_refusing = None
+    def _note_accepted(self, tally: _Tally, seconds: float) -> None:
+        if seconds < self.window:
+            self._last_whole = None
             return
-        if self._last_refusing is not None:
-            accepted, spent = self._last_refusing
+        if self._last_whole is not None:
+            accepted, spent = self._last_whole
             both = (accepted + tally.accepted) / (spent + seconds)
-            self._busiest_refusing = max(self._busiest_refusing, both)
-        self._last_refusing = (tally.accepted, seconds)
+            self._busiest_two = max(self._busiest_two, both)
+        self._last_whole = (tally.accepted, seconds)
 
     def finish(self) -> None:
         """Close the window in progress (the end of a run), so that its counts are recorded too."""
@@ -265,13 +270,12 @@ class RateWatch:
         if state.source == "told" and state.ceiling is not None:
             return state.ceiling / policy.HEADROOM * 60.0
         level = state.target if state.target is not None else state.rate
-        two = self._busiest_refusing
-        if two:
+        if self._busiest_two:
             # A decrease counts the requests that left in the second before a refused one, which is not aligned
             # with the server's windows (nor is the engine's clock with the server's when the loop is busy): one
-            # such count may take in parts of two server windows. What two whole refusing windows in a row
-            # accepted, by arrival, is what the server lets through.
-            level = min(level, two)
+            # such count may take in parts of two server windows. The server never accepted more than the busiest
+            # two whole windows in a row did, by arrival.
+            level = min(level, self._busiest_two)
         return level * 60.0
 
 
@@ -291,7 +295,6 @@ class _Tally:
     shed: int = 0
     faults: int = 0
     decreased: bool = False
-    signalled: bool = False  # a 429 or shedding 503 arrived in this window
 
     @property
     def answers(self) -> int:

@@ -117,6 +117,12 @@ def test_a_limit_shed_as_503(phase):
     assert result.share >= 0.8 and result.refused_share <= 0.05
 
 
+def test_a_slow_server_without_a_limit_is_not_held_back_for_long():
+    # a self-hosted model answering in a second: growth by answers alone would wait a round trip per doubling
+    result = simulate(lambda t: None, seconds=20.0, workers=512, latency=1.0)
+    assert result.admitted >= 0.9 * 512 * 19 and result.watch.state.phase == "probe"
+
+
 def test_scattered_5xx_do_not_slow_an_unlimited_run():
     clean = simulate(lambda t: None, latency=0.1, seconds=10.0)
     faulty = simulate(lambda t: None, latency=0.1, seconds=10.0, fault_rate=0.05)
@@ -145,11 +151,12 @@ def test_a_rerun_from_the_stored_rate_does_not_flood():
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("latency", [0.01, 0.2])
 def test_a_short_run_keeps_a_rate_near_the_limit_whatever_the_windows_alignment(phase, latency):
-    # What a run of a few seconds keeps for the next one is near the limit (a rerun starts at 0.9 of it).
+    # What a run of a few seconds keeps for the next one is near the limit, and never far above it (a rerun
+    # starts at 0.9 of it and climbs from there)
     result = simulate(
         lambda t: 20.0, seconds=6.0, workers=32, latency=latency, retry_after=False, phase=phase
     )
-    assert result.watch.learned_rpm() == pytest.approx(1200, rel=0.15)
+    assert 0.75 * 1200 <= result.watch.learned_rpm() <= 1.1 * 1200
 
 
 def test_random_429s_slow_the_run_but_never_stop_it():
