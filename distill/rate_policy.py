@@ -4,7 +4,8 @@ Every function here is pure: it takes a :class:`RateState` (and what was observe
 the policy is tested on plain numbers, without clocks or sleeps. :mod:`distill.rate_watch` feeds it.
 
 * **probe** (nothing known): start slow and grow by ``1 / latency`` per accepted answer, which doubles the rate
-  every round trip (TCP's slow start, on a rate), while the rate is what holds requests back;
+  every round trip (TCP's slow start, on a rate), and by the clock, doubling at least every ``PROBE_DOUBLING``
+  seconds, while the rate is what holds requests back;
 * **a rate signal** (a 429, or a burst of 503s): decrease at once, at most once per observation window, to
   ``BETA`` times the rate the server actually *accepted* over the last window (not the rate that was asked),
   but never below ``BETA * MAX_CUT`` of the rate sent, in one step (a window refused whole tells little);
