@@ -14,12 +14,12 @@ the rerun, which reads the input again anyway.
 
 Look-ups and writes are batched: every ``get`` issued in the same event-loop turn is answered by one ``SELECT``
 on the event loop's own thread, and writes are committed by one transaction at most ``commit_interval`` seconds
-after they were queued, on a writer thread with its own connection. A look-up batch costs tens of microseconds of
-SQLite work, less than a thread hand-over (aiosqlite, the first design, sent every statement to a thread: 283
-against 217 microseconds of CPU per request); a group commit is one hand-over per 20 milliseconds, and SQLite
-releases the GIL while it inserts, so the loop goes on meanwhile (answers not yet committed are served from
-memory). WAL mode lets the two connections read and write at once, and ``synchronous = NORMAL`` means a commit
-does not wait for the disk; only SQLite's checkpoints do.
+after they were queued, by the cache's writer process (:mod:`distill.cache_writer`) with its own connection. A
+look-up batch costs tens of microseconds of SQLite work, less than a thread hand-over (aiosqlite, the first
+design, sent every statement to a thread: 283 against 217 microseconds of CPU per request); a group commit is one
+message to the writer per 20 milliseconds, and the loop goes on meanwhile (answers not yet committed are served
+from memory). WAL mode lets the two connections read and write at once, and ``synchronous = NORMAL`` means a
+commit does not wait for the disk; only SQLite's checkpoints do.
 
 The file itself (its schema and migrations, the checks before it is opened, the lock of the run writing it) is
 :mod:`distill.cache_file`.
@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,12 +49,14 @@ from .cache_file import (  # noqa: F401
     check_cache_writable,
     check_file,
     check_whole,
+    connect_for_writing,
     connect_readonly,
     prepare,
     reported,
     writable,
 )
 from .cache_view import ViewRecords, ViewRows
+from .cache_writer import WriterProcess
 from .errors import CacheError
 from .key_filter import KeyFilter
 from .requests import TeacherResponse
@@ -97,8 +97,7 @@ class Cache(GroupCommits, ViewRecords):
         self.commit_interval = commit_interval
         self.max_batch = max_batch
         self._db: sqlite3.Connection | None = None
-        self._writer: ThreadPoolExecutor | None = None
-        self._writer_state = threading.local()
+        self._writer: WriterProcess | None = None
         self._lock = RunLock(self.path)
         self._pending_gets: dict[str, asyncio.Future[CacheEntry | None]] = {}
         self._lookup_scheduled = False
@@ -158,8 +157,8 @@ class Cache(GroupCommits, ViewRecords):
             fresh = not (self.had_answers or self._failures_possible)
             self._keys = KeyFilter() if fresh else None
             setup.close()
-            self._db = self._connect()
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-cache-writer")
+            self._db = connect_for_writing(self.path)
+            self._writer = await WriterProcess.start(self.path)
         except BaseException:
             await self._close_db()
             self._lock.release()
@@ -172,34 +171,16 @@ class Cache(GroupCommits, ViewRecords):
             await self._close_db()
             self._lock.release()
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA busy_timeout = 10000")
-        db.execute("PRAGMA synchronous = NORMAL")
-        return db
-
     async def _close_db(self) -> None:
-        if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(self._writer, self._close_writer_db)
-            self._writer.shutdown()
-            self._writer = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def _writer_db(self) -> sqlite3.Connection:
-        """The writer thread's own connection (SQLite connections stay on the thread that made them)."""
-        db = getattr(self._writer_state, "db", None)
-        if db is None:
-            db = self._writer_state.db = self._connect()
-        return db
-
-    def _close_writer_db(self) -> None:
-        db = getattr(self._writer_state, "db", None)
-        if db is not None:
-            self._index_before_closing(db)
-            db.close()
-            self._writer_state.db = None
+        try:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                with reported(self.path):
+                    await writer.close()
+        finally:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     # -- reads ---------------------------------------------------------------------------------------------
 

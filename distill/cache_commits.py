@@ -1,9 +1,10 @@
-"""The cache's writes: rows queued in memory and committed in groups on a writer thread.
+"""The cache's writes: rows queued in memory and committed in groups by the cache's writer process.
 
 Answers, failures, input conversations, finished marks and spending are queued by the event loop (an answer is
 readable at once, from memory, until its commit) and written by one transaction at most ``commit_interval`` seconds
-after they were queued, on the writer thread with its own connection; producers that outrun the disk wait in
-:meth:`GroupCommits.room`. :class:`~distill.cache.Cache` is one, and owns the state annotated below.
+after they were queued, by :class:`~distill.cache_writer.WriterProcess` with its own connection; producers that
+outrun the disk wait in :meth:`GroupCommits.room`. :class:`~distill.cache.Cache` is one, and owns the state
+annotated below.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .cache_file import reported
-from .cache_view import FINISHED_UPDATE, ViewRows, finished_row
+from .cache_view import ViewRows, finished_row
+from .cache_writer import SPEND_UPSERT, CommitGroup, WriterProcess  # noqa: F401 (SPEND_UPSERT: cache's)
 from .key_filter import KeyFilter
 from .requests import TeacherResponse
-from .sqlite_rows import insert_rows
 
 BACKLOG_BATCHES = 4  # rows queued beyond this many batches make producers wait (Cache.room)
 # Seconds between group commits. Larger groups write each B-tree page once for more rows: 20 ms instead of 5 cost
@@ -31,21 +31,8 @@ COMMIT_INTERVAL = 0.02
 # index entries cost some microseconds of CPU per conversation). A conversation not marked by then is written
 # unmarked, as before; an explicit flush, a full batch or closing the cache write every row at once.
 CONVERSATION_HOLD = 0.25
-CONVERSATION_INSERT = (
-    "INSERT OR REPLACE INTO conversations (run_id, position, id, source, data) VALUES (?, ?, ?, ?, ?)"
-)
-COMPLETE_INSERT = (
-    "INSERT OR REPLACE INTO conversations (run_id, position, id, source, data, finished, failed_key, prompt_tokens, "
-    "answer_tokens, longest_answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 NO_TIMING = (None, None)  # an answer no attempt was logged for (a Batch API's)
-
-SPEND_UPSERT = (
-    "INSERT INTO spending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
-    "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = completion_tokens + excluded.completion_tokens, updated = excluded.updated"
-)
 
 
 class GroupCommits:
@@ -57,14 +44,13 @@ class GroupCommits:
     max_batch: int
     commits: int
     _db: sqlite3.Connection | None
-    _writer: ThreadPoolExecutor | None
-    _writer_db: Callable[[], sqlite3.Connection]
+    _writer: WriterProcess | None
     _unflushed: dict[str, TeacherResponse]
     _response_rows: list[tuple[Any, ...]]
     _failure_rows: list[tuple[Any, ...]]
     # (run id, position) -> (monotonic time queued, the row): held for their marks (CONVERSATION_HOLD)
     _conversation_rows: dict[tuple[str, int], tuple[float, tuple[Any, ...]]]
-    _complete_rows: list[tuple[Any, ...]]  # conversations with their marks, for COMPLETE_INSERT
+    _complete_rows: list[tuple[Any, ...]]  # conversations with their marks (CommitGroup.complete)
     _finished_rows: list[tuple[Any, ...]]
     _spend: dict[str, list[float]]
     _flush_handle: asyncio.TimerHandle | None
@@ -73,7 +59,6 @@ class GroupCommits:
     _keys: KeyFilter | None  # the keys stored since a fresh cache was opened (Cache.may_hold)
     _answered: dict[str, tuple[float, float]]  # from distill.cache_view.ViewRecords.log_attempt
     _take_view_rows: Callable[[], ViewRows]  # from distill.cache_view.ViewRecords
-    _index_if_due: Callable[[sqlite3.Connection, int], None]
 
     def put(self, key: str, identity: bytes, response: TeacherResponse) -> None:
         """Queue an answer for the next group commit (readable at once through ``get``), with the time and
@@ -152,7 +137,7 @@ class GroupCommits:
     async def room(self) -> None:
         """Wait while more than ``BACKLOG_BATCHES`` commits' worth of rows are queued behind the one in progress.
 
-        Commits run on the writer thread, so nothing else stops a fast reader or teacher from queueing rows faster
+        Commits run in the writer process, so nothing else stops a fast reader or teacher from queueing rows faster
         than the disk takes them; producers call this to keep memory bounded.
         """
         while self.full():
@@ -198,20 +183,14 @@ class GroupCommits:
             )
         if not (responses or failures or conversations or complete or finished or spend or viewed):
             return
+        group = CommitGroup(
+            responses, failures, conversations, complete, finished, spend, viewed, self._failures_possible
+        )
+        assert self._writer is not None, "the cache is not open"
         with reported(self.path):
-            # On the writer thread: SQLite releases the GIL while it inserts and commits, so the event loop
-            # goes on answering meanwhile; look-ups of keys not yet committed are answered from ``_unflushed``.
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer,
-                self._write,
-                responses,
-                failures,
-                conversations,
-                finished,
-                spend,
-                viewed,
-                complete,
-            )
+            # Committed by the writer process; meanwhile the event loop goes on, and look-ups of keys not yet
+            # committed are answered from ``_unflushed``.
+            await self._writer.commit(group)
         self.commits += 1
         for row in responses:
             self._unflushed.pop(row[0], None)
@@ -252,41 +231,3 @@ class GroupCommits:
             await self._flushing
         if self._db is not None:
             await self._flush_once(hold=False)
-
-    def _write(
-        self,
-        responses: list,
-        failures: list,
-        conversations: list,
-        finished: list,
-        spend: list = (),
-        viewed: ViewRows | None = None,
-        complete: list = (),
-    ) -> None:
-        db = self._writer_db()
-        db.execute("BEGIN")
-        try:
-            if responses:
-                insert_rows(
-                    db, "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", responses
-                )
-                if self._failures_possible:
-                    db.executemany("DELETE FROM failures WHERE key = ?", [(r[0],) for r in responses])
-            if failures:
-                insert_rows(db, "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
-            if conversations:
-                insert_rows(db, CONVERSATION_INSERT, conversations)
-            if complete:
-                insert_rows(db, COMPLETE_INSERT, complete)
-            if finished:
-                db.executemany(FINISHED_UPDATE, finished)
-            if spend:
-                db.executemany(SPEND_UPSERT, spend)
-            if viewed:
-                viewed.write(db)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._index_if_due(db, len(conversations) + len(complete))

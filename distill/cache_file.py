@@ -192,6 +192,15 @@ def check_whole(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def connect_for_writing(path: Path) -> sqlite3.Connection:
+    """A connection that writes to the cache (in WAL mode already): waits for the file's lock, commits without
+    waiting for the disk, and leaves transactions to explicit ``BEGIN``s."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 10000")
+    db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
 def connect_readonly(path: Path) -> sqlite3.Connection:
     """A synchronous read connection for export and stats."""
     if not path.exists():

@@ -27,8 +27,6 @@ The rows are queued like answers and written by the same group commit (:class:`V
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,7 +213,6 @@ class ViewRecords:
 
     _view_rows: ViewRows
     _answered: dict[str, tuple[float, float]]  # key -> (sent at, latency) of the attempt that got its answer
-    _unindexed = 0  # conversations written since the last indexing pass (writer thread only)
 
     def _schedule_flush(self) -> None:  # pragma: no cover - provided by Cache
         raise NotImplementedError
@@ -259,19 +256,6 @@ class ViewRecords:
             record = orjson.dumps(repr(reject.record))
         self._view_rows.rejects.append((run_id, reject.source, reject.reason, record))
         self._schedule_flush()
-
-    def _index_if_due(self, db, conversations_written: int) -> None:
-        """On the writer thread, after a commit: index for search once :data:`SEARCH_BATCH` are waiting."""
-        self._unindexed += conversations_written
-        if self._unindexed >= SEARCH_BATCH:
-            index_for_search(db)
-            self._unindexed = 0
-
-    def _index_before_closing(self, db) -> None:
-        """On the writer thread, when the cache closes: index what is left (a failure here loses nothing:
-        the next run's pass indexes it)."""
-        with contextlib.suppress(sqlite3.Error):
-            index_for_search(db)
 
     def _take_view_rows(self) -> ViewRows:
         rows, self._view_rows = self._view_rows, ViewRows()

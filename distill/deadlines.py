@@ -36,12 +36,16 @@ class Deadlines:
         self._due: dict[asyncio.Task, float] = {}
         self._expired: set[asyncio.Task] = set()
         self._sweep: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the requests (one at a time)
 
     def start(self) -> asyncio.Task:
         """Give the current task its deadline; returns the task, for :meth:`expired` and :meth:`finish`."""
-        task = asyncio.current_task()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        # current_task with the loop given: without it, asyncio asks the OS for the process id on every call
+        task = asyncio.current_task(loop)
         assert task is not None, "a deadline belongs to a task"
-        loop = task.get_loop()
         self._due[task] = (self._clock or loop.time)() + self.timeout
         if self._sweep is None:
             self._sweep = loop.call_later(self.tick, self._sweep_and_rearm, loop)

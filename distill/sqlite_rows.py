@@ -1,9 +1,10 @@
-"""Many rows per ``INSERT`` statement: how the cache's writer thread inserts a group commit's rows.
+"""Many rows per ``INSERT`` statement: how the cache's writer (:mod:`distill.cache_writer`) inserts a group commit.
 
 ``executemany`` runs its statement once per row, and Python's ``sqlite3`` hands the GIL back around every step and
-takes it again after. While the event loop is busy on its own thread, each row then costs both threads a GIL
-hand-over (a wake-up and a context switch). One statement of many rows takes the GIL once for all of them: measured
-some 6 us less CPU on the loop's thread per answer at thousands of answers a second (issue 12).
+takes it again after. When the writer was a thread beside the event loop, each row cost both threads a GIL
+hand-over; one statement of many rows took the GIL once for all of them (measured: some 6 us less CPU on the loop's
+thread per answer at thousands of answers a second, issue 12). In the writer process it still saves a statement
+step per row.
 """
 
 from __future__ import annotations

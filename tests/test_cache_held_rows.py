@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-from distill import cache_commits
+from distill import cache_commits, cache_writer
 from distill.cache import Cache
 from distill.requests import TeacherResponse
 
@@ -34,17 +34,15 @@ class Statements:
 
     def __init__(self, monkeypatch) -> None:
         self.inserted = self.complete = self.updated = 0
-        write = cache_commits.GroupCommits._write
+        commit = cache_writer.WriterProcess.commit
 
-        def counted(
-            commits, responses, failures, conversations, finished, spend=(), viewed=None, complete=()
-        ):
-            self.inserted += len(conversations)
-            self.complete += len(complete)
-            self.updated += len(finished) + (len(viewed.failed) if viewed else 0)
-            return write(commits, responses, failures, conversations, finished, spend, viewed, complete)
+        async def counted(writer, group: cache_writer.CommitGroup) -> None:
+            self.inserted += len(group.conversations)
+            self.complete += len(group.complete)
+            self.updated += len(group.finished) + len(group.viewed.failed)
+            await commit(writer, group)
 
-        monkeypatch.setattr(cache_commits.GroupCommits, "_write", counted)
+        monkeypatch.setattr(cache_writer.WriterProcess, "commit", counted)
 
 
 def conversation(position: int) -> tuple[int, str, str, bytes]:

@@ -212,7 +212,7 @@ def test_a_shard_killed_with_sigkill_is_restarted_and_resumes_from_its_cache(
     assert job.output.read_bytes() == single
     resent = sum(n - 1 for n in stats["received_by_hash"].values())
     # what the killed shard had in flight, plus answers it had received but not yet committed (the 20 ms group
-    # commit; on a loaded machine the writer thread can lag by a few): the guarantee of kill -9 without Ray
+    # commit; on a loaded machine the cache's writer can lag by a few): the guarantee of kill -9 without Ray
     assert resent <= concurrency + 8
     assert set(stats["answered_by_hash"].values()) <= {1, 2}
     assert orjson.loads((tmp_path / "ray.sqlite.shards" / REPORT_NAME).read_bytes())["restarts"] >= 1

@@ -1,4 +1,4 @@
-"""The cache's own contract: what is queued is readable at once, committed by the writer thread, and bounded."""
+"""The cache's own contract: what is queued is readable at once, committed by the writer process, and bounded."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ async def test_room_waits_until_the_backlog_is_committed(tmp_path):
     async with Cache(tmp_path / "c.sqlite", max_batch=10, commit_interval=60) as cache:
         for n in range(10):
             cache.put(f"k{n}", b"{}", answer(n))
-        await asyncio.sleep(0)  # the first commit starts on the writer thread
+        await asyncio.sleep(0)  # the first commit goes to the writer process
         for n in range(10, 1010):  # queued behind it: nothing else would commit them for a minute
             cache.put(f"k{n}", b"{}", answer(n))
         assert (await cache.get("k1009")).text == "answer 1009"  # readable before it is committed

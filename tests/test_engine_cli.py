@@ -91,7 +91,7 @@ def test_resume_after_sigkill_writes_the_same_bytes_and_pays_once(tmp_path, slow
     received = slow_teacher.stats()["received_by_hash"]
     resent = [h for h, n in received.items() if n > 1]
     # At most what was in flight at each kill (4), plus answers not yet committed: those inside the 20 ms group
-    # commit window (~3 at 130/s) and one commit under way on the writer thread (~3 more).
+    # commit window (~3 at 130/s) and one commit under way in the writer process (~3 more).
     assert len(resent) <= 3 * (4 + 6)
 
 
