@@ -1,0 +1,91 @@
+"""The cache's writer process: commits in order, reports SQLite errors as they were, survives its parent."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import signal
+import sqlite3
+
+import pytest
+
+from distill.cache import Cache
+from distill.cache_file import reported
+from distill.cache_view import ViewRows
+from distill.cache_writer import LENGTH, CommitGroup, WriterProcess, serve
+from distill.errors import CacheError
+
+
+def group(*keys: str, text: str | None = "answer") -> CommitGroup:
+    rows = [(key, b"{}", text, "stop", 1, 2, 10.0, 9.0, 1.0) for key in keys]
+    return CommitGroup(rows, [], [], [], [], [], ViewRows(), False)
+
+
+def message(*parts) -> bytes:
+    payload = pickle.dumps(parts)
+    return LENGTH.pack(len(payload)) + payload
+
+
+async def empty_cache(path) -> None:
+    async with Cache(path):
+        pass
+
+
+def keys_in(path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [key for (key,) in db.execute("SELECT key FROM responses ORDER BY key")]
+
+
+async def test_groups_are_committed_in_order_and_the_writer_ends_with_the_cache(tmp_path):
+    path = tmp_path / "c.sqlite"
+    await empty_cache(path)
+    writer = await WriterProcess.start(path)
+    await writer.commit(group("a", "b"))
+    assert keys_in(path) == ["a", "b"]  # committed when commit returns, readable by another connection
+    await writer.commit(group("b", "c"))  # a later row replaces an earlier one
+    await writer.close()
+    assert keys_in(path) == ["a", "b", "c"]
+    assert writer._process.returncode == 0
+
+
+async def test_an_sqlite_error_of_the_writer_is_raised_in_the_run_as_the_same_class(tmp_path):
+    path = tmp_path / "c.sqlite"
+    await empty_cache(path)
+    writer = await WriterProcess.start(path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+            await writer.commit(group("a", text=None))
+        with pytest.raises(CacheError, match="failed: NOT NULL"), reported(path):
+            await writer.commit(group("b", text=None))
+        await writer.commit(group("c"))  # the failed transactions were rolled back; the writer goes on
+    finally:
+        await writer.close()
+    assert keys_in(path) == ["c"]
+
+
+async def test_a_writer_that_died_is_a_cache_error_that_says_so(tmp_path):
+    path = tmp_path / "c.sqlite"
+    await empty_cache(path)
+    writer = await WriterProcess.start(path)
+    await writer.commit(group("a"))
+    os.kill(writer._process.pid, signal.SIGKILL)
+    with pytest.raises(CacheError, match=r"writer process of the cache .* ended \(exit status -9\)"):
+        await writer.commit(group("b"))
+    await writer.close()
+    assert keys_in(path) == ["a"]
+
+
+async def test_when_the_run_is_gone_the_writer_commits_every_whole_group_it_received(tmp_path):
+    path = tmp_path / "c.sqlite"
+    await empty_cache(path)
+    whole = message("commit", group("a")) + message("commit", group("b"))
+    cut = message("commit", group("c"))[:-5]  # the run was killed while sending it
+    answers = io.BytesIO()
+    serve(str(path), 10_000, io.BytesIO(whole + cut), answers)
+    assert keys_in(path) == ["a", "b"]
+    answers.seek(0)
+    for _ in range(2):  # one answer per commit: None, committed
+        (size,) = LENGTH.unpack(answers.read(LENGTH.size))
+        assert pickle.loads(answers.read(size)) is None
+    assert answers.read() == b""
