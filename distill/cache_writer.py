@@ -28,6 +28,11 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+try:
+    import fcntl
+except ImportError:  # Windows: pipes keep their size
+    fcntl = None  # type: ignore[assignment]
+
 from . import cache_view
 from .cache_file import connect_for_writing
 from .cache_view import FINISHED_UPDATE, ViewRows, index_for_search
@@ -35,6 +40,7 @@ from .errors import CacheError
 from .sqlite_rows import insert_rows
 
 LENGTH = struct.Struct(">I")  # each message is its length, then its pickle
+PIPE_BYTES = 1 << 20
 SPEND_UPSERT = (
     "INSERT INTO spending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
     "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
@@ -115,6 +121,7 @@ class WriterProcess:
             )
         except OSError as e:
             raise CacheError(f"cannot start the cache's writer process for {path}: {e}") from None
+        _widen(process.stdin)
         return cls(path, process)
 
     async def commit(self, group: CommitGroup) -> None:
@@ -153,6 +160,17 @@ class WriterProcess:
             raise (error if isinstance(error, type) and issubclass(error, sqlite3.Error) else sqlite3.Error)(
                 text
             )
+
+
+def _widen(stdin: asyncio.StreamWriter | None) -> None:
+    """Let a whole group commit fit in the pipe (Linux: 64 KiB by default), so that sending one is one write."""
+    pipe = stdin.get_extra_info("pipe") if stdin is not None else None
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if pipe is not None and set_size is not None:
+        with contextlib.suppress(
+            OSError
+        ):  # past the system's pipe-max-size: the default serves, less quickly
+            fcntl.fcntl(pipe.fileno(), set_size, PIPE_BYTES)
 
 
 def serve(path: str, search_batch: int, source: BinaryIO, sink: BinaryIO) -> None:
