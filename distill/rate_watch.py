@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import rate_policy as policy
 from .limiter import RateLimiter
@@ -279,9 +280,8 @@ class RateWatch:
         return level * 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """A request's departure: when, and its number in the run."""
+class Sent(NamedTuple):
+    """A request's departure: when, and its number in the run (a tuple: one is made per request)."""
 
     at: float
     seq: int
