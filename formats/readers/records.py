@@ -61,8 +61,10 @@ class RecordReader(Reader):
             conversation = self.convert(source, value)
         except BadRecord as e:
             return Reject(source, str(e), value)
-        conversation.id = storable(conversation.id)
-        conversation.meta = storable(conversation.meta)
+        if not (type(conversation.id) is str and conversation.id.isascii()):  # else stored as it is
+            conversation.id = storable(conversation.id)
+        if conversation.meta:
+            conversation.meta = storable(conversation.meta)
         return conversation
 
     def check_options(self) -> None:
