@@ -24,9 +24,12 @@ from support import DISTILL, run_command
 from distill.servers.teacher import TeacherKnobs, start_teacher_process
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -150,7 +153,21 @@ def submit(driver, button) -> None:
     """Click ``button`` and wait until the next page has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "main")
     button.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 10).until(lambda _: replaced(page))
+
+
+def replaced(element) -> bool:
+    """Whether ``element``'s page is gone. Mid-navigation chromedriver may answer "does not belong to the
+    document" as an unknown error instead of a stale element (seen in CI): that too means the page was replaced."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
+    return False
 
 
 def open_run(driver, viewer) -> str:
