@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from . import run_passes
-from .cache_commits import BACKLOG_BATCHES, COMMIT_INTERVAL, SPEND_UPSERT, GroupCommits  # noqa: F401
+from .cache_commits import BACKLOG_BATCHES, COMMIT_INTERVAL, GroupCommits  # noqa: F401
 
 # The file's helpers stay importable from here too, as before the file had a module of its own.
 from .cache_file import (  # noqa: F401

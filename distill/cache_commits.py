@@ -18,7 +18,7 @@ from typing import Any
 
 from .cache_file import reported
 from .cache_view import ViewRows, finished_row
-from .cache_writer import SPEND_UPSERT, CommitGroup, WriterProcess  # noqa: F401 (SPEND_UPSERT: cache's)
+from .cache_writer import CommitGroup, WriterProcess
 from .key_filter import KeyFilter
 from .requests import TeacherResponse
 

@@ -175,10 +175,7 @@ class CheckedClient:
         if self._check is not None:
             if self._checked is None:
                 self._checked = asyncio.ensure_future(self._check())
-            if self._checked.done():
-                self._checked.result()
-            else:
-                await asyncio.shield(self._checked)
+            await asyncio.shield(self._checked)
         try:
             result = await self._client.send(request)
         except PermanentError as e:
