@@ -1,6 +1,6 @@
 """The cache's writer: a child process that commits the group commits of :mod:`distill.cache_commits`.
 
-The event loop queues rows; every group commit's rows go, pickled, down a pipe to this process, which writes them
+The event loop queues rows; every group commit's rows go, encoded (:func:`encode`), down a pipe to this process, which writes them
 in one transaction on its own SQLite connection and answers when they are committed (or with the SQLite error
 that stopped them). It was a thread: SQLite releases the GIL while it works, but the thread still took the GIL
 to bind every value and between statements, and each hand-over stopped the event loop. Measured at thousands of
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import marshal
 import os
 import pickle
 import sqlite3
@@ -39,7 +40,7 @@ from .cache_view import FINISHED_UPDATE, ViewRows, index_for_search
 from .errors import CacheError
 from .sqlite_rows import insert_rows
 
-LENGTH = struct.Struct(">I")  # each message is its length, then its pickle
+LENGTH = struct.Struct(">I")  # each message is its length, then its encoding (see encode)
 PIPE_BYTES = 1 << 20
 SPEND_UPSERT = (
     "INSERT INTO spending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET usd = usd + excluded.usd, "
@@ -98,6 +99,29 @@ def write_group(db: sqlite3.Connection, group: CommitGroup) -> int:
     return len(group.conversations) + len(group.complete)
 
 
+def encode(message: tuple[Any, ...]) -> bytes:
+    """A message for the pipe: ``marshal`` (the rows are tuples of str, bytes, numbers and None; the writer runs
+    this interpreter), which encodes a group in half the time ``pickle`` takes; ``pickle`` for anything else."""
+    if message[0] == "commit":
+        group: CommitGroup = message[1]
+        viewed = group.viewed
+        plain = (*group[:6], (viewed.attempts, viewed.failed, viewed.rejects), group.failures_possible)
+        message = ("commit", plain)
+    try:
+        return b"m" + marshal.dumps(message)
+    except ValueError:  # a value marshal does not know (a subclass of str or int, say)
+        return b"p" + pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(payload: bytes) -> tuple[Any, ...]:
+    """The message :func:`encode` made of ``payload``."""
+    message = marshal.loads(payload[1:]) if payload[:1] == b"m" else pickle.loads(payload[1:])
+    if message[0] == "commit":
+        *tables, viewed, failures_possible = message[1]
+        message = ("commit", CommitGroup(*tables, ViewRows(*viewed), failures_possible))
+    return message
+
+
 class WriterProcess:
     """The parent's side: ``await commit(group)`` returns once ``group`` is committed, one group at a time."""
 
@@ -139,7 +163,7 @@ class WriterProcess:
             await self._process.wait()
 
     async def _call(self, message: tuple[Any, ...]) -> None:
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = encode(message)
         process = self._process
         assert process.stdin is not None and process.stdout is not None
         async with self._turn:
@@ -147,7 +171,7 @@ class WriterProcess:
                 process.stdin.write(LENGTH.pack(len(payload)))
                 process.stdin.write(payload)
                 (size,) = LENGTH.unpack(await process.stdout.readexactly(LENGTH.size))
-                reply = pickle.loads(await process.stdout.readexactly(size))
+                _, reply = decode(await process.stdout.readexactly(size))
             except (asyncio.IncompleteReadError, ConnectionError):
                 status = await process.wait()
                 raise CacheError(
@@ -204,11 +228,11 @@ def _read(source: BinaryIO) -> tuple[Any, ...] | None:
         return None
     (size,) = LENGTH.unpack(head)
     payload = source.read(size)
-    return pickle.loads(payload) if len(payload) == size else None
+    return decode(payload) if len(payload) == size else None
 
 
 def _answer(sink: BinaryIO, reply: tuple[str, str] | None) -> None:
-    payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+    payload = encode(("reply", reply))
     with contextlib.suppress(BrokenPipeError):  # the parent is gone; what it sent is committed all the same
         sink.write(LENGTH.pack(len(payload)) + payload)
         sink.flush()

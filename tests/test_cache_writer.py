@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import signal
 import sqlite3
 
@@ -13,7 +12,7 @@ import pytest
 from distill.cache import Cache
 from distill.cache_file import reported
 from distill.cache_view import ViewRows
-from distill.cache_writer import LENGTH, CommitGroup, WriterProcess, serve
+from distill.cache_writer import LENGTH, CommitGroup, WriterProcess, decode, encode, serve
 from distill.errors import CacheError
 
 
@@ -23,7 +22,7 @@ def group(*keys: str, text: str | None = "answer") -> CommitGroup:
 
 
 def message(*parts) -> bytes:
-    payload = pickle.dumps(parts)
+    payload = encode(parts)
     return LENGTH.pack(len(payload)) + payload
 
 
@@ -87,5 +86,23 @@ async def test_when_the_run_is_gone_the_writer_commits_every_whole_group_it_rece
     answers.seek(0)
     for _ in range(2):  # one answer per commit: None, committed
         (size,) = LENGTH.unpack(answers.read(LENGTH.size))
-        assert pickle.loads(answers.read(size)) is None
+        assert decode(answers.read(size)) == ("reply", None)
     assert answers.read() == b""
+
+
+class Label(str):
+    """A str subclass: marshal refuses it."""
+
+
+def test_a_group_travels_as_marshal_and_anything_else_as_pickle():
+    rows = [("k", b"{}", "answer", None, 1, None, 10.5, 9.0, 0.25)]
+    viewed = ViewRows(attempts=[("k", 9.0, 503, "ServerError", 0.5, None)], rejects=[("r", "f:1", "bad", None)])
+    sent = CommitGroup(rows, [("f", "why", 404, 1.0)], [], [], [], [("r", 0.5, 1, 2, 3, 4.0)], viewed, True)
+    payload = encode(("commit", sent))
+    assert payload[:1] == b"m"
+    assert decode(payload) == ("commit", sent)
+    odd = CommitGroup([(Label("k"), b"{}", "a", "stop", 1, 2, 1.0, 1.0, 1.0)], [], [], [], [], [], ViewRows(), False)
+    payload = encode(("commit", odd))
+    assert payload[:1] == b"p"
+    assert decode(payload) == ("commit", odd)
+    assert decode(encode(("reply", ("IntegrityError", "NOT NULL")))) == ("reply", ("IntegrityError", "NOT NULL"))

@@ -52,9 +52,12 @@ def _turn(raw: Any) -> Turn:
     role = raw.get("role")
     if role is None:
         raise BadRecord("a message has no 'role'")
-    text = content_text(raw.get("content"))
-    weight = parse_weight(raw["weight"] if "weight" in raw else raw.get("loss_weight"))
-    if role == "assistant" and not text.strip() and raw.get("tool_calls"):
+    content = raw.get("content")
+    text = content if type(content) is str else content_text(content)
+    weight = raw.get("weight", raw.get("loss_weight"))  # a "weight" of null hides "loss_weight"
+    if weight is not None:
+        weight = parse_weight(weight)
+    if role == "assistant" and raw.get("tool_calls") and not text.strip():
         return Turn("tool_call", json.dumps(raw["tool_calls"], ensure_ascii=False), weight)
     return Turn(role, text, weight)
 

@@ -31,8 +31,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from distill.conversation import Message
 from distill.errors import DistillError, UsageError
@@ -70,9 +69,8 @@ class BadRecord(DistillError):
     """A record a reader cannot use; the reader yields it as a Reject with this message as the reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """One turn as the source had it: ``role`` is the source's spelling."""
+class Turn(NamedTuple):
+    """One turn as the source had it: ``role`` is the source's spelling (a tuple: readers make one per message)."""
 
     role: str
     text: str
@@ -107,43 +105,54 @@ def parse_weight(value: Any) -> int | None:
 def build_messages(
     turns: Iterable[Turn], *, tools: str = "drop", system_prompt: str | None = None
 ) -> list[Message]:
-    """Apply the module's policy to ``turns``; raise :class:`BadRecord` when the record cannot be used."""
-    kept: list[tuple[Kind, str, int | None]] = []
-    for turn in turns:
-        kind = _kind_of(turn.role)
-        if kind in ("tool_call", "tool_result"):
+    """Apply the module's policy to ``turns``; raise :class:`BadRecord` when the record cannot be used.
+
+    One pass: every reader calls this for every record, so it builds no intermediate list of turns.
+    """
+    system_parts: list[str] = []
+    body: list[list[Any]] = []  # [kind, text, weight], merged as they come
+    started = False  # a user or assistant turn was seen: a system turn now is dropped
+    has_user = False
+    for role, text, weight in turns:
+        kind = ROLE_ALIASES.get(role) if type(role) is str else None
+        if kind is None:
+            kind = _kind_of(role)
+        if kind == "tool_call" or kind == "tool_result":
             if tools == "reject":
-                raise BadRecord(f"has a tool turn ({turn.role!r}) and the reader option tools=reject")
+                raise BadRecord(f"has a tool turn ({role!r}) and the reader option tools=reject")
             if tools == "drop":
                 continue
             kind = "assistant" if kind == "tool_call" else "user"
-        text = clean_text(turn.text)
-        if text.strip():
-            kept.append((kind, text, turn.weight))
-    system_parts: list[str] = []
-    while kept and kept[0][0] == "system":
-        system_parts.append(kept.pop(0)[1])
-    body = [t for t in kept if t[0] != "system"]
-    while body and body[0][0] == "assistant":
-        body.pop(0)
-    if not any(kind == "user" for kind, _, _ in body):
-        raise BadRecord(
-            "no user turn left after clean-up (empty, system-only or assistant-only conversation)"
-        )
-    messages: list[Message] = []
+        if not text.isascii():
+            text = clean_text(text)
+        if not text or text.isspace():
+            continue
+        if kind == "system":
+            if not started:
+                system_parts.append(text)
+            continue
+        started = True
+        if not body:
+            if kind == "assistant":
+                continue  # a leading assistant turn
+        elif body[-1][0] == kind:
+            _merge(body[-1], text, weight)
+            continue
+        has_user = has_user or kind == "user"
+        body.append([kind, text, weight])
+    if not has_user:
+        raise BadRecord("no user turn left after clean-up (empty, system-only or assistant-only conversation)")
     system = system_prompt if system_prompt is not None else TURN_SEPARATOR.join(system_parts) or None
-    if system:
-        messages.append(Message("system", system))
-    for kind, text, weight in body:
-        if messages and messages[-1].role == kind:
-            last = messages.pop()
-            weights = [w for w in (last.weight, weight) if w is not None]
-            messages.append(
-                Message(kind, last.content + TURN_SEPARATOR + text, max(weights) if weights else None)
-            )
-        else:
-            messages.append(Message(kind, text, weight))
+    messages = [Message("system", system)] if system else []
+    messages.extend([Message(kind, text, weight) for kind, text, weight in body])
     return messages
+
+
+def _merge(last: list[Any], text: str, weight: int | None) -> None:
+    """The same role twice in a row: one turn, texts joined; the larger weight of those given."""
+    last[1] = last[1] + TURN_SEPARATOR + text
+    if weight is not None:
+        last[2] = weight if last[2] is None else max(last[2], weight)
 
 
 def _kind_of(role: Any) -> Kind:
