@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from dataclasses import replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -191,13 +190,17 @@ def cut_at_stop(response: TeacherResponse, request: TeacherRequest) -> TeacherRe
     A server that stops on a token containing the sequence may return it (``transformers serve`` does, with the
     rest of that token); the answer stored and written is the text before it, as from any other server.
     """
-    stops = next((value for name, value in request.params if name == "stop"), None)
+    stops = None
+    for name, value in request.params:  # a loop: no generator made for every answer
+        if name == "stop":
+            stops = value
+            break
     if not stops:
         return response
     found = [i for i in (response.text.find(s) for s in stops if s) if i >= 0]
     if not found:
         return response
-    return replace(response, text=response.text[: min(found)])
+    return response._replace(text=response.text[: min(found)])
 
 
 def error_for_status(status: int, body: bytes, signals: RateSignals) -> TeacherError:
