@@ -176,11 +176,14 @@ def parse_answer(api: str, body: bytes) -> TeacherResponse:
         raise MalformedResponse(f"malformed response body ({len(body)} bytes): {body[:80]!r}") from None
     if not isinstance(text, str):
         raise MalformedResponse("response has no text in choices[0]")
+    if not isinstance(usage, dict):
+        usage = {}  # a server that reports usage in another shape reported none we can read
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     return TeacherResponse(
-        text=text,
-        finish_reason=choice.get("finish_reason"),
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=_int_or_none(usage.get("completion_tokens")),
+        text,
+        choice.get("finish_reason"),
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
     )
 
 
@@ -234,7 +237,3 @@ def _error_message(body: bytes) -> str:
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
         pass
     return body[:200].decode("utf-8", "replace") or "(empty body)"
-
-
-def _int_or_none(value) -> int | None:
-    return value if isinstance(value, int) else None

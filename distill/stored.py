@@ -17,11 +17,21 @@ from .settings import RunSettings, Sampling
 
 
 def encode_conversation(conversation: Conversation) -> bytes:
-    """How a conversation is stored in the cache's ``conversations`` table."""
-    return orjson.dumps(
-        {"messages": [m.to_dict() for m in conversation.messages], "meta": conversation.meta},
-        option=orjson.OPT_SORT_KEYS,
-    )
+    """How a conversation is stored in the cache's ``conversations`` table: canonical JSON (sorted keys), which a
+    rerun compares byte for byte with what it reads."""
+    if conversation.meta:
+        return orjson.dumps(
+            {"messages": [m.to_dict() for m in conversation.messages], "meta": conversation.meta},
+            option=orjson.OPT_SORT_KEYS,
+        )
+    # No metadata: every key is known and written in sorted order here, so orjson need not sort
+    messages = [
+        {"content": m.content, "role": m.role}
+        if m.weight is None
+        else {"content": m.content, "role": m.role, "weight": m.weight}
+        for m in conversation.messages
+    ]
+    return orjson.dumps({"messages": messages, "meta": {}})
 
 
 def decode_conversation(conv_id: str, source: str, data: bytes) -> Conversation:

@@ -177,11 +177,11 @@ def _skip_ws(text: str, pos: int) -> int:
 
 def decode_line(raw: bytes) -> Any:
     """One JSONL line as a value, or a :class:`ParseFailure`."""
-    raw = raw.rstrip(b"\r\n")  # so that an error's column, and the rejected text, are those of the line
     try:
-        return orjson.loads(raw)
+        return orjson.loads(raw)  # a line's end is whitespace to JSON
     except orjson.JSONDecodeError:
         pass
+    raw = raw.rstrip(b"\r\n")  # so that an error's column, and the rejected text, are those of the line
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -203,7 +203,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
         for lineno, raw in enumerate(f, 1):
             if lineno == 1:
                 raw = raw.removeprefix(_BOM)
-            if not raw.strip():
+            if not raw or raw.isspace():
                 continue
             yield f"{name}:{lineno}", decode_line(raw)
 
