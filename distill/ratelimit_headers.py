@@ -71,18 +71,16 @@ def parse_rate_headers(
     headers: Mapping[str, str], *, wall_clock: Callable[[], float] = time.time
 ) -> RateSignals:
     """Every rate-limit signal in ``headers`` (names in any case)."""
-    # Most answers carry none: one search over the names at C speed before a lowered copy of every header.
-    if _RATE_HEADER.search("\n".join(headers)) is None:
+    # Most answers carry none: two substring searches over the names at C speed before a lowered copy of every
+    # header (a name that only contains one of them, not as a prefix, is parsed and yields nothing)
+    names = "\n".join(headers).lower()
+    if "retry-after" not in names and "limit" not in names:
         return NO_SIGNALS
     h = {str(name).lower(): str(value) for name, value in headers.items()}
     now = wall_clock()
     fields = _openai(h) or _anthropic(h, now) or _together(h, now) or {}
-    return RateSignals(retry_after=retry_after_seconds(h, now), **fields)
-
-
-_RATE_HEADER = re.compile(
-    r"^(?:retry-after|x-ratelimit|x-tokenlimit|anthropic-ratelimit)", re.IGNORECASE | re.MULTILINE
-)
+    signals = RateSignals(retry_after=retry_after_seconds(h, now), **fields)
+    return NO_SIGNALS if signals == NO_SIGNALS else signals
 
 
 def retry_after_seconds(h: Mapping[str, str], now: float) -> float | None:
