@@ -102,7 +102,9 @@ class TeacherClient:
         url = self._urls[request.api]
         task = self._deadlines.start()
         try:
-            async with self._session.post(url, data=orjson.dumps(request.body()), proxy=self._proxy) as resp:
+            # a payload made here: from plain bytes aiohttp would look the type up in its payload registry
+            body = aiohttp.BytesPayload(orjson.dumps(request.body()), content_type="application/json")
+            async with self._session.post(url, data=body, proxy=self._proxy) as resp:
                 status, headers, body = resp.status, resp.headers, await resp.read()
         except asyncio.CancelledError:
             if not self._deadlines.expired(task):
