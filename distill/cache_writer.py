@@ -1,17 +1,18 @@
 """The cache's writer: a child process that commits the group commits of :mod:`distill.cache_commits`.
 
-The event loop queues rows; every group commit's rows go, encoded (:func:`encode`), down a pipe to this process, which writes them
-in one transaction on its own SQLite connection and answers when they are committed (or with the SQLite error
-that stopped them). It was a thread: SQLite releases the GIL while it works, but the thread still took the GIL
-to bind every value and between statements, and each hand-over stopped the event loop. Measured at thousands of
-answers a second (issue 12): the loop's thread spent 117 to 120 us of wall time per request with the writer
-thread, 110 to 112 with this process (104 if the writer ran no SQL: its CPU competes for the cores; the bare
-aiohttp loop: 74).
+The event loop queues rows; every group commit's rows go, encoded (:func:`encode`), down a pipe to this process,
+which writes them in one transaction on its own SQLite connection and answers when they are committed (or with
+the SQLite error that stopped them). It was a thread: SQLite releases the GIL while it works, but the thread still
+took the GIL to bind every value and between statements, and each hand-over stopped the event loop. Measured at
+thousands of answers a second (issue 12): the loop's thread spent 117 to 120 us of wall time per request with the
+writer thread, 110 to 112 with this process (104 if the writer ran no SQL: its CPU competes for the cores; the
+bare aiohttp loop: 74).
 
-The process is started with the cache and ends with it; it is in a session of its own, so a Ctrl-C at the
-terminal reaches the run, which commits what it holds and then closes the writer. When the run's process dies
-(``kill -9``), the pipe ends: the writer commits every group it received whole and exits. The conversations
-written since the last search-indexing pass are indexed here too (:func:`~distill.cache_view.index_for_search`).
+The process is started with the cache and ends with it. It runs in the background (:func:`run_in_the_background`)
+and in a session of its own, so a Ctrl-C at the terminal reaches the run, which commits what it holds and then
+closes the writer. When the run's process dies (``kill -9``), the pipe ends: the writer commits every group it
+received whole and exits. The conversations written since the last search-indexing pass are indexed here too
+(:func:`~distill.cache_view.index_for_search`).
 
     python -m distill.cache_writer CACHE SEARCH_BATCH   # what WriterProcess starts; reads commits on stdin
 """
@@ -238,5 +239,22 @@ def _answer(sink: BinaryIO, reply: tuple[str, str] | None) -> None:
         sink.flush()
 
 
+def run_in_the_background() -> None:
+    """Let this process take only the CPU time no other wants (Linux ``SCHED_IDLE``; elsewhere nothing changes).
+
+    Commits can wait: rows queue in the run until the writer takes them, and a run that outpaces it waits for
+    room (:meth:`~distill.cache_commits.GroupCommits.room`). The cores are the event loop's and, on one machine,
+    a local teacher's: measured at thousands of answers a second on two cores (issue 12), the run sent 2 to 4%
+    more a second with the writer in the background; with both cores kept busy by two other processes, a run of
+    20,000 conversations took as long either way (6.1 to 6.7 s).
+    """
+    set_policy = getattr(os, "sched_setscheduler", None)
+    idle = getattr(os, "SCHED_IDLE", None)
+    if set_policy is not None and idle is not None:
+        with contextlib.suppress(OSError):
+            set_policy(0, idle, os.sched_param(0))
+
+
 if __name__ == "__main__":
+    run_in_the_background()
     serve(sys.argv[1], int(sys.argv[2]), sys.stdin.buffer, sys.stdout.buffer)

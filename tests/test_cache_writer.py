@@ -106,3 +106,16 @@ def test_a_group_travels_as_marshal_and_anything_else_as_pickle():
     assert payload[:1] == b"p"
     assert decode(payload) == ("commit", odd)
     assert decode(encode(("reply", ("IntegrityError", "NOT NULL")))) == ("reply", ("IntegrityError", "NOT NULL"))
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+async def test_the_writer_takes_only_cpu_time_no_other_process_wants(tmp_path):
+    path = tmp_path / "c.sqlite"
+    await empty_cache(path)
+    writer = await WriterProcess.start(path)
+    try:
+        await writer.commit(group("a"))  # running: the policy was set before the first commit
+        assert os.sched_getscheduler(writer._process.pid) == os.SCHED_IDLE
+    finally:
+        await writer.close()
+    assert os.sched_getscheduler(os.getpid()) != os.SCHED_IDLE  # the run keeps its own
