@@ -17,9 +17,6 @@ through the limiter for a new slot, until ``max_wait`` seconds of such refusals 
 
 An authentication failure stops the whole run at once; any other request that fails for good fails only its
 conversation, which is recorded and reported.
-
-An authentication failure stops the whole run at once; any other request that fails for good fails only its
-conversation, which is recorded and reported.
 """
 
 from __future__ import annotations
