@@ -50,7 +50,9 @@ class TeacherRequest(_RequestFields):
         prompt: str | None = None,
     ) -> TeacherRequest:
         identity = canonical_json(_identity(api, model, params, messages, prompt))
-        return tuple.__new__(cls, (api, model, params, messages, prompt, _sha256(identity).hexdigest(), identity))
+        return tuple.__new__(
+            cls, (api, model, params, messages, prompt, _sha256(identity).hexdigest(), identity)
+        )
 
     def __getnewargs__(self) -> tuple[Any, ...]:  # pickle and copy make it anew from its own fields
         return tuple(self[:5])

@@ -18,6 +18,7 @@ from bench import (
     adaptive_rate,
     cpu_per_request,
     curator,
+    engine_overhead,
     export_speed,
     latency,
     memory,
@@ -49,6 +50,11 @@ def test_cpu_per_request_measures_every_rung(tmp_path):
     for row in (client, engine):
         assert row["figure"] > 0 and row["reference"] > 0 and row["ratio"] > 0
         assert set(row["detail"]["us_per_request"]) == {"bare aiohttp loop", "TeacherClient.send", "engine"}
+
+
+def test_engine_overhead_answers_every_request_without_a_network(capsys):
+    assert engine_overhead.main(["--conversations", "100", "--turns", "2", "--rounds", "1"]) == 0
+    assert "200 requests, 2 turn(s) each: " in capsys.readouterr().out
 
 
 def test_rate_limit_answers_everything_under_both_limits(tmp_path):

@@ -96,16 +96,23 @@ class Label(str):
 
 def test_a_group_travels_as_marshal_and_anything_else_as_pickle():
     rows = [("k", b"{}", "answer", None, 1, None, 10.5, 9.0, 0.25)]
-    viewed = ViewRows(attempts=[("k", 9.0, 503, "ServerError", 0.5, None)], rejects=[("r", "f:1", "bad", None)])
+    viewed = ViewRows(
+        attempts=[("k", 9.0, 503, "ServerError", 0.5, None)], rejects=[("r", "f:1", "bad", None)]
+    )
     sent = CommitGroup(rows, [("f", "why", 404, 1.0)], [], [], [], [("r", 0.5, 1, 2, 3, 4.0)], viewed, True)
     payload = encode(("commit", sent))
     assert payload[:1] == b"m"
     assert decode(payload) == ("commit", sent)
-    odd = CommitGroup([(Label("k"), b"{}", "a", "stop", 1, 2, 1.0, 1.0, 1.0)], [], [], [], [], [], ViewRows(), False)
+    odd = CommitGroup(
+        [(Label("k"), b"{}", "a", "stop", 1, 2, 1.0, 1.0, 1.0)], [], [], [], [], [], ViewRows(), False
+    )
     payload = encode(("commit", odd))
     assert payload[:1] == b"p"
     assert decode(payload) == ("commit", odd)
-    assert decode(encode(("reply", ("IntegrityError", "NOT NULL")))) == ("reply", ("IntegrityError", "NOT NULL"))
+    assert decode(encode(("reply", ("IntegrityError", "NOT NULL")))) == (
+        "reply",
+        ("IntegrityError", "NOT NULL"),
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")

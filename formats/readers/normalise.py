@@ -141,7 +141,9 @@ def build_messages(
         has_user = has_user or kind == "user"
         body.append([kind, text, weight])
     if not has_user:
-        raise BadRecord("no user turn left after clean-up (empty, system-only or assistant-only conversation)")
+        raise BadRecord(
+            "no user turn left after clean-up (empty, system-only or assistant-only conversation)"
+        )
     system = system_prompt if system_prompt is not None else TURN_SEPARATOR.join(system_parts) or None
     messages = [Message("system", system)] if system else []
     messages.extend([Message(kind, text, weight) for kind, text, weight in body])
