@@ -66,10 +66,12 @@ INDEX_NEW = (
 def index_for_search(db) -> int:
     """Index every conversation written since the last pass, in one transaction; returns how many.
 
-    Runs on the cache's writer connection (between group commits) and when a run closes the cache.
+    Runs on the cache's writer connection (between group commits) and when a run closes the cache. The write
+    lock is taken first: the pass reads before it writes, and SQLite refuses at once, without waiting, a
+    transaction that read and then asks for the lock another connection (the run's own) holds.
     """
     indexed = 0
-    db.execute("BEGIN")
+    db.execute("BEGIN IMMEDIATE")
     try:
         for run_id, done in db.execute(
             "SELECT r.id, coalesce(p.position, -1) FROM runs r LEFT JOIN search_progress p ON p.run_id = r.id"

@@ -212,12 +212,15 @@ def serve(path: str, search_batch: int, source: BinaryIO, sink: BinaryIO) -> Non
                     _answer(sink, None)
                     return
                 unindexed += write_group(db, message[1])
-                if unindexed >= search_batch:
-                    index_for_search(db)
-                    unindexed = 0
             except sqlite3.Error as e:
                 reply = (type(e).__name__, str(e))
             _answer(sink, reply)
+            if unindexed >= search_batch:
+                # after the answer: the group is committed whatever the pass does, and one that fails is
+                # tried again after the next commit (or at the close, or by the next run)
+                with contextlib.suppress(sqlite3.Error):
+                    index_for_search(db)
+                    unindexed = 0
     finally:
         db.close()
 

@@ -6,12 +6,13 @@ import io
 import os
 import signal
 import sqlite3
+import threading
 
 import pytest
 
 from distill.cache import Cache
-from distill.cache_file import reported
-from distill.cache_view import ViewRows
+from distill.cache_file import connect_for_writing, reported
+from distill.cache_view import ViewRows, index_for_search
 from distill.cache_writer import LENGTH, CommitGroup, WriterProcess, decode, encode, serve
 from distill.errors import CacheError
 
@@ -126,3 +127,26 @@ async def test_the_writer_takes_only_cpu_time_no_other_process_wants(tmp_path):
     finally:
         await writer.close()
     assert os.sched_getscheduler(os.getpid()) != os.SCHED_IDLE  # the run keeps its own
+
+
+async def test_an_indexing_pass_waits_for_another_connection_that_is_writing(tmp_path):
+    # the run's own connection writes too (rate windows, learned limits): a pass that read first and then asked
+    # for the write lock was refused at once ("database is locked") instead of waiting for it
+    path = tmp_path / "c.sqlite"
+    async with Cache(path) as cache:
+        await cache.record_run("run", "/in.jsonl", {"model": "m"})
+        cache.add_conversations("run", [(0, "c0", "in.jsonl:1", b'{"messages":[],"meta":{}}')])
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM conversation_search")
+        db.execute("DELETE FROM search_progress")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    releasing = threading.Timer(0.3, other.execute, ("COMMIT",))
+    releasing.start()
+    writer_db = connect_for_writing(path)
+    try:
+        assert index_for_search(writer_db) == 1
+    finally:
+        releasing.join()
+        writer_db.close()
+        other.close()
