@@ -73,8 +73,9 @@ class CommitGroup(NamedTuple):
 
 
 def write_group(db: sqlite3.Connection, group: CommitGroup) -> int:
-    """Write ``group`` in one transaction; returns how many conversation rows it wrote."""
-    db.execute("BEGIN")
+    """Write ``group`` in one transaction (the write lock taken first, waiting for it as long as the connection's
+    busy timeout says); returns how many conversation rows it wrote."""
+    db.execute("BEGIN IMMEDIATE")
     try:
         if group.responses:
             insert_rows(db, RESPONSE_INSERT, group.responses)
