@@ -12,13 +12,19 @@ from typing import Any
 from aiohttp import web
 
 HOST = "127.0.0.1"
+SHUTDOWN_SECONDS = 3.0
 
 
 async def listen(
     app: web.Application, port: int = 0, *, host: str = HOST, **runner_options: Any
 ) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on ``host:port``; the runner (``cleanup()`` stops it) and the port bound."""
-    runner = web.AppRunner(app, **runner_options)
+    """Serve ``app`` on ``host:port``; the runner (``cleanup()`` stops it) and the port bound.
+
+    Stopping waits at most :data:`SHUTDOWN_SECONDS` for the exchanges in progress (aiohttp's default is 60 s): a
+    client that was refused before its upload ended can hold its connection open until it is collected, and
+    :func:`in_thread` gives ``stop()`` 10 s.
+    """
+    runner = web.AppRunner(app, **{"shutdown_timeout": SHUTDOWN_SECONDS, **runner_options})
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()
