@@ -52,8 +52,7 @@ def _turn(raw: Any) -> Turn:
     role = raw.get("role")
     if role is None:
         raise BadRecord("a message has no 'role'")
-    content = raw.get("content")
-    text = content if type(content) is str else content_text(content)
+    text = content_text(raw.get("content"))
     weight = raw.get("weight", raw.get("loss_weight"))  # a "weight" of null hides "loss_weight"
     if weight is not None:
         weight = parse_weight(weight)
@@ -64,10 +63,10 @@ def _turn(raw: Any) -> Turn:
 
 def content_text(content: Any) -> str:
     """The text of a message's ``content``: a string, None (no text) or a list of text parts."""
+    if isinstance(content, str):  # the usual case first
+        return content
     if content is None:
         return ""
-    if isinstance(content, str):
-        return content
     if not isinstance(content, list):
         raise BadRecord(f"'content' must be a string or a list of parts, got {type(content).__name__}")
     texts = []

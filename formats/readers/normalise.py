@@ -114,17 +114,14 @@ def build_messages(
     started = False  # a user or assistant turn was seen: a system turn now is dropped
     has_user = False
     for role, text, weight in turns:
-        kind = ROLE_ALIASES.get(role) if type(role) is str else None
-        if kind is None:
-            kind = _kind_of(role)
+        kind = _kind_of(role)
         if kind == "tool_call" or kind == "tool_result":
             if tools == "reject":
                 raise BadRecord(f"has a tool turn ({role!r}) and the reader option tools=reject")
             if tools == "drop":
                 continue
             kind = "assistant" if kind == "tool_call" else "user"
-        if not text.isascii():
-            text = clean_text(text)
+        text = clean_text(text)
         if not text or text.isspace():
             continue
         if kind == "system":
