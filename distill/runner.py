@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from formats.intake import check_not_blank, format_hint, screened
+from formats.reading_process import read_in_a_process
 from formats.rejects import RejectsWriter, rejects_path_for
 
 from .cache import Cache, check_file
@@ -138,6 +139,7 @@ async def run_async(
         job.input_format,
         ReaderOptions(system_prompt=job.settings.system_prompt, extra=dict(job.reader_options)),
     )
+    reader = read_in_a_process(reader, job.input)  # a large input is read off the event loop's core
     input_path = str(job.input.resolve())
     run_id = job.settings.run_id(input_path)
     stats = stats if stats is not None else RunStats(total_expected=job.limit)
