@@ -1,8 +1,10 @@
 """Issue 14: ``distill run --ray HOST:PORT`` joins a Ray cluster that ``ray start --head`` started (its own processes).
 
 The head runs in its own session, with token authentication (Ray's default for a cluster ``ray start`` starts);
-distill's driver joins it with ``RAY_AUTH_MODE=token`` and the token in Ray's default place, as on a real cluster.
-At the end the head's whole session (every process Ray started for it) is stopped.
+distill's driver joins it with ``RAY_AUTH_MODE=token`` and the token in Ray's default place, as on a real cluster:
+the token is made by ``ray get-auth-token --generate`` in a home of the test's own (``ray start`` makes none, and
+a fresh machine has none), so the user's ``~/.ray`` is neither needed nor touched. At the end the head's whole
+session (every process Ray started for it) is stopped.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ def stop_session(head: subprocess.Popen) -> None:
 
 def test_a_run_joins_a_cluster_started_with_ray_start(tmp_path):
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "HOME": str(home)}
+    subprocess.run([str(RAY), "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
+    assert (home / ".ray" / "auth_token").is_file()
     # its own temp dir (short: Ray's socket paths must fit): `ray start` leaves the address of its cluster there,
     # where any ray.init() on this machine would otherwise find it (and try to join it once it is gone)
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
@@ -60,10 +66,12 @@ def test_a_run_joins_a_cluster_started_with_ray_start(tmp_path):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
+        said: list[str] = []
         for line in head.stdout:  # type: ignore[union-attr]
+            said.append(line)
             if "--block" in line or time.monotonic() > deadline:
                 break
-        assert head.poll() is None, "ray start --head exited"
+        assert head.poll() is None, "ray start --head exited:\n" + "".join(said)
         data = write_multi_turn(tmp_path / "in.jsonl", 50, 2)
         with start_teacher_process(TeacherKnobs(latency=0.02)) as server:
             command = run_command(
