@@ -78,6 +78,7 @@ class RateWatch:
         self._window_start = now
         self._probe_clock = now  # when the probe last grew by the clock
         self._held_back = limiter.held_back
+        self._probe_held_back = limiter.held_back  # what the rate had held back when the last request left
         self.waiting: Callable[[], int] = lambda: limiter.waiting  # requests held back now
         self.limited_total = 0
         self.shed_total = 0
@@ -97,9 +98,13 @@ class RateWatch:
         self._seq += 1
         self._tally.sent += 1
         if self.state.phase == "probe":
-            if self.waiting():
+            held_back = self.limiter.held_back
+            # waiting now, or this request waited: with one or two in flight, none waits at the moment one
+            # leaves or an answer comes, and the probe would stay at its starting rate for the whole run
+            if self.waiting() or held_back > self._probe_held_back:
                 self.state = policy.probe_growth(self.state, now - self._probe_clock)
                 self._apply()
+            self._probe_held_back = held_back
             self._probe_clock = now
         return Sent(now, self._seq)
 

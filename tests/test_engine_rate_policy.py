@@ -123,6 +123,15 @@ def test_a_slow_server_without_a_limit_is_not_held_back_for_long():
     assert result.admitted >= 0.9 * 512 * 19 and result.watch.state.phase == "probe"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_run_with_few_requests_in_flight_is_not_held_at_the_starting_rate(workers):
+    # with one request in flight none is ever waiting when an answer comes or a request leaves: the probe must
+    # grow on what the rate held back since the last request left, or it stays at START_RATE for good
+    result = simulate(lambda t: None, seconds=10.0, workers=workers, latency=0.04)
+    assert result.admitted >= 0.8 * workers * 10.0 / 0.04
+    assert result.watch.state.phase == "probe"
+
+
 def test_scattered_5xx_do_not_slow_an_unlimited_run():
     clean = simulate(lambda t: None, latency=0.1, seconds=10.0)
     faulty = simulate(lambda t: None, latency=0.1, seconds=10.0, fault_rate=0.05)

@@ -103,7 +103,7 @@ def test_two_runs_started_at_once_on_one_cache_one_runs_and_the_other_refuses(tm
 
 
 def test_the_loser_of_a_race_leaves_the_running_runs_rejects_file_alone(tmp_path, teacher):
-    teacher.set_knobs(latency=0.04)  # 2.4 s of answers: time for the second to start and be refused
+    teacher.set_knobs(latency=0.1)  # 6 s of answers: time for the second to start and be refused
     try:
         data = write_dataset(tmp_path / "in.jsonl", 60, bad_first=True)
         cache, output = tmp_path / "shared.sqlite", tmp_path / "out.jsonl"
