@@ -251,17 +251,17 @@ def run_in_the_background() -> None:
     room (:meth:`~distill.cache_commits.GroupCommits.room`). The cores are the event loop's and, on one machine,
     a local teacher's. The weight is set twice because Linux weighs either tasks or, with autogroups, sessions
     (this process leads its own): its nice value, and its session's autogroup. Measured at thousands of answers
-    a second on two cores (issue 12): the event loop ran 97 to 98% of the sending time (95% with an equal-weight
-    writer in a session of its own). ``SCHED_IDLE``, tried before, let the writer starve whenever two busy
-    processes shared the run's session or autogroups were off (containers): 106 s instead of 6.5 for 20,000
-    conversations; at nice 5 the writer needs about 0.2 of the run's CPU time and gets 0.33 of it, so the run
-    is never left waiting for commits it could not make.
+    a second on two cores (issue 12): the event loop ran 96 to 98% of the sending time (95 to 96% beside a
+    ``SCHED_IDLE`` writer, which in a session of its own weighs as much as the run). ``SCHED_IDLE`` also let the
+    writer starve whenever two busy processes shared the run's session or autogroups were off (containers):
+    20,000 conversations beside two busy processes took 106 s instead of 6.5 with autogroups off; at nice 5,
+    5.0 to 5.5 s with autogroups on (6.5 s at nice 10 with them off). The writer needs about 0.2 of the run's
+    CPU time and nice 5 gives it 0.33 of a CPU they both want.
     """
     with contextlib.suppress(OSError, AttributeError):  # no os.nice on Windows
         os.nice(WRITER_NICE)
-    if (
-        getattr(os, "getsid", None) and os.getsid(0) == os.getpid()
-    ):  # never the weight of the run's own session
+    # the session's weight only when the session is this process's own, never the run's
+    if hasattr(os, "getsid") and os.getsid(0) == os.getpid():
         with (
             contextlib.suppress(OSError),
             open("/proc/self/autogroup", "w") as group,

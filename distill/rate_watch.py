@@ -98,13 +98,12 @@ class RateWatch:
         self._seq += 1
         self._tally.sent += 1
         if self.state.phase == "probe":
-            held_back = self.limiter.held_back
-            # waiting now, or this request waited: with one or two in flight, none waits at the moment one
-            # leaves or an answer comes, and the probe would stay at its starting rate for the whole run
-            if self.waiting() or held_back > self._probe_held_back:
+            # this request may have waited with none waiting now: with one or two in flight, none waits at the
+            # moment one leaves or an answer comes, and the probe would stay at its starting rate for the run
+            if self._held_since(self._probe_held_back):
                 self.state = policy.probe_growth(self.state, now - self._probe_clock)
                 self._apply()
-            self._probe_held_back = held_back
+            self._probe_held_back = self.limiter.held_back
             self._probe_clock = now
         return Sent(now, self._seq)
 
@@ -206,6 +205,10 @@ class RateWatch:
         bucket = max(int(moment / self._bucket_width), self._bucket - BUCKETS + 1)
         return self._starts[bucket % BUCKETS] if bucket <= self._bucket else self._seq
 
+    def _held_since(self, mark: int) -> bool:
+        """Whether the rate holds a request back now, or held one back since the limiter's count was ``mark``."""
+        return self.waiting() > 0 or self.limiter.held_back > mark
+
     def _apply(self) -> None:
         if self.limiter.request_rate != self.state.rate:
             self.limiter.set_request_rate(self.state.rate)
@@ -228,7 +231,7 @@ class RateWatch:
 
     def _close_window(self, now: float) -> None:
         tally, self._tally = self._tally, _Tally()
-        busy = self.limiter.held_back > self._held_back or self.waiting() > 0
+        busy = self._held_since(self._held_back)
         self._held_back = self.limiter.held_back
         seen = Window(
             tally.sent, tally.accepted, tally.limited, tally.shed, tally.faults, busy, tally.decreased

@@ -4,7 +4,7 @@ At thousands of answers a second the event loop is the bottleneck, and parsing t
 conversations was a sixth of what distill itself costs it (issue 12: ~5 us of ~33 a single-turn conversation,
 measured with ``bench/engine_overhead.py``). :func:`read_in_a_process` hands ``distill run`` a stand-in for its
 reader: a child process (``python -m formats.reading_process``) runs the same reader class on the same file and
-sends the records down a pipe in batches, which the parent turns back into records in a sixth of the time
+sends the records down a pipe in batches, which the parent turns back into records in a third of the time
 (``marshal`` and the records' constructors; ``pickle`` for a batch holding anything ``marshal`` refuses).
 
 The stream is the reader's own: the same records in the same order, a reader's error raised after the records
