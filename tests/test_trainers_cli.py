@@ -186,7 +186,7 @@ def wait_for_job(jobs: Path, process: subprocess.Popen) -> None:
 
 @pytest.fixture
 def slow_fake() -> Iterator[FakeTogether]:
-    with FakeTogether(seconds_per_state=3.0).in_thread() as server:
+    with FakeTogether(seconds_per_state=1.5).in_thread() as server:
         yield server
 
 

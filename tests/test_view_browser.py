@@ -74,7 +74,7 @@ def run_cache(tmp_path_factory) -> dict:
     data = tmp / "input.jsonl"
     data.write_text("\n".join(input_records()) + "\n", encoding="utf-8")
     knobs = TeacherKnobs(
-        permanent_marker="REFUSE", permanent_status=422, throttle_rate=0.25, throttle_retry_after=0.01,
+        permanent_marker="REFUSE", permanent_status=422, throttle_rate=0.12, throttle_retry_after=0.01,
         answer_words=8,
     )  # fmt: skip
     with start_teacher_process(knobs) as teacher:
