@@ -23,6 +23,7 @@ from bench import (
     latency,
     memory,
     peer_rate,
+    process_share,
     rate_limit,
     resume,
     run_all,
@@ -50,6 +51,23 @@ def test_cpu_per_request_measures_every_rung(tmp_path):
     for row in (client, engine):
         assert row["figure"] > 0 and row["reference"] > 0 and row["ratio"] > 0
         assert set(row["detail"]["us_per_request"]) == {"bare aiohttp loop", "TeacherClient.send", "engine"}
+
+
+@pytest.mark.skipif(
+    not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/schedstat").exists(), reason="Linux's /proc schedstat"
+)
+def test_process_share_separates_each_process_cpu_and_the_loops_wait(tmp_path):
+    out = tmp_path / "share.json"
+    assert process_share.main(["--tiny", "--json", str(out)]) == 0
+    result = orjson.loads(out.read_bytes())
+    for side, roles in (("bare", {"loop", "teacher"}), ("distill", {"loop", "writer", "teacher"})):
+        summary = result[side]
+        assert roles <= set(summary["us_per_request"]), side
+        assert summary["per_second"] > 0 and summary["us_per_request"]["loop"]["user"] > 0
+        assert 0 < summary["loop_on_cpu"] <= 1.05 and 0 <= summary["loop_waiting"] <= 1.05
+        assert [r["client"] for r in summary["rounds"]] == [
+            "bare aiohttp loop" if side == "bare" else "distill run"
+        ]
 
 
 def test_engine_overhead_answers_every_request_without_a_network(capsys):
