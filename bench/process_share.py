@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 
 from bench import common
-from distill.servers.teacher.loadgen import plain_client_load
+from distill.servers.teacher.loadgen import plain_client_load, process_cpu_times
 
 POLL = 0.05  # seconds between two looks at the teacher's count while `distill run` sends (each costs both a little)
 ROLES = {b"distill.cache_writer": "writer", b"formats.reading_process": "reader"}
@@ -46,33 +46,33 @@ class Snapshot:
     teacher: tuple[float, float]  # the teacher's main thread, the same
 
 
+THREADS = ("loop", "teacher")  # the two threads whose time is split into on a CPU and waiting for one
+
+
 @dataclass(slots=True)
 class Share:
-    """One measured stretch of sending: rates, CPU a request by role, and the two threads' shares of the time."""
+    """One measured stretch of sending: its rate, CPU a request by role, and each thread's shares of the time."""
 
     client: str
     requests: int
     seconds: float
     us_per_request: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> {"user", "system"}
-    loop_on_cpu: float = 0.0
-    loop_waiting: float = 0.0
-    teacher_on_cpu: float = 0.0
-    teacher_waiting: float = 0.0
+    time_shares: dict[str, dict[str, float]] = field(default_factory=dict)  # thread -> {"on_cpu", "waiting"}
 
     @property
     def per_second(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
-        parts = "; ".join(
-            f"{role} {cpu['user']:.1f} user + {cpu['system']:.1f} system"
-            for role, cpu in self.us_per_request.items()
+        cpu = "; ".join(
+            f"{role} {c['user']:.1f} user + {c['system']:.1f} system"
+            for role, c in self.us_per_request.items()
         )
-        return (
-            f"{self.client}: {self.per_second:,.0f} requests/s; us CPU a request: {parts}; loop on a CPU "
-            f"{self.loop_on_cpu:.3f}, waiting {self.loop_waiting:.3f}; teacher on a CPU {self.teacher_on_cpu:.3f}, "
-            f"waiting {self.teacher_waiting:.3f}"
+        shares = "; ".join(
+            f"{thread} on a CPU {t['on_cpu']:.3f}, waiting {t['waiting']:.3f}"
+            for thread, t in self.time_shares.items()
         )
+        return f"{self.client}: {self.per_second:,.0f} requests/s; us CPU a request: {cpu}; {shares}"
 
 
 def between(client: str, a: Snapshot, b: Snapshot) -> Share:
@@ -84,24 +84,16 @@ def between(client: str, a: Snapshot, b: Snapshot) -> Share:
             "user": round((user - user0) / requests * 1e6, 1),
             "system": round((system - system0) / requests * 1e6, 1),
         }
-    share.loop_on_cpu = round((b.loop[0] - a.loop[0]) / seconds, 3)
-    share.loop_waiting = round((b.loop[1] - a.loop[1]) / seconds, 3)
-    share.teacher_on_cpu = round((b.teacher[0] - a.teacher[0]) / seconds, 3)
-    share.teacher_waiting = round((b.teacher[1] - a.teacher[1]) / seconds, 3)
+    for thread in THREADS:
+        (on_cpu0, waiting0), (on_cpu, waiting) = getattr(a, thread), getattr(b, thread)
+        share.time_shares[thread] = {
+            "on_cpu": round((on_cpu - on_cpu0) / seconds, 3),
+            "waiting": round((waiting - waiting0) / seconds, 3),
+        }
     return share
 
 
 # -- what /proc says ---------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of process ``pid`` (0, 0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def scheduled(pid: int, tid: int) -> tuple[float, float]:
@@ -144,10 +136,10 @@ def role_of(pid: int) -> str:
 def snapshot(served, roles: dict[int, str], loop: tuple[int, int]) -> Snapshot:
     cpu: dict[str, tuple[float, float]] = {}
     for pid, role in roles.items():
-        user, system = cpu_seconds(pid)
+        user, system = process_cpu_times(pid)
         before = cpu.get(role, (0.0, 0.0))
         cpu[role] = (before[0] + user, before[1] + system)
-    cpu["teacher"] = cpu_seconds(served.pid)
+    cpu["teacher"] = process_cpu_times(served.pid)
     return Snapshot(
         time.perf_counter(),
         served.stats(with_hashes=False)["requests"],
@@ -197,24 +189,22 @@ def distill_run(served, root: Path, source: Path, expected: int, name: str) -> S
 
 
 def summary(shares: list[Share]) -> dict:
-    """The median of each figure over rounds, and every round's figures."""
+    """The median of each figure over rounds (a process role only where every round saw it), and every round."""
     roles = {role for s in shares for role in s.us_per_request}
     return {
         "per_second": round(statistics.median(s.per_second for s in shares), 1),
         "us_per_request": {
-            role: {
-                kind: round(statistics.median(s.us_per_request[role][kind] for s in shares), 1)
-                for kind in ("user", "system")
-            }
+            role: medians([s.us_per_request[role] for s in shares], 1)
             for role in sorted(roles)
             if all(role in s.us_per_request for s in shares)
         },
-        "loop_on_cpu": statistics.median(s.loop_on_cpu for s in shares),
-        "loop_waiting": statistics.median(s.loop_waiting for s in shares),
-        "teacher_on_cpu": statistics.median(s.teacher_on_cpu for s in shares),
-        "teacher_waiting": statistics.median(s.teacher_waiting for s in shares),
+        "time_shares": {thread: medians([s.time_shares[thread] for s in shares], 3) for thread in THREADS},
         "rounds": [asdict(s) for s in shares],
     }
+
+
+def medians(rounds: list[dict[str, float]], digits: int) -> dict[str, float]:
+    return {name: round(statistics.median(r[name] for r in rounds), digits) for name in rounds[0]}
 
 
 def main(argv: list[str] | None = None) -> int:

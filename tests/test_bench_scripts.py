@@ -64,7 +64,12 @@ def test_process_share_separates_each_process_cpu_and_the_loops_wait(tmp_path):
         summary = result[side]
         assert roles <= set(summary["us_per_request"]), side
         assert summary["per_second"] > 0 and summary["us_per_request"]["loop"]["user"] > 0
-        assert 0 < summary["loop_on_cpu"] <= 1.05 and 0 <= summary["loop_waiting"] <= 1.05
+        loop = summary["time_shares"]["loop"]
+        assert (
+            0 < loop["on_cpu"] <= 1.05
+            and 0 <= loop["waiting"] <= 1.05
+            and "teacher" in summary["time_shares"]
+        )
         assert [r["client"] for r in summary["rounds"]] == [
             "bare aiohttp loop" if side == "bare" else "distill run"
         ]

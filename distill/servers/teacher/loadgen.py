@@ -60,13 +60,19 @@ async def plain_client_load(
     return LoadResult(sum(sent for sent, _ in counts), sum(ok for _, ok in counts), elapsed)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process has used so far (Linux ``/proc``; 0.0 elsewhere)."""
+def process_cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds a process has used so far (Linux ``/proc``; 0.0, 0.0 elsewhere or once gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (Linux ``/proc``; 0.0 elsewhere)."""
+    return sum(process_cpu_times(pid))
 
 
 def main(argv: list[str] | None = None) -> int:
